@@ -1,0 +1,45 @@
+"""`python -m medvision <command>`: one sub-command per module in medvision.commands.
+
+Each command module exposes ``register(subparsers)`` that adds its parser and sets ``func``.
+Errors MedVision raises on purpose become one line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from medvision.errors import MedVisionError
+
+COMMANDS = ("synth", "prepare", "eda", "train", "evaluate", "predict")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m medvision",
+        description="MedVision: brain-tumour segmentation on MRI (research demo, not for clinical use).",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"medvision.commands.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        result = args.func(args)
+    except MedVisionError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)

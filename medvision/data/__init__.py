@@ -1,0 +1,1 @@
+"""Data: readers, the Case type, synthetic cohort, prepared store, dataset and splits."""

@@ -1,0 +1,200 @@
+"""Careful NIfTI reading: validate the header before touching the data, wrap every failure.
+
+Readers of whole cases (BraTS folders, Decathlon files, uploads) all go through ``open_nifti`` (header
+only, cheap) and ``read_nifti_data`` (the voxels), so every malformed file is refused the same way: one
+``InputDataError`` naming the file and the problem, never a nibabel/zlib traceback and never a
+multi-gigabyte allocation because a header lies about its size.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel.filebasedimages import ImageFileError
+from nibabel.spatialimages import HeaderDataError
+
+from medvision.errors import InputDataError
+
+logger = logging.getLogger(__name__)
+
+NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
+# A BraTS volume is 240x240x155 (8.9 M voxels); 512^3 per volume (x4 channels for a 4-D file) leaves room
+# for any real MRI while refusing headers that would make us allocate tens of gigabytes.
+MAX_SPATIAL_VOXELS: int = 512**3
+MAX_TOTAL_VOXELS: int = 4 * 512**3
+# Affines of co-registered modalities are equal up to float rounding in the header.
+AFFINE_TOLERANCE: float = 1e-3
+
+# Everything nibabel, gzip, zlib and the OS raise for damaged or foreign files.
+_READ_ERRORS: tuple[type[BaseException], ...] = (
+    ImageFileError,
+    HeaderDataError,
+    OSError,
+    EOFError,
+    zlib.error,
+    struct.error,
+    ValueError,
+    TypeError,
+)
+
+
+@dataclass(frozen=True)
+class NiftiVolume:
+    """A NIfTI file whose header passed every check; ``read_nifti_data`` reads its voxels."""
+
+    path: Path
+    image: nib.Nifti1Image  # proxy image: header parsed, data not read
+    shape: tuple[int, ...]  # validated shape (trailing singleton dimensions beyond ``ndim`` dropped)
+    dtype: np.dtype
+    affine: np.ndarray
+    zooms: tuple[float, float, float]  # voxel size along NIfTI (i, j, k) in mm
+
+    @property
+    def spacing_dhw(self) -> tuple[float, float, float]:
+        """Voxel size along MedVision (D, H, W) = NIfTI (k, i, j)."""
+        zi, zj, zk = self.zooms
+        return (zk, zi, zj)
+
+
+def has_nifti_suffix(name: str) -> bool:
+    return name.lower().endswith(NIFTI_SUFFIXES)
+
+
+def nifti_stem(name: str) -> str:
+    """File name without its .nii / .nii.gz suffix."""
+    lower = name.lower()
+    for suffix in NIFTI_SUFFIXES:
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def open_nifti(path: str | Path, *, ndim: int) -> NiftiVolume:
+    """Parse and validate a NIfTI header (no voxel data is read).
+
+    ``ndim`` is the expected number of dimensions (3 for a modality or label, 4 for a Decathlon image);
+    extra trailing dimensions of length 1 (``(X, Y, Z, 1)``, written by some tools) are accepted.
+    """
+    path = Path(path)
+    if not has_nifti_suffix(path.name):
+        raise InputDataError(path, f"wrong extension: expected a .nii or .nii.gz file, got {path.name!r}")
+    if not path.is_file():
+        raise InputDataError(path, "file does not exist")
+    if path.stat().st_size == 0:
+        raise InputDataError(path, "file is empty (0 bytes)")
+    try:
+        # mmap=False: read through plain file handles so nothing keeps the source (or a temp dir) open.
+        image = nib.load(path, mmap=False)
+    except _READ_ERRORS as exc:
+        raise InputDataError(path, f"not a readable NIfTI file (corrupt or truncated): {exc}") from exc
+    if not isinstance(image, nib.Nifti1Image):
+        raise InputDataError(path, f"not a NIfTI-1/2 image (nibabel read it as {type(image).__name__})")
+
+    shape = _validated_shape(path, tuple(int(s) for s in image.shape), ndim)
+    dtype = _validated_dtype(path, image)
+    affine = np.asarray(image.affine, dtype=np.float64)
+    if affine.shape != (4, 4) or not np.isfinite(affine).all():
+        raise InputDataError(path, "header affine is missing or not finite")
+    zooms = tuple(float(z) for z in image.header.get_zooms()[:3])
+    if len(zooms) != 3 or not all(np.isfinite(z) and z > 0 for z in zooms):
+        raise InputDataError(path, f"voxel sizes {zooms} must be three positive finite numbers")
+    return NiftiVolume(path, image, shape, dtype, affine, zooms)  # type: ignore[arg-type]
+
+
+def _validated_shape(path: Path, shape: tuple[int, ...], ndim: int) -> tuple[int, ...]:
+    kept = shape
+    while len(kept) > ndim and kept[-1] == 1:
+        kept = kept[:-1]
+    if len(kept) != ndim:
+        raise InputDataError(path, f"expected a {ndim}-D image, got {len(shape)}-D shape {shape}")
+    if any(s <= 0 for s in kept):
+        raise InputDataError(path, f"header shape {shape} has an empty dimension")
+    spatial = int(np.prod(kept[:3], dtype=np.int64))
+    total = int(np.prod(kept, dtype=np.int64))
+    if spatial > MAX_SPATIAL_VOXELS or total > MAX_TOTAL_VOXELS:
+        raise InputDataError(
+            path,
+            f"header claims an implausible size {shape} ({total:,} voxels); refusing to read it "
+            f"(limit {MAX_SPATIAL_VOXELS:,} voxels per volume)",
+        )
+    return kept
+
+
+def _validated_dtype(path: Path, image: nib.Nifti1Image) -> np.dtype:
+    try:
+        dtype = np.dtype(image.get_data_dtype())
+    except _READ_ERRORS as exc:
+        raise InputDataError(path, f"unsupported NIfTI data type: {exc}") from exc
+    if dtype.kind == "c":
+        raise InputDataError(path, f"complex data ({dtype}) is not an MRI intensity volume")
+    if dtype.kind not in "biuf" or dtype.fields is not None:
+        raise InputDataError(
+            path, f"unsupported data type {dtype} (RGB or structured voxels); expected scalar voxels"
+        )
+    return dtype
+
+
+def read_nifti_data(volume: NiftiVolume) -> np.ndarray:
+    """Read the voxels of a validated NIfTI (scaling applied), in NIfTI (i, j, k[, c]) axis order."""
+    try:
+        data = np.asarray(volume.image.dataobj)
+    except MemoryError as exc:
+        raise InputDataError(volume.path, f"not enough memory to read shape {volume.shape}") from exc
+    except _READ_ERRORS as exc:
+        problem = f"cannot read voxel data (corrupt or truncated file): {exc}"
+        raise InputDataError(volume.path, problem) from exc
+    if data.shape != volume.shape:
+        data = data.reshape(volume.shape)  # only drops the trailing singleton dimensions checked above
+    return data
+
+
+def check_finite(data: np.ndarray, path: str | Path) -> None:
+    """Refuse NaN / Inf voxels (integer data cannot hold them, so it is not scanned)."""
+    if data.dtype.kind != "f":
+        return
+    finite = np.isfinite(data)
+    if not finite.all():
+        bad = int(finite.size - np.count_nonzero(finite))
+        raise InputDataError(path, f"contains {bad:,} non-finite voxel values (NaN or Inf)")
+
+
+def check_same_grid(volume: NiftiVolume, reference: NiftiVolume, *, spatial_only: bool = False) -> None:
+    """Refuse a modality or label whose shape or affine differs from the reference volume's."""
+    shape, ref_shape = volume.shape, reference.shape
+    if spatial_only:
+        shape, ref_shape = shape[:3], ref_shape[:3]
+    if shape != ref_shape:
+        raise InputDataError(
+            volume.path, f"shape {shape} differs from {reference.path.name} shape {ref_shape}"
+        )
+    if not np.allclose(volume.affine, reference.affine, rtol=0.0, atol=AFFINE_TOLERANCE):
+        ours = np.array2string(volume.affine, precision=3)
+        theirs = np.array2string(reference.affine, precision=3)
+        raise InputDataError(
+            volume.path,
+            f"affine differs from {reference.path.name} (the images are not on the same voxel grid):\n"
+            f"{ours}\nvs\n{theirs}",
+        )
+
+
+def labels_to_brats(data: np.ndarray, path: str | Path, mapping: dict[int, int]) -> np.ndarray:
+    """Map raw label values to BraTS labels (uint8) with ``mapping``; refuse values it does not know."""
+    check_finite(data, path)
+    values = np.unique(data)
+    if data.dtype.kind == "f" and not np.array_equal(values, np.round(values)):
+        fractional = values[values != np.round(values)][:5]
+        raise InputDataError(path, f"label values must be integers, found {fractional}")
+    unknown = [v for v in values.tolist() if int(v) not in mapping]
+    if unknown:
+        allowed = ", ".join(str(k) for k in sorted(mapping))
+        raise InputDataError(path, f"unknown label values {unknown[:10]} (allowed: {allowed})")
+    lut = np.zeros(256, dtype=np.uint8)
+    for raw, brats in mapping.items():
+        lut[raw] = brats
+    return lut[data.astype(np.uint8, copy=False)]

@@ -1,0 +1,501 @@
+"""Readers: every supported input format -> ``Case`` (see medvision/data/case.py for the axis convention).
+
+Formats:
+- a BraTS case folder, 2018-2021 naming ``<ID>_{flair,t1,t1ce,t2,seg}.nii[.gz]`` or 2023 naming
+  ``<ID>-{t2f,t1n,t1c,t2w,seg}.nii[.gz]`` (the label file is optional; BraTS 2023 label 3 is read as ET=4);
+- a Medical Segmentation Decathlon Task01 4-D NIfTI (channels FLAIR, T1w, T1gd, T2w) with its label file
+  from the sibling ``labelsTr/`` (MSD labels 1 edema, 2 non-enhancing, 3 enhancing -> BraTS 2, 1, 4);
+- a .zip of one case folder (an upload), extracted safely into a temporary folder;
+- four separately uploaded modality files (``read_nifti_files``);
+- a folder of Kaggle ``volume_<v>_slice_<s>.h5`` files (see kaggle_h5.py).
+
+``list_case_sources`` / ``iter_cases`` walk a dataset root (a folder of BraTS case folders, a Decathlon
+task folder, a Kaggle folder, or one case) and return picklable ``CaseRef``s so preparation can run in
+worker processes. Every refusal is an ``InputDataError`` naming the file and the problem.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+import tempfile
+import zipfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medvision.data.case import MODALITIES, Case, nifti_to_case_axes
+from medvision.data.kaggle_h5 import (
+    KAGGLE_DEFAULT_ORDER,
+    KaggleH5Index,
+    checked_slice_paths,
+    read_kaggle_volume,
+    scan_kaggle_dir,
+    validate_channel_order,
+)
+from medvision.data.nifti_checks import (
+    NiftiVolume,
+    check_finite,
+    check_same_grid,
+    has_nifti_suffix,
+    labels_to_brats,
+    nifti_stem,
+    open_nifti,
+    read_nifti_data,
+)
+from medvision.data.safe_zip import (
+    DEFAULT_MAX_COMPRESSION_RATIO,
+    DEFAULT_MAX_UNCOMPRESSED_BYTES,
+    safe_extract,
+)
+from medvision.errors import InputDataError
+
+__all__ = [
+    "KAGGLE_DEFAULT_ORDER",
+    "CaseRef",
+    "KaggleH5Index",
+    "iter_cases",
+    "list_case_sources",
+    "load_case",
+    "read_brats_folder",
+    "read_decathlon",
+    "read_nifti_files",
+    "read_zip",
+]
+
+logger = logging.getLogger(__name__)
+
+LABEL_KEY = "seg"
+# File-name suffix (after the last '_' or '-') -> MedVision modality, or LABEL_KEY for the segmentation.
+NAME_KEYS: dict[str, str] = {
+    "flair": "flair",
+    "t2f": "flair",  # BraTS 2023 names: t2f, t1n, t1c, t2w
+    "t1": "t1",
+    "t1n": "t1",
+    "t1ce": "t1ce",
+    "t1c": "t1ce",
+    "t1gd": "t1ce",
+    "t2": "t2",
+    "t2w": "t2",
+    "seg": LABEL_KEY,
+    "segm": LABEL_KEY,  # BraTS 2020 Training_355 ships its label as W39_1998.09.19_Segm.nii
+    "label": LABEL_KEY,
+}
+_NAMING_HINT = {
+    "flair": "<ID>_flair or <ID>-t2f",
+    "t1": "<ID>_t1 or <ID>-t1n",
+    "t1ce": "<ID>_t1ce or <ID>-t1c",
+    "t2": "<ID>_t2 or <ID>-t2w",
+}
+# BraTS labels as stored: 0/1/2/4 (2018-2021); BraTS 2023 numbers ET 3.
+BRATS_LABEL_MAP: dict[int, int] = {0: 0, 1: 1, 2: 2, 3: 4, 4: 4}
+# Decathlon Task01: 1 edema, 2 non-enhancing tumour, 3 enhancing tumour.
+DECATHLON_LABEL_MAP: dict[int, int] = {0: 0, 1: 2, 2: 1, 3: 4}
+DECATHLON_CHANNELS: tuple[str, ...] = ("FLAIR", "T1w", "T1gd", "T2w")  # = MODALITIES order
+_NAME_SPLIT = re.compile(r"^(?P<prefix>.*)[_-](?P<suffix>[^_-]+)$")
+
+
+# ----------------------------------------------------------------------------------------- names
+
+
+def classify_name(stem: str) -> tuple[str, str] | None:
+    """``"BraTS2021_00006_t1ce"`` -> ``("BraTS2021_00006", "t1ce")``; None for names that are no modality."""
+    match = _NAME_SPLIT.match(stem)
+    prefix, suffix = (match.group("prefix"), match.group("suffix")) if match else ("", stem)
+    key = NAME_KEYS.get(suffix.lower())
+    return (prefix, key) if key else None
+
+
+@dataclass(frozen=True)
+class _FolderScan:
+    files: dict[str, list[Path]]  # key -> NIfTI files named like it
+    prefixes: dict[str, str]  # key -> case id prefix from the file name
+    wrong_extension: dict[str, list[Path]]  # key -> files named like it but not .nii/.nii.gz
+
+    @property
+    def is_case(self) -> bool:
+        return any(key in self.files for key in MODALITIES)
+
+
+def _scan_names(folder: Path, names: Sequence[str]) -> _FolderScan:
+    files: dict[str, list[Path]] = {}
+    prefixes: dict[str, str] = {}
+    wrong: dict[str, list[Path]] = {}
+    for name in sorted(names):
+        if name.startswith("."):  # hidden files, macOS "._" resource forks
+            continue
+        if has_nifti_suffix(name):
+            found = classify_name(nifti_stem(name))
+            if found:
+                files.setdefault(found[1], []).append(folder / name)
+                prefixes.setdefault(found[1], found[0])
+        else:
+            found = classify_name(name.split(".", 1)[0])
+            if found and "." in name:
+                wrong.setdefault(found[1], []).append(folder / name)
+    return _FolderScan(files, prefixes, wrong)
+
+
+def _scan_folder(folder: Path) -> _FolderScan:
+    try:
+        with os.scandir(folder) as entries:
+            names = [e.name for e in entries if e.is_file()]
+    except OSError as exc:
+        raise InputDataError(folder, f"cannot list the folder: {exc}") from exc
+    return _scan_names(folder, names)
+
+
+def _case_id_from_prefixes(prefixes: Mapping[str, str], fallback: str) -> str:
+    found = {prefixes[m] for m in MODALITIES if m in prefixes}
+    if len(found) == 1:
+        (prefix,) = found
+        if prefix:
+            return prefix
+    return fallback
+
+
+# ------------------------------------------------------------------------------ NIfTI case files
+
+
+def _read_brats_label(volume: NiftiVolume) -> np.ndarray:
+    raw = read_nifti_data(volume)
+    if (raw == 3).any() and (raw == 4).any():
+        raise InputDataError(volume.path, "label holds both 3 (BraTS 2023 ET) and 4 (BraTS 2018-2021 ET)")
+    return labels_to_brats(raw, volume.path, BRATS_LABEL_MAP)
+
+
+def _read_modality_files(modality_paths: Mapping[str, Path], label_path: Path | None, case_id: str) -> Case:
+    """Validate every header first (shapes, affines, sizes), then read the voxels into one (4, D, H, W)."""
+    volumes = [open_nifti(modality_paths[m], ndim=3) for m in MODALITIES]
+    reference = volumes[0]
+    for volume in volumes[1:]:
+        check_same_grid(volume, reference)
+    label_volume = open_nifti(label_path, ndim=3) if label_path is not None else None
+    if label_volume is not None:
+        check_same_grid(label_volume, reference)
+
+    size_i, size_j, size_k = reference.shape
+    image = np.empty((len(MODALITIES), size_k, size_i, size_j), dtype=np.float32)
+    for channel, volume in enumerate(volumes):
+        data = read_nifti_data(volume)
+        check_finite(data, volume.path)
+        image[channel] = nifti_to_case_axes(data)
+    label = None
+    if label_volume is not None:
+        label = np.ascontiguousarray(nifti_to_case_axes(_read_brats_label(label_volume)))
+    sources = tuple(v.path for v in volumes) + ((label_volume.path,) if label_volume is not None else ())
+    logger.debug("read case %s from %d NIfTI files", case_id, len(sources))
+    return Case(
+        case_id=case_id,
+        image=image,
+        affine=reference.affine,
+        spacing=reference.spacing_dhw,
+        label=label,
+        source_paths=sources,
+    )
+
+
+def read_brats_folder(folder: str | Path) -> Case:
+    """A BraTS case folder (2018-2021 or 2023 naming, .nii or .nii.gz; the ``seg`` file is optional)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputDataError(folder, "not a folder (expected a BraTS case folder)")
+    scan = _scan_folder(folder)
+    for key, paths in scan.files.items():
+        if len(paths) > 1:
+            names = ", ".join(p.name for p in paths)
+            raise InputDataError(folder, f"more than one {key} file ({names}); keep exactly one")
+    for modality in MODALITIES:
+        if modality not in scan.files:
+            if modality in scan.wrong_extension:
+                bad = scan.wrong_extension[modality][0]
+                problem = f"wrong extension for the {modality} file: expected .nii or .nii.gz"
+                raise InputDataError(bad, problem)
+            raise InputDataError(
+                folder, f"missing modality {modality} (no file named {_NAMING_HINT[modality]}.nii[.gz])"
+            )
+    label_paths = scan.files.get(LABEL_KEY)
+    case_id = _case_id_from_prefixes(scan.prefixes, folder.name)
+    return _read_modality_files(
+        {m: scan.files[m][0] for m in MODALITIES}, label_paths[0] if label_paths else None, case_id
+    )
+
+
+def read_nifti_files(paths: Mapping[str, str | Path], *, case_id: str | None = None) -> Case:
+    """Four separately uploaded modality files (+ optional label) keyed by modality name.
+
+    Keys are MedVision names (``flair``, ``t1``, ``t1ce``, ``t2``, ``seg``) or BraTS 2023 names
+    (``t2f``, ``t1n``, ``t1c``, ``t2w``); ``label`` is accepted for ``seg``. Unknown keys are a
+    programming error (ValueError); missing or bad files are an InputDataError.
+    """
+    resolved: dict[str, Path] = {}
+    for key, path in paths.items():
+        name = NAME_KEYS.get(str(key).lower())
+        if name is None:
+            raise ValueError(f"unknown modality key {key!r}; use {MODALITIES + (LABEL_KEY,)}")
+        if name in resolved:
+            raise ValueError(f"two files given for {name} (key {key!r})")
+        resolved[name] = Path(path)
+    if not resolved:
+        raise ValueError("no files given")
+    missing = [m for m in MODALITIES if m not in resolved]
+    if missing:
+        where = ", ".join(p.name for p in resolved.values())
+        got = ", ".join(sorted(resolved))
+        raise InputDataError(where, f"missing modality {', '.join(missing)} (got {got})")
+    if case_id is None:
+        found = classify_name(nifti_stem(resolved["flair"].name))
+        case_id = found[0] if found and found[0] else nifti_stem(resolved["flair"].name)
+    return _read_modality_files(resolved, resolved.get(LABEL_KEY), case_id)
+
+
+# ------------------------------------------------------------------------------------- Decathlon
+
+
+def decathlon_label_path(image_path: str | Path) -> Path | None:
+    """``.../imagesTr/BRATS_001.nii.gz`` -> ``.../labelsTr/BRATS_001.nii.gz`` when that file exists."""
+    image_path = Path(image_path)
+    parent = image_path.parent.name
+    if not parent.startswith("images"):
+        return None
+    candidate = image_path.parent.parent / ("labels" + parent[len("images") :]) / image_path.name
+    return candidate if candidate.is_file() else None
+
+
+def read_decathlon(image_path: str | Path, label_path: str | Path | None = None) -> Case:
+    """A Decathlon Task01 4-D NIfTI (X, Y, Z, 4); the label is taken from ``labelsTr/`` when not given."""
+    image_path = Path(image_path)
+    volume = open_nifti(image_path, ndim=4)
+    if volume.shape[3] != len(DECATHLON_CHANNELS):
+        raise InputDataError(
+            image_path,
+            f"expected {len(DECATHLON_CHANNELS)} channels ({', '.join(DECATHLON_CHANNELS)}) in the 4th "
+            f"dimension, got shape {volume.shape}",
+        )
+    label_file = Path(label_path) if label_path is not None else decathlon_label_path(image_path)
+    label_volume = open_nifti(label_file, ndim=3) if label_file is not None else None
+    if label_volume is not None:
+        check_same_grid(label_volume, volume, spatial_only=True)
+
+    data = read_nifti_data(volume)
+    check_finite(data, image_path)
+    size_i, size_j, size_k, channels = volume.shape
+    image = np.empty((channels, size_k, size_i, size_j), dtype=np.float32)
+    for channel in range(channels):  # DECATHLON_CHANNELS are already in MODALITIES order
+        image[channel] = nifti_to_case_axes(data[..., channel])
+    del data
+    label = None
+    if label_volume is not None:
+        raw = read_nifti_data(label_volume)
+        mapped = labels_to_brats(raw, label_volume.path, DECATHLON_LABEL_MAP)
+        label = np.ascontiguousarray(nifti_to_case_axes(mapped))
+    sources = (image_path,) + ((label_volume.path,) if label_volume is not None else ())
+    return Case(
+        case_id=nifti_stem(image_path.name),
+        image=image,
+        affine=volume.affine,
+        spacing=volume.spacing_dhw,
+        label=label,
+        source_paths=sources,
+    )
+
+
+# ------------------------------------------------------------------------------------------- zip
+
+
+def read_zip(
+    zip_path: str | Path,
+    *,
+    max_uncompressed_bytes: int = DEFAULT_MAX_UNCOMPRESSED_BYTES,
+    max_compression_ratio: float = DEFAULT_MAX_COMPRESSION_RATIO,
+) -> Case:
+    """A .zip holding one case (typically one BraTS case folder), extracted safely to a temporary folder.
+
+    Errors about files inside the archive name the archive and the member. The returned Case keeps the
+    archive as its source path (the temporary folder is deleted before returning).
+    """
+    zip_path = Path(zip_path)
+    with tempfile.TemporaryDirectory(prefix="medvision-zip-") as tmp:
+        root = Path(tmp)
+        safe_extract(
+            zip_path,
+            root,
+            max_uncompressed_bytes=max_uncompressed_bytes,
+            max_compression_ratio=max_compression_ratio,
+        )
+        try:
+            refs = list_case_sources(root)
+            if len(refs) != 1:
+                problem = f"holds {len(refs)} cases; upload a zip of exactly one case folder"
+                raise InputDataError(root, problem)
+            case = refs[0].load()
+        except InputDataError as exc:
+            raise _error_inside_zip(exc, zip_path, root) from exc
+    # Files at the archive root with no <ID> in their names would otherwise be named after the temp folder.
+    case_id = _zip_case_id(zip_path) if case.case_id == root.name else case.case_id
+    return dataclasses.replace(case, case_id=case_id, source_paths=(zip_path,))
+
+
+def _error_inside_zip(exc: InputDataError, zip_path: Path, root: Path) -> InputDataError:
+    """Say 'upload.zip (member case/x_flair.nii.gz)' instead of a temporary path the user never saw."""
+    tmp_prefix = str(root) + os.sep
+    try:
+        member = Path(exc.path).relative_to(root).as_posix()
+    except ValueError:
+        member = ""
+    where = f"{zip_path} (member {member})" if member not in ("", ".") else str(zip_path)
+    return InputDataError(where, exc.problem.replace(tmp_prefix, "").replace(str(root), "<archive>"))
+
+
+def _zip_case_id(zip_path: Path) -> str:
+    """Case id of a zipped case folder from its member names (the central directory only)."""
+    fallback = zip_path.name[: -len(".zip")] if zip_path.name.lower().endswith(".zip") else zip_path.stem
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            names = [Path(n.replace("\\", "/")).name for n in archive.namelist() if not n.endswith("/")]
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return fallback  # read_zip reports the damage when the case is loaded
+    return _case_id_from_prefixes(_scan_names(zip_path.parent, names).prefixes, fallback)
+
+
+# ------------------------------------------------------------------------------- dataset sources
+
+
+@dataclass(frozen=True)
+class CaseRef:
+    """A picklable pointer to one case of a dataset; ``load()`` reads it (in any process)."""
+
+    kind: str  # "brats" | "decathlon" | "zip" | "kaggle"
+    case_id: str
+    path: Path  # case folder, Decathlon image file, zip file, or Kaggle folder
+    label_path: Path | None = None  # Decathlon label file
+    kaggle_slices: tuple[tuple[int, Path], ...] = ()  # (slice index, file) of one Kaggle volume
+    kaggle_volume: int | None = None
+    channel_order: tuple[str, ...] = KAGGLE_DEFAULT_ORDER
+
+    def load(self) -> Case:
+        if self.kind == "brats":
+            case = read_brats_folder(self.path)
+        elif self.kind == "decathlon":
+            case = read_decathlon(self.path, self.label_path)
+        elif self.kind == "zip":
+            case = read_zip(self.path)
+        elif self.kind == "kaggle" and self.kaggle_volume is not None:
+            paths = checked_slice_paths(self.kaggle_slices, self.kaggle_volume, self.path)
+            case = read_kaggle_volume(paths, self.kaggle_volume, self.channel_order)
+        else:
+            raise ValueError(f"unknown CaseRef kind {self.kind!r}")
+        # The id a dataset listing announced is the id the case gets, whatever its files say.
+        return case if case.case_id == self.case_id else dataclasses.replace(case, case_id=self.case_id)
+
+
+def _decathlon_refs(images_dir: Path) -> list[CaseRef]:
+    refs = []
+    for entry in sorted(os.scandir(images_dir), key=lambda e: e.name):
+        if entry.name.startswith(".") or not entry.is_file() or not has_nifti_suffix(entry.name):
+            continue
+        image = Path(entry.path)
+        label = decathlon_label_path(image)
+        refs.append(CaseRef("decathlon", nifti_stem(image.name), image, label_path=label))
+    return refs
+
+
+def list_case_sources(
+    source: str | Path, *, kaggle_channel_order: Sequence[str] = KAGGLE_DEFAULT_ORDER
+) -> list[CaseRef]:
+    """The cases under ``source``: one case (folder, zip, Decathlon file) or a dataset root.
+
+    A dataset root is a folder of BraTS case folders (and/or case zips), a Decathlon task folder with
+    ``imagesTr/`` (labels from ``labelsTr/``), or a folder of Kaggle slice files (one case per volume).
+    Nothing but file names is read here.
+    """
+    order = validate_channel_order(kaggle_channel_order)
+    source = Path(source)
+    if not source.exists():
+        raise InputDataError(source, "does not exist")
+    if source.is_file():
+        return [_file_ref(source)]
+
+    if (source / "imagesTr").is_dir():
+        refs = _decathlon_refs(source / "imagesTr")
+        if not refs:
+            raise InputDataError(source / "imagesTr", "no .nii/.nii.gz images in this Decathlon folder")
+        return refs
+    kaggle = scan_kaggle_dir(source)
+    if kaggle:
+        return [
+            CaseRef(
+                "kaggle",
+                f"volume_{v}",
+                source,
+                kaggle_slices=tuple(kaggle[v]),
+                kaggle_volume=v,
+                channel_order=order,
+            )
+            for v in sorted(kaggle)
+        ]
+    scan = _scan_folder(source)
+    if scan.is_case or LABEL_KEY in scan.files:
+        return [CaseRef("brats", _case_id_from_prefixes(scan.prefixes, source.name), source)]
+    if source.name.startswith("images") and any(has_nifti_suffix(n.name) for n in source.iterdir()):
+        return _decathlon_refs(source)
+
+    refs: list[CaseRef] = []
+    for entry in sorted(os.scandir(source), key=lambda e: e.name):
+        if entry.name.startswith(".") or entry.name == "__MACOSX":
+            continue
+        path = Path(entry.path)
+        if entry.is_dir():
+            sub = _scan_folder(path)
+            if sub.is_case or LABEL_KEY in sub.files:
+                refs.append(CaseRef("brats", _case_id_from_prefixes(sub.prefixes, path.name), path))
+        elif entry.is_file() and entry.name.lower().endswith(".zip"):
+            refs.append(CaseRef("zip", _zip_case_id(path), path))
+    if not refs:
+        raise InputDataError(
+            source,
+            "no cases found: expected BraTS case folders (<ID>_flair.nii.gz ...), a Decathlon folder with "
+            "imagesTr/, Kaggle volume_<v>_slice_<s>.h5 files, or one case",
+        )
+    ids = [r.case_id for r in refs]
+    if len(set(ids)) != len(ids):
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        raise InputDataError(source, f"case ids occur more than once: {dupes[:10]}")
+    return refs
+
+
+def _file_ref(path: Path) -> CaseRef:
+    name = path.name.lower()
+    if name.endswith(".zip"):
+        return CaseRef("zip", _zip_case_id(path), path)
+    if has_nifti_suffix(name):
+        # A single NIfTI file is a case only as a Decathlon 4-D image; read_decathlon says so otherwise.
+        return CaseRef("decathlon", nifti_stem(path.name), path, label_path=decathlon_label_path(path))
+    if name.endswith(".h5"):
+        raise InputDataError(path, "a single Kaggle slice file is not a case; give the folder of slice files")
+    raise InputDataError(
+        path, "wrong extension: expected a case folder, a .zip, a 4-D .nii/.nii.gz, or a folder of .h5 slices"
+    )
+
+
+def iter_cases(
+    source: str | Path, *, kaggle_channel_order: Sequence[str] = KAGGLE_DEFAULT_ORDER
+) -> Iterator[Case]:
+    """Read the cases of ``source`` one at a time (see ``list_case_sources``)."""
+    for ref in list_case_sources(source, kaggle_channel_order=kaggle_channel_order):
+        yield ref.load()
+
+
+def load_case(path: str | Path, *, kaggle_channel_order: Sequence[str] = KAGGLE_DEFAULT_ORDER) -> Case:
+    """Read one case from any supported input (case folder, .zip, Decathlon file, one Kaggle volume)."""
+    refs = list_case_sources(path, kaggle_channel_order=kaggle_channel_order)
+    if len(refs) != 1:
+        shown = ", ".join(r.case_id for r in refs[:3]) + (", ..." if len(refs) > 3 else "")
+        raise InputDataError(
+            path, f"holds {len(refs)} cases ({shown}); load_case reads one case, use iter_cases for a dataset"
+        )
+    return refs[0].load()
