@@ -1,0 +1,175 @@
+"""Checkpoint files: weights in safetensors (``name.safetensors``) plus JSON metadata (``name.json``).
+
+No pickle is involved anywhere, so loading a checkpoint cannot run code. Writes are atomic per file: each is
+written to a temporary file in the same folder and moved into place with ``os.replace``; the weights go
+first and the metadata last, and the metadata records the weights' SHA-256, so a pair left mismatched by a
+crash between the two moves (or by copying files around) is detected on load instead of used silently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save as save_safetensors_bytes
+from torch import nn
+
+from medvision.errors import CheckpointError
+from medvision.models import AttentionUNet, build_model
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "medvision-checkpoint"
+VERSION = 1
+WEIGHTS_SUFFIX = ".safetensors"
+META_SUFFIX = ".json"
+RESERVED_KEYS: tuple[str, ...] = ("format", "version", "model", "weights_file", "weights_sha256")
+# Prefixes added by DistributedDataParallel (module.) and torch.compile (_orig_mod.).
+WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "_orig_mod.")
+
+
+def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
+    """``x``, ``x.safetensors`` or ``x.json`` -> (``x.safetensors``, ``x.json``)."""
+    path = Path(path)
+    if path.suffix in (WEIGHTS_SUFFIX, META_SUFFIX):
+        path = path.with_suffix("")
+    return path.with_name(path.name + WEIGHTS_SUFFIX), path.with_name(path.name + META_SUFFIX)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain model inside DDP (``.module``) and/or torch.compile (``._orig_mod``) wrappers."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def strip_wrapper_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove leading ``module.`` / ``_orig_mod.`` (in any nesting) from every key."""
+    cleaned = {}
+    for key, value in state.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in WRAPPER_PREFIXES:
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix):], True
+        cleaned[key] = value
+    return cleaned
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temp file next to ``path``, fsync it, then os.replace it into place."""
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        # mkstemp makes the file private (0600); a checkpoint should be readable like any written file.
+        os.chmod(tmp_name, 0o644)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> None:
+    """Write ``name.safetensors`` (weights) then ``name.json`` (``meta`` + format, version, model config,
+    weights file name and SHA-256). ``model`` may be wrapped by DDP or torch.compile."""
+    weights_path, meta_path = checkpoint_paths(path)
+    clashes = sorted(set(meta) & set(RESERVED_KEYS))
+    if clashes:
+        raise ValueError(f"meta must not set the reserved keys {clashes}")
+    inner = unwrap_model(model)
+    config = getattr(inner, "config", None)
+    if not isinstance(config, dict):
+        raise ValueError(f"{type(inner).__name__} has no .config dict; cannot describe it in the checkpoint")
+    # Serialise meta before touching the disk so a non-JSON meta fails without leaving new weights behind.
+    state = strip_wrapper_prefixes(inner.state_dict())
+    tensors = {key: value.detach().to("cpu").contiguous() for key, value in state.items()}
+    weights = save_safetensors_bytes(tensors, metadata={"format": FORMAT})
+    record = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": dict(config),
+        "weights_file": weights_path.name,
+        "weights_sha256": hashlib.sha256(weights).hexdigest(),
+        **meta,
+    }
+    meta_bytes = json.dumps(record, indent=2, sort_keys=False).encode("utf-8")
+    weights_path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(weights_path, weights)
+    _atomic_write(meta_path, meta_bytes)
+    logger.info("saved checkpoint %s (%d tensors)", weights_path, len(tensors))
+
+
+def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
+    """The validated JSON metadata of a checkpoint (does not read or verify the weights)."""
+    _, meta_path = checkpoint_paths(path)
+    if not meta_path.is_file():
+        raise CheckpointError(meta_path, "checkpoint metadata file not found")
+    try:
+        record = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(meta_path, f"cannot read checkpoint metadata as JSON ({exc})") from exc
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise CheckpointError(meta_path, f"not a MedVision checkpoint (no \"format\": \"{FORMAT}\")")
+    version = record.get("version")
+    if version != VERSION:
+        raise CheckpointError(
+            meta_path, f"unsupported checkpoint version {version!r} (this MedVision reads {VERSION})"
+        )
+    if not isinstance(record.get("model"), dict) or not isinstance(record.get("weights_sha256"), str):
+        raise CheckpointError(meta_path, "checkpoint metadata lacks the model config or the weights checksum")
+    return record
+
+
+def load_checkpoint(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[AttentionUNet, dict[str, Any]]:
+    """Load a checkpoint written by :func:`save_checkpoint` -> (model in eval mode on ``device``, meta).
+
+    Any problem (missing file, foreign or corrupt JSON, truncated or corrupt weights, weights that do not
+    belong to this metadata, tensors that do not fit the model) raises CheckpointError naming the file.
+    """
+    weights_path, _ = checkpoint_paths(path)
+    record = read_checkpoint_meta(path)
+    if not weights_path.is_file():
+        raise CheckpointError(weights_path, "checkpoint weights file not found")
+    try:
+        data = weights_path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(weights_path, f"cannot read weights ({exc})") from exc
+    if hashlib.sha256(data).hexdigest() != record["weights_sha256"]:
+        raise CheckpointError(
+            weights_path, "weights do not match their metadata (checksum differs: truncated, corrupt, or "
+            "from another save)"
+        )
+    try:
+        state = load_safetensors_bytes(data)
+    except Exception as exc:  # safetensors raises its own SafetensorError (and others) on corrupt input
+        raise CheckpointError(weights_path, f"corrupt safetensors file ({exc})") from exc
+    try:
+        model = build_model(record["model"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(weights_path, f"invalid model config in metadata ({exc})") from exc
+    try:
+        model.load_state_dict(strip_wrapper_prefixes(state), strict=True)
+    except RuntimeError as exc:
+        problem = f"weights do not fit the model {record['model']} ({exc})"
+        raise CheckpointError(weights_path, problem) from exc
+    model.to(device).eval()
+    return model, record

@@ -1,0 +1,5 @@
+"""Segmentation networks (configured by constructor arguments, no global config)."""
+
+from medvision.models.attention_unet import CONFIG_KEYS, AttentionUNet, build_model, mc_dropout_mode
+
+__all__ = ["CONFIG_KEYS", "AttentionUNet", "build_model", "mc_dropout_mode"]
