@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = args.func(args)
     except MedVisionError as error:
-        print(f"error: {error}", file=sys.stderr)
+        message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        print(f"error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

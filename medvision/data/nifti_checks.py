@@ -8,6 +8,7 @@ multi-gigabyte allocation because a header lies about its size.
 
 from __future__ import annotations
 
+import gzip
 import logging
 import struct
 import zlib
@@ -30,6 +31,8 @@ MAX_SPATIAL_VOXELS: int = 512**3
 MAX_TOTAL_VOXELS: int = 4 * 512**3
 # Affines of co-registered modalities are equal up to float rounding in the header.
 AFFINE_TOLERANCE: float = 1e-3
+# Deflate cannot expand data more than ~1032:1, so a .nii.gz cannot hold more than this many bytes per byte.
+MAX_DEFLATE_RATIO: int = 1100
 
 # Everything nibabel, gzip, zlib and the OS raise for damaged or foreign files.
 _READ_ERRORS: tuple[type[BaseException], ...] = (
@@ -90,7 +93,7 @@ def open_nifti(path: str | Path, *, ndim: int) -> NiftiVolume:
         raise InputDataError(path, "file is empty (0 bytes)")
     try:
         # mmap=False: read through plain file handles so nothing keeps the source (or a temp dir) open.
-        image = nib.load(path, mmap=False)
+        image = _load_quietly(path)
     except _READ_ERRORS as exc:
         raise InputDataError(path, f"not a readable NIfTI file (corrupt or truncated): {exc}") from exc
     if not isinstance(image, nib.Nifti1Image):
@@ -104,7 +107,60 @@ def open_nifti(path: str | Path, *, ndim: int) -> NiftiVolume:
     zooms = tuple(float(z) for z in image.header.get_zooms()[:3])
     if len(zooms) != 3 or not all(np.isfinite(z) and z > 0 for z in zooms):
         raise InputDataError(path, f"voxel sizes {zooms} must be three positive finite numbers")
+    # nibabel silently repairs a zero pixdim to 1 while loading; the affine still has the true spacing.
+    if int(image.header["sform_code"]) > 0 or int(image.header["qform_code"]) > 0:
+        norms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+        if not np.allclose(zooms, norms, rtol=1e-3, atol=1e-4):
+            spacing = tuple(float(n) for n in norms)
+            problem = f"voxel sizes {zooms} in the header disagree with the affine {spacing}"
+            raise InputDataError(path, problem)
+    _check_size_against_file(path, image, shape, dtype)
     return NiftiVolume(path, image, shape, dtype, affine, zooms)  # type: ignore[arg-type]
+
+
+def _load_quietly(path: Path) -> nib.Nifti1Image:
+    """nib.load without nibabel's header-repair log lines ('nibabel.global' has its own stderr handler and
+    also propagates to the root logger): the problems it refuses come back in the exception anyway."""
+    nib_log = logging.getLogger("nibabel.global")
+    previous, nib_log.disabled = nib_log.disabled, True
+    try:
+        return nib.load(path, mmap=False)
+    finally:
+        nib_log.disabled = previous
+
+
+def _check_size_against_file(
+    path: Path, image: nib.Nifti1Image, shape: tuple[int, ...], dtype: np.dtype
+) -> None:
+    """Refuse a header claiming more voxel bytes than the file can hold, before anything is allocated."""
+    needed = int(image.header.get_data_offset()) + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    size = path.stat().st_size
+    compressed = path.name.lower().endswith(".gz")
+    most = size * MAX_DEFLATE_RATIO if compressed else size
+    if needed > most:
+        raise InputDataError(
+            path,
+            f"corrupt or truncated file: the header claims {needed:,} bytes of voxel data but the file "
+            f"holds only {size:,}{' compressed' if compressed else ''} bytes",
+        )
+
+
+def _verify_gzip(volume: NiftiVolume) -> None:
+    """nibabel stops reading at the end of the voxel data, so the gzip CRC-32 and length in the trailer are
+    never checked; read the stream to its end (bounded by what the header describes) so gzip checks them."""
+    if not volume.path.name.lower().endswith(".gz"):
+        return
+    most = int(volume.image.header.get_data_offset()) + int(np.prod(volume.shape)) * volume.dtype.itemsize
+    seen = 0
+    try:
+        with gzip.open(volume.path, "rb") as stream:
+            while chunk := stream.read(1 << 20):
+                seen += len(chunk)
+                if seen > most + (1 << 20):
+                    raise InputDataError(volume.path, "holds far more data than its header describes")
+    except (OSError, EOFError, zlib.error) as exc:
+        problem = f"cannot read voxel data (corrupt or truncated file): gzip check failed: {exc}"
+        raise InputDataError(volume.path, problem) from exc
 
 
 def _validated_shape(path: Path, shape: tuple[int, ...], ndim: int) -> tuple[int, ...]:
@@ -149,6 +205,7 @@ def read_nifti_data(volume: NiftiVolume) -> np.ndarray:
     except _READ_ERRORS as exc:
         problem = f"cannot read voxel data (corrupt or truncated file): {exc}"
         raise InputDataError(volume.path, problem) from exc
+    _verify_gzip(volume)
     if data.shape != volume.shape:
         data = data.reshape(volume.shape)  # only drops the trailing singleton dimensions checked above
     return data
@@ -162,6 +219,12 @@ def check_finite(data: np.ndarray, path: str | Path) -> None:
     if not finite.all():
         bad = int(finite.size - np.count_nonzero(finite))
         raise InputDataError(path, f"contains {bad:,} non-finite voxel values (NaN or Inf)")
+
+
+def check_not_empty(data: np.ndarray, path: str | Path) -> None:
+    """Refuse an image whose voxels are all zero: an empty scan (a failed export or conversion)."""
+    if not np.any(data):
+        raise InputDataError(path, "all voxels are zero (an empty scan: a failed export or conversion?)")
 
 
 def check_same_grid(volume: NiftiVolume, reference: NiftiVolume, *, spatial_only: bool = False) -> None:

@@ -40,6 +40,7 @@ from medvision.data.kaggle_h5 import (
 from medvision.data.nifti_checks import (
     NiftiVolume,
     check_finite,
+    check_not_empty,
     check_same_grid,
     has_nifti_suffix,
     labels_to_brats,
@@ -183,6 +184,7 @@ def _read_modality_files(modality_paths: Mapping[str, Path], label_path: Path | 
     for channel, volume in enumerate(volumes):
         data = read_nifti_data(volume)
         check_finite(data, volume.path)
+        check_not_empty(data, volume.path)
         image[channel] = nifti_to_case_axes(data)
     label = None
     if label_volume is not None:
@@ -283,6 +285,8 @@ def read_decathlon(image_path: str | Path, label_path: str | Path | None = None)
 
     data = read_nifti_data(volume)
     check_finite(data, image_path)
+    for channel in range(data.shape[3]):
+        check_not_empty(data[..., channel], image_path)
     size_i, size_j, size_k, channels = volume.shape
     image = np.empty((channels, size_k, size_i, size_j), dtype=np.float32)
     for channel in range(channels):  # DECATHLON_CHANNELS are already in MODALITIES order
@@ -329,6 +333,9 @@ def read_zip(
         )
         try:
             refs = list_case_sources(root)
+            if len(refs) == 1 and refs[0].kind == "zip":
+                problem = f"holds another zip archive ({refs[0].path.name}); nested archives are not read"
+                raise InputDataError(zip_path, problem)
             if len(refs) != 1:
                 problem = f"holds {len(refs)} cases; upload a zip of exactly one case folder"
                 raise InputDataError(root, problem)
@@ -357,7 +364,7 @@ def _zip_case_id(zip_path: Path) -> str:
     try:
         with zipfile.ZipFile(zip_path) as archive:
             names = [Path(n.replace("\\", "/")).name for n in archive.namelist() if not n.endswith("/")]
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError):
         return fallback  # read_zip reports the damage when the case is loaded
     return _case_id_from_prefixes(_scan_names(zip_path.parent, names).prefixes, fallback)
 

@@ -8,6 +8,7 @@ streaming (declared sizes can lie).
 from __future__ import annotations
 
 import logging
+import lzma
 import stat
 import zipfile
 import zlib
@@ -25,7 +26,9 @@ DEFAULT_MAX_COMPRESSION_RATIO: float = 1100.0
 # A case folder holds five files (plus perhaps a few extras); thousands of members is not a case.
 DEFAULT_MAX_MEMBERS: int = 1000
 _CHUNK = 1 << 20
-_EXTRACT_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, NotImplementedError)
+_EXTRACT_ERRORS = (
+    zipfile.BadZipFile, zlib.error, lzma.LZMAError, OSError, EOFError, ValueError, NotImplementedError
+)
 
 
 def _is_ignorable(name: str) -> bool:
@@ -93,7 +96,7 @@ def safe_extract(
         raise InputDataError(zip_path, "file is empty (0 bytes)")
     try:
         archive = zipfile.ZipFile(zip_path)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
         raise InputDataError(zip_path, f"not a readable zip archive: {exc}") from exc
 
     with archive:
