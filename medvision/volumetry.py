@@ -1,0 +1,135 @@
+"""Tumour volumetry from a BraTS label volume, its CSV form, and small-component clean-up.
+
+Volumes are in cm^3 (voxel count x voxel volume in mm^3 / 1000). Slices are axial (MedVision axis 0,
+the NIfTI ``k`` index). The largest axial diameter is the maximum Feret diameter (scikit-image
+``regionprops(...).feret_diameter_max`` with the in-plane spacing) of the whole-tumour mask on the
+axial slice where that mask has the largest area; all tumour pieces on that slice count as one
+region, so the figure is the longest straight line across the tumour in that plane.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from skimage import measure
+
+from medvision.data.case import REGION_LABELS, REGIONS
+
+# Single-region checkpoints (target "necrotic") report this region: BraTS label 1 (NCR/NET).
+NECROTIC_REGION = "NCR"
+ALL_REGION_LABELS: dict[str, tuple[int, ...]] = {**REGION_LABELS, NECROTIC_REGION: (1,)}
+# Per-label volume keys (label 4 is the ET region, reported once as ET_cm3).
+LABEL_KEYS: dict[int, str] = {1: "NCR_NET_cm3", 2: "ED_cm3"}
+
+
+def volumetry(
+    label: np.ndarray, spacing: Sequence[float], *, regions: Sequence[str] = REGIONS
+) -> dict[str, Any]:
+    """BraTS label volume (D, H, W) + spacing (D, H, W) in mm -> flat dict of figures.
+
+    Keys: ``<region>_cm3`` for each of ``regions`` (WT, TC, ET by default; ``NCR`` = label 1 for a
+    necrotic-only model), and when all three BraTS regions are given also ``NCR_NET_cm3`` (label 1) and
+    ``ED_cm3`` (label 2) (label 4 is ``ET_cm3``); ``first_slice`` / ``last_slice`` (axial range holding
+    any tumour, None when there is none), ``largest_slice`` and ``largest_area_mm2`` (the axial slice with
+    the most tumour), ``max_diameter_mm`` (largest axial Feret diameter, 0.0 without tumour).
+
+    Pass ``regions=("WT",)`` for a whole-tumour-only model: its label marks every tumour voxel 2, so
+    per-label and TC/ET figures would be meaningless and are left out.
+    """
+    label = np.asarray(label)
+    if label.ndim != 3:
+        raise ValueError(f"label must be (D, H, W), got shape {label.shape}")
+    if len(spacing) != 3 or min(float(s) for s in spacing) <= 0:
+        raise ValueError(f"spacing must be three positive mm values, got {tuple(spacing)}")
+    unknown = [r for r in regions if r not in ALL_REGION_LABELS]
+    if unknown:
+        raise ValueError(f"unknown regions {unknown}; known: {tuple(ALL_REGION_LABELS)}")
+    voxel_cm3 = float(np.prod([float(s) for s in spacing])) / 1000.0
+    counts = np.bincount(label.ravel(), minlength=5)
+
+    result: dict[str, Any] = {}
+    for region in regions:
+        result[f"{region}_cm3"] = float(sum(int(counts[v]) for v in ALL_REGION_LABELS[region]) * voxel_cm3)
+    if tuple(regions) == REGIONS:
+        for value, key in LABEL_KEYS.items():
+            result[key] = float(counts[value] * voxel_cm3)
+
+    tumour = label > 0
+    areas = tumour.sum(axis=(1, 2))
+    hit = np.flatnonzero(areas)
+    if hit.size == 0:
+        result.update(
+            first_slice=None, last_slice=None, largest_slice=None, largest_area_mm2=0.0, max_diameter_mm=0.0
+        )
+        return result
+    in_plane = (float(spacing[1]), float(spacing[2]))
+    largest = int(np.argmax(areas))
+    props = measure.regionprops(tumour[largest].astype(np.uint8), spacing=in_plane)[0]
+    result.update(
+        first_slice=int(hit[0]),
+        last_slice=int(hit[-1]),
+        largest_slice=largest,
+        largest_area_mm2=float(areas[largest] * in_plane[0] * in_plane[1]),
+        max_diameter_mm=float(props.feret_diameter_max),
+    )
+    return result
+
+
+def volumetry_csv(vol: dict[str, Any], *, case_id: str | None = None) -> str:
+    """A volumetry dict -> CSV text: one header row and one value row (``case_id`` first when given).
+
+    Floats are written with 3 decimals; None (no tumour) is an empty cell.
+    """
+    row: dict[str, Any] = {"case_id": case_id} if case_id is not None else {}
+    for key, value in vol.items():
+        row[key] = f"{value:.3f}" if isinstance(value, float) else ("" if value is None else value)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(row), lineterminator="\n")
+    writer.writeheader()
+    writer.writerow(row)
+    return buffer.getvalue()
+
+
+def remove_small_components(label_or_regions: np.ndarray, min_voxels: int) -> np.ndarray:
+    """Drop 3-D connected tumour pieces smaller than ``min_voxels`` (26-connectivity); returns a copy.
+
+    - A BraTS label volume (D, H, W) (integer): whole-tumour components (label > 0) below the size are
+      set to 0, keeping the sub-labels of the components that stay.
+    - Boolean regions (R, D, H, W): each region is cleaned on its own, then nesting is restored
+      (TC within WT, ET within TC) when R == 3.
+    ``min_voxels <= 1`` returns an unchanged copy.
+    """
+    array = np.asarray(label_or_regions)
+    if min_voxels < 0:
+        raise ValueError(f"min_voxels must be >= 0, got {min_voxels}")
+    if array.dtype == bool:
+        if array.ndim != 4:
+            raise ValueError(f"boolean regions must be (R, D, H, W), got shape {array.shape}")
+        out = np.stack([_keep_large(channel, min_voxels) for channel in array])
+        if out.shape[0] == 3:
+            out[1] &= out[0]
+            out[2] &= out[1]
+        return out
+    if array.ndim != 3 or not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(
+            f"expected an integer label volume (D, H, W) or bool regions, got {array.dtype} {array.shape}"
+        )
+    out = array.copy()
+    out[~_keep_large(array > 0, min_voxels)] = 0
+    return out
+
+
+def _keep_large(mask: np.ndarray, min_voxels: int) -> np.ndarray:
+    if min_voxels <= 1 or not mask.any():
+        return mask.copy()
+    # connectivity=ndim -> 26-neighbourhood in 3-D: diagonal contact keeps pieces together. Labelling and
+    # counting by hand (rather than morphology.remove_small_objects) avoids its min_size/max_size rename.
+    components = measure.label(mask, connectivity=mask.ndim)
+    sizes = np.bincount(components.ravel())
+    keep = sizes >= min_voxels
+    keep[0] = False
+    return keep[components]

@@ -1,0 +1,211 @@
+"""`python -m medvision predict`: outputs, volumetry summary, and clean failures (one stderr line naming
+the file, non-zero exit, no traceback, no output left behind)."""
+
+from __future__ import annotations
+
+import gzip
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from medvision.checkpoint import save_checkpoint
+from medvision.cli import main
+from medvision.models import AttentionUNet
+
+MODALITY_FILES = ("flair", "t1", "t1ce", "t2")
+CASE_ID = "Synth_042"
+NIFTI_SHAPE = (40, 36, 10)  # (i, j, k): 10 axial slices
+AFFINE = np.array([[-1.0, 0, 0, 80], [0, -1.0, 0, 100], [0, 0, 1.5, -30], [0, 0, 0, 1]])
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    model = AttentionUNet(4, 3, 4, 2, 0.2)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    save_checkpoint(path, model, {"target": "regions", "neighbours": 0, "patch_size": [48, 48]})
+    return path
+
+
+def write_case_folder(root: Path) -> Path:
+    """A BraTS-2021-style folder with four int16 modalities (a bright blob inside an ellipse of brain)."""
+    folder = root / CASE_ID
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    i, j, k = np.meshgrid(*(np.arange(s) for s in NIFTI_SHAPE), indexing="ij")
+    brain = ((i - 20) / 15) ** 2 + ((j - 18) / 14) ** 2 < 1
+    brain &= (k >= 1) & (k <= 8)
+    for c, name in enumerate(MODALITY_FILES):
+        data = np.where(brain, 300 + 40 * c + 20 * rng.standard_normal(NIFTI_SHAPE), 0).astype(np.int16)
+        nib.save(nib.Nifti1Image(data, AFFINE), folder / f"{CASE_ID}_{name}.nii.gz")
+    return folder
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    code = main(["predict", *[str(a) for a in args]])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_clean_failure(code: int, err: str, name: str, out_dir: Path) -> None:
+    assert code != 0
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert name in lines[0] and "Traceback" not in err
+    assert not [p for p in out_dir.iterdir()], "a failed run left files behind"
+
+
+def test_predict_writes_label_probabilities_uncertainty_and_report(
+    tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture
+) -> None:
+    folder = write_case_folder(tmp_path / "in")
+    out = tmp_path / "out"
+    code, stdout, err = run_cli(
+        [
+            folder,
+            "-o",
+            out / "pred.nii.gz",
+            "--checkpoint",
+            checkpoint,
+            "--device",
+            "cpu",
+            "--mc-samples",
+            "2",
+            "--tta",
+            "--report",
+            out / "report.csv",
+            "--probabilities",
+            out / "probs.nii.gz",
+            "--uncertainty",
+            out / "unc.nii.gz",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert CASE_ID in stdout and "volumes (cm^3): WT" in stdout and "uncertainty score" in stdout
+    label = nib.load(out / "pred.nii.gz")
+    assert label.shape == NIFTI_SHAPE and label.get_data_dtype() == np.uint8
+    np.testing.assert_allclose(label.affine, AFFINE)
+    assert set(np.unique(np.asarray(label.dataobj))) <= {0, 1, 2, 4}
+    assert nib.load(out / "probs.nii.gz").shape == (*NIFTI_SHAPE, 3)
+    assert nib.load(out / "unc.nii.gz").shape == NIFTI_SHAPE
+    header, row = (out / "report.csv").read_text().splitlines()
+    assert header.startswith("case_id,WT_cm3,TC_cm3,ET_cm3") and row.startswith(CASE_ID + ",")
+    assert sorted(p.name for p in out.iterdir()) == [
+        "pred.nii.gz",
+        "probs.nii.gz",
+        "report.csv",
+        "unc.nii.gz",
+    ]
+
+
+def test_missing_input(tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    code, _, err = run_cli(
+        [tmp_path / "no_such_case", "-o", out / "p.nii.gz", "--checkpoint", checkpoint], capsys
+    )
+    assert_clean_failure(code, err, "no_such_case", out)
+
+
+def test_corrupt_gzip(tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture) -> None:
+    folder = write_case_folder(tmp_path / "in")
+    t1 = folder / f"{CASE_ID}_t1.nii.gz"
+    t1.write_bytes(t1.read_bytes()[:200])  # truncated gzip stream
+    out = tmp_path / "out"
+    out.mkdir()
+    code, _, err = run_cli([folder, "-o", out / "p.nii.gz", "--checkpoint", checkpoint], capsys)
+    assert_clean_failure(code, err, t1.name, out)
+
+
+def test_garbage_gzip(tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture) -> None:
+    folder = write_case_folder(tmp_path / "in")
+    t2 = folder / f"{CASE_ID}_t2.nii.gz"
+    t2.write_bytes(gzip.compress(b"this is not a NIfTI header" * 20))
+    out = tmp_path / "out"
+    out.mkdir()
+    code, _, err = run_cli([folder, "-o", out / "p.nii.gz", "--checkpoint", checkpoint], capsys)
+    assert_clean_failure(code, err, t2.name, out)
+
+
+def test_missing_modality(tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture) -> None:
+    folder = write_case_folder(tmp_path / "in")
+    (folder / f"{CASE_ID}_t1ce.nii.gz").unlink()
+    out = tmp_path / "out"
+    out.mkdir()
+    code, _, err = run_cli([folder, "-o", out / "p.nii.gz", "--checkpoint", checkpoint], capsys)
+    assert_clean_failure(code, err, CASE_ID, out)
+    assert "t1ce" in err
+
+
+def test_bad_options_fail_before_work(
+    tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture
+) -> None:
+    folder = write_case_folder(tmp_path / "in")
+    out = tmp_path / "out"
+    out.mkdir()
+    code, _, err = run_cli([folder, "-o", out / "p.png", "--checkpoint", checkpoint], capsys)
+    assert_clean_failure(code, err, "p.png", out)
+    code, _, err = run_cli(
+        [folder, "-o", out / "p.nii.gz", "--checkpoint", checkpoint, "--uncertainty", out / "u.nii.gz"],
+        capsys,
+    )
+    assert_clean_failure(code, err, "u.nii.gz", out)
+    code, _, err = run_cli(
+        [folder, "-o", out / "p.nii.gz", "--checkpoint", tmp_path / "missing.safetensors"], capsys
+    )
+    assert_clean_failure(code, err, "missing", out)
+
+
+def test_missing_demo_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch) -> None:
+    import medvision.inference as inference
+
+    monkeypatch.setattr(inference, "DEFAULT_CHECKPOINT", tmp_path / "checkpoints" / "demo.safetensors")
+    folder = write_case_folder(tmp_path / "in")
+    out = tmp_path / "out"
+    out.mkdir()
+    code, _, err = run_cli([folder, "-o", out / "p.nii.gz"], capsys)
+    assert_clean_failure(code, err, "demo.safetensors", out)
+    assert "--checkpoint" in err
+
+
+def test_failed_write_removes_earlier_outputs(
+    tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture
+) -> None:
+    folder = write_case_folder(tmp_path / "in")
+    out = tmp_path / "out"
+    out.mkdir()
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where a folder is expected")
+    code, _, err = run_cli(
+        [folder, "-o", out / "p.nii.gz", "--checkpoint", checkpoint, "--report", blocker / "r.csv"], capsys
+    )
+    assert_clean_failure(code, err, "r.csv", out)
+
+
+def test_subprocess_error_has_no_traceback(tmp_path: Path, checkpoint: Path) -> None:
+    out = tmp_path / "p.nii.gz"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "medvision",
+            "predict",
+            str(tmp_path / "absent"),
+            "-o",
+            str(out),
+            "--checkpoint",
+            str(checkpoint),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert "absent" in proc.stderr and not out.exists()
