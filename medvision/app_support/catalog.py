@@ -1,0 +1,268 @@
+"""What the sidebar offers: data sources (demo cohort, server folders, stores) and models (checkpoints).
+
+A data source always ends up as a prepared store (for EDA and training) plus a list of cases the
+Predict page can open. The synthetic demo cohort is made on first start inside the workspace, so a new
+user has something to look at without downloading anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medvision.app_support.workspace import AppSettings, Workspace
+from medvision.data.case import Case
+from medvision.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """A dataset the app works on: a label for the UI, the raw cases (if any) and the prepared store."""
+
+    label: str
+    store: Path
+    cases_root: Path | None = None  # a folder readers understand; None when only the store is known
+    kind: str = "server"  # "synthetic" | "server" | "store"
+
+
+@dataclass(frozen=True)
+class CaseChoice:
+    """One case the Predict page can open: a readers CaseRef (raw files) or a case of a prepared store."""
+
+    case_id: str
+    key: str  # stable text identifying the case, used as a cache key
+    ref: Any = None  # medvision.data.readers.CaseRef
+    store: str | None = None
+
+    def load(self) -> Case:
+        if self.ref is not None:
+            return self.ref.load()
+        from medvision.data.store import SliceStore
+
+        # A store holds the brain-cropped, z-scored volume; inference normalises it again, harmlessly.
+        with SliceStore(self.store) as store:  # type: ignore[arg-type]
+            return store.read_case(self.case_id)
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """A checkpoint the app can predict with, with the run folder it came from when known."""
+
+    label: str
+    checkpoint: Path
+    run_dir: Path | None = None
+
+
+# ------------------------------------------------------------------------------------------------
+# Data sources
+
+
+def demo_source(workspace: Workspace) -> DataSource:
+    return DataSource(
+        label="Synthetic demo cohort",
+        store=workspace.data / "synthetic.h5",
+        cases_root=workspace.data / "synthetic",
+        kind="synthetic",
+    )
+
+
+def ensure_demo_cohort(settings: AppSettings, progress: Progress | None = None) -> DataSource:
+    """Make the synthetic cohort and its store in the workspace unless they are already there."""
+    from medvision.data.store import is_store, prepare_store
+    from medvision.data.synthetic import write_cohort
+
+    source = demo_source(settings.workspace.ensure())
+    assert source.cases_root is not None
+    say = progress or (lambda _msg: None)
+    if not (source.cases_root.is_dir() and any(source.cases_root.iterdir())):
+        say(f"Making {settings.demo_cases} synthetic cases of size {settings.demo_size}…")
+        tmp = source.cases_root.with_name(source.cases_root.name + ".partial")
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp)
+        # One process: under `streamlit run`, worker processes would re-run the app script (spawn).
+        write_cohort(
+            tmp, settings.demo_cases, seed=0, size=settings.demo_size, fmt="nifti", workers=1, progress=False
+        )
+        tmp.rename(source.cases_root)  # whole cohort or nothing: a killed first start is simply redone
+    if not is_store(source.store):
+        say("Preparing the slice store (crop to brain, z-score)…")
+        prepare_store(source.cases_root, source.store, workers=1, progress=False)
+    say("Demo cohort ready.")
+    return source
+
+
+def store_path_for(folder: Path, workspace: Workspace) -> Path:
+    """Where the app keeps the prepared store of a server folder (one per resolved path)."""
+    digest = hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:12]
+    return workspace.cache / "stores" / f"{folder.name}-{digest}.h5"
+
+
+def server_source(path: Path, workspace: Workspace) -> DataSource:
+    """A confined server path -> DataSource. A store is used as it is; a folder gets a store in the cache,
+    which may not exist yet (see :func:`medvision.app_support.launcher.start_prepare`)."""
+    from medvision.data.store import is_store
+
+    if is_store(path):
+        return DataSource(label=f"Store {path.name}", store=path, cases_root=None, kind="store")
+    return DataSource(
+        label=f"Folder {path.name}", store=store_path_for(path, workspace), cases_root=path, kind="server"
+    )
+
+
+def is_ready(source: DataSource) -> bool:
+    from medvision.data.store import is_store
+
+    return is_store(source.store)
+
+
+def case_choices(source: DataSource) -> list[CaseChoice]:
+    """Cases of a source, raw files first (original intensities, full field of view), else the store."""
+    if source.cases_root is not None and source.cases_root.exists():
+        from medvision.data.readers import list_case_sources
+
+        return [
+            CaseChoice(case_id=ref.case_id, key=f"{ref.kind}:{ref.path}:{ref.case_id}", ref=ref)
+            for ref in list_case_sources(source.cases_root)
+        ]
+    from medvision.data.store import SliceStore
+
+    with SliceStore(source.store) as store:
+        return [
+            CaseChoice(
+                case_id=c, key=f"store:{source.store}:{store.fingerprint}:{c}", store=str(source.store)
+            )
+            for c in store.case_ids
+        ]
+
+
+# ------------------------------------------------------------------------------------------------
+# Models
+
+
+def model_choices(settings: AppSettings) -> list[ModelChoice]:
+    """The shipped demo checkpoint, finished (or stopped) workspace runs, and dropped-in checkpoints."""
+    from medvision.train.rundir import checkpoint_path, list_runs
+
+    choices: list[ModelChoice] = []
+    if settings.demo_checkpoint.is_file() and settings.demo_checkpoint.with_suffix(".json").is_file():
+        choices.append(ModelChoice(label="Shipped demo model", checkpoint=settings.demo_checkpoint))
+    for run in list_runs(settings.workspace.runs):
+        if run.state not in ("finished", "stopped"):
+            continue
+        for name in ("best", "last"):
+            path = checkpoint_path(run.path, name)
+            if path.is_file() and path.with_suffix(".json").is_file():
+                suffix = "" if run.state == "finished" else f" ({run.state})"
+                choices.append(
+                    ModelChoice(label=f"Run {run.name}{suffix}", checkpoint=path, run_dir=run.path)
+                )
+                break
+    if settings.workspace.models.is_dir():
+        for path in sorted(settings.workspace.models.glob("*.safetensors")):
+            if path.with_suffix(".json").is_file():
+                choices.append(ModelChoice(label=f"Model {path.stem}", checkpoint=path))
+    return choices
+
+
+def model_meta(choice: ModelChoice) -> dict[str, Any]:
+    """The checkpoint's metadata; CheckpointError when it is not readable."""
+    from medvision.checkpoint import read_checkpoint_meta
+
+    return read_checkpoint_meta(choice.checkpoint)
+
+
+def model_card_text(choice: ModelChoice, settings: AppSettings) -> str | None:
+    """The Markdown model card shipped beside the demo checkpoint (None for other checkpoints)."""
+    card = choice.checkpoint.parent / "MODEL_CARD.md"
+    if choice.checkpoint == settings.demo_checkpoint and card.is_file():
+        return card.read_text(encoding="utf-8")
+    return None
+
+
+def run_dir_of(choice: ModelChoice, meta: dict[str, Any]) -> Path | None:
+    """The run folder whose metrics log shows how this model was trained, when it still exists.
+
+    Looked for in order: the run the model was picked from, ``meta["run_dir"]``, the folder above a
+    ``<run>/checkpoints/x.safetensors``, and ``<name>_run/`` beside a shipped checkpoint (where a model
+    card can keep its training log).
+    """
+    candidates: list[Path] = []
+    if choice.run_dir is not None:
+        candidates.append(choice.run_dir)
+    for key in ("run_dir", "run"):
+        if isinstance(meta.get(key), str):
+            candidates.append(Path(meta[key]))
+    if choice.checkpoint.parent.name == "checkpoints":
+        candidates.append(choice.checkpoint.parent.parent)
+    candidates.append(choice.checkpoint.with_name(choice.checkpoint.stem + "_run"))
+    for candidate in candidates:
+        if (candidate / "metrics.jsonl").is_file():
+            return candidate
+    return None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def metric_tables(meta: dict[str, Any], prefix: str = "") -> list[tuple[str, dict[str, dict[str, Any]]]]:
+    """Every ``{row: {column: number}}`` block of a checkpoint's metadata (validation per region, test
+    metrics per region and per tumour-size bucket, ...), found at any depth, as (title, rows)."""
+    tables: list[tuple[str, dict[str, dict[str, Any]]]] = []
+    for key, value in meta.items():
+        if not isinstance(value, dict) or key in ("model", "train_config", "data", "split"):
+            continue
+        title = f"{prefix}{key}"
+        rows = {
+            k: v
+            for k, v in value.items()
+            if isinstance(v, dict) and v and all(_is_number(x) or x is None for x in v.values())
+        }
+        if rows:
+            tables.append((title, rows))
+        nested = {k: v for k, v in value.items() if isinstance(v, dict) and k not in rows}
+        if nested:
+            tables.extend(metric_tables(nested, prefix=f"{title} / "))
+    return tables
+
+
+def summary_fields(meta: dict[str, Any]) -> dict[str, Any]:
+    """The top-level scalar facts of a checkpoint (target, preset, epoch, best Dice, ...)."""
+    skip = {"weights_sha256", "weights_file", "format", "version"}
+    return {
+        k: v
+        for k, v in meta.items()
+        if k not in skip
+        and (_is_number(v) or isinstance(v, str) or v is None)
+        or (isinstance(v, list) and len(v) <= 8 and all(isinstance(x, (str, int, float)) for x in v))
+    }
+
+
+__all__ = [
+    "CaseChoice",
+    "CheckpointError",
+    "DataSource",
+    "ModelChoice",
+    "case_choices",
+    "demo_source",
+    "ensure_demo_cohort",
+    "is_ready",
+    "metric_tables",
+    "model_card_text",
+    "model_choices",
+    "model_meta",
+    "run_dir_of",
+    "server_source",
+    "store_path_for",
+    "summary_fields",
+]

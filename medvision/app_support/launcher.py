@@ -1,0 +1,271 @@
+"""Start, stop and resume training runs as background processes that outlive the page that started them.
+
+A run is ``python -m medvision train ...`` started with ``start_new_session=True``: it is not in the
+Streamlit server's process group, so reloading or closing the browser tab (or a Streamlit rerun) never
+touches it. The page follows it only through the run folder (status.json, metrics.jsonl). Stop sends
+SIGTERM, which the trainer turns into "finish the step, save a checkpoint, state stopped"; resume
+relaunches the same command with ``--resume``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from medvision.app_support.workspace import REPO_ROOT
+from medvision.errors import RunBusyError
+from medvision.train.config import TrainConfig
+from medvision.train.rundir import RunSummary, is_run_busy, list_runs, read_status, summarise_run
+
+log = logging.getLogger(__name__)
+
+LAUNCH_LOG = "launcher.log"
+_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+# Processes started by this server, so a run that dies before writing its status still reports why,
+# and a second click in the moment before the trainer takes its lock is refused too.
+_children: dict[str, subprocess.Popen] = {}
+_children_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Launch:
+    run_dir: Path
+    pid: int
+    command: tuple[str, ...]
+
+
+def new_run_name(prefix: str = "run") -> str:
+    return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def check_run_name(name: str) -> str:
+    """A run folder name (letters, digits, ``._-``; no paths); ValueError otherwise."""
+    name = (name or "").strip()
+    if not _RUN_NAME.match(name):
+        raise ValueError(
+            f"run name {name!r} is not allowed: use 1-64 letters, digits, '.', '_' or '-', starting with a "
+            "letter or digit"
+        )
+    return name
+
+
+def train_command(
+    store: Path, run_dir: Path, config: TrainConfig, *, resume: bool = False, python: str = sys.executable
+) -> list[str]:
+    """The CLI command that trains ``config`` on ``store`` into ``run_dir`` (or resumes it)."""
+    if resume:
+        return [python, "-m", "medvision", "train", "--run-dir", str(run_dir), "--resume"]
+    command = [
+        python,
+        "-m",
+        "medvision",
+        "train",
+        "--data",
+        str(store),
+        "--run-dir",
+        str(run_dir),
+        "--preset",
+        config.preset if config.preset != "custom" else "demo",
+    ]
+    for field, value in _overrides(config).items():
+        flag = "--" + field.replace("_", "-")
+        if isinstance(value, bool):
+            command.append(flag if value else "--no-" + field.replace("_", "-"))
+        else:
+            command += [flag, str(value)]
+    return command
+
+
+# The fields the Train page form sets; everything else comes from the preset.
+FORM_FIELDS: tuple[str, ...] = (
+    "target",
+    "epochs",
+    "batch_size",
+    "lr",
+    "amp",
+    "base_filters",
+    "device",
+    "steps_per_epoch",
+    "val_max_slices",
+)
+
+
+def _overrides(config: TrainConfig) -> dict[str, object]:
+    return {f: getattr(config, f) for f in FORM_FIELDS if getattr(config, f) is not None}
+
+
+def is_busy(run_dir: Path) -> bool:
+    """A live process uses ``run_dir``: the trainer holds its lock, or our child is still starting up."""
+    with _children_lock:
+        child = _children.get(str(run_dir))
+    if child is not None and child.poll() is None:
+        return True
+    return is_run_busy(run_dir)
+
+
+def launch(
+    command: list[str], run_dir: Path, *, cwd: Path = REPO_ROOT, env: dict[str, str] | None = None
+) -> Launch:
+    """Start ``command`` in its own session, output appended to ``run_dir/launcher.log``.
+
+    Refuses (RunBusyError) when a live process already uses ``run_dir``.
+    """
+    run_dir = Path(run_dir)
+    if is_busy(run_dir):
+        with _children_lock:
+            child = _children.get(str(run_dir))
+        pid = (read_status(run_dir) or {}).get("pid") or (child.pid if child is not None else "?")
+        raise RunBusyError(
+            f"run folder {run_dir.name} is busy: training process {pid} is still using it. "
+            "Stop it first or choose another run name."
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    child_env = dict(os.environ if env is None else env)
+    # The package is imported from the repository even when the app was started from elsewhere.
+    child_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(cwd), child_env.get("PYTHONPATH", "")) if p)
+    with open(run_dir / LAUNCH_LOG, "ab") as out:
+        out.write(f"$ {' '.join(command)}\n".encode())
+        out.flush()
+        process = subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=child_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    with _children_lock:
+        _children[str(run_dir)] = process
+    # Reap the child when it ends so it does not linger as a zombie that looks alive to os.kill(pid, 0).
+    threading.Thread(target=process.wait, name=f"reap-{process.pid}", daemon=True).start()
+    log.info("started training pid %d in %s", process.pid, run_dir)
+    return Launch(run_dir=run_dir, pid=process.pid, command=tuple(command))
+
+
+def start_training(
+    store: Path, runs_root: Path, name: str, config: TrainConfig, *, env: dict[str, str] | None = None
+) -> Launch:
+    """Launch a new run ``runs_root/name``; refuses a busy folder and one that already holds a run."""
+    run_dir = Path(runs_root) / check_run_name(name)
+    if is_busy(run_dir):
+        return launch([], run_dir)  # raises RunBusyError with the message users see
+    if (run_dir / "config.json").exists() or (run_dir / "status.json").exists():
+        raise RunBusyError(f"run folder {run_dir.name} already holds a run; resume it or choose another name")
+    return launch(train_command(store, run_dir, config), run_dir, env=env)
+
+
+def resume_training(run_dir: Path, *, env: dict[str, str] | None = None) -> Launch:
+    return launch(train_command(Path(), run_dir, TrainConfig(), resume=True), run_dir, env=env)
+
+
+def stop_training(run_dir: Path) -> bool:
+    """Ask the run's process to stop (SIGTERM: it checkpoints and exits). False when nothing was running."""
+    pid = None
+    with _children_lock:
+        child = _children.get(str(run_dir))
+    if child is not None and child.poll() is None:
+        pid = child.pid
+    elif is_run_busy(run_dir):
+        pid = (read_status(run_dir) or {}).get("pid")
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def exit_code(run_dir: Path) -> int | None:
+    """Exit status of a run this server started and that has ended (None if unknown or still running)."""
+    with _children_lock:
+        child = _children.get(str(run_dir))
+    return None if child is None else child.poll()
+
+
+def launch_log_tail(run_dir: Path, lines: int = 20) -> str:
+    """Last lines the process printed (for runs that failed before writing their own status)."""
+    path = Path(run_dir) / LAUNCH_LOG
+    if not path.is_file():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def sample_images(run_dir: Path) -> list[Path]:
+    """The per-epoch sample prediction images of a run, oldest first."""
+    folder = Path(run_dir) / "samples"
+    return sorted(folder.glob("epoch_*.png")) if folder.is_dir() else []
+
+
+def train_log_tail(run_dir: Path, lines: int = 30) -> str:
+    """The end of the run's own log (its traceback when it failed), else of the launcher's output."""
+    for name in ("train.log", LAUNCH_LOG):
+        path = Path(run_dir) / name
+        if path.is_file():
+            text = path.read_text(errors="replace").splitlines()
+            if text:
+                return "\n".join(text[-lines:])
+    return ""
+
+
+def can_resume(run_dir: Path) -> bool:
+    """A stopped, interrupted or failed run that saved training state can continue where it stopped."""
+    status = read_status(run_dir) or {}
+    saved = (Path(run_dir) / "train_state.pt").is_file() or (Path(run_dir) / "config.json").is_file()
+    return status.get("state") in ("stopped", "interrupted", "failed") and saved and not is_busy(run_dir)
+
+
+def app_runs(root: Path) -> list[RunSummary]:
+    """Runs under ``root``, newest first, including launches that died before writing any status."""
+    runs = list_runs(root)
+    known = {r.path.name for r in runs}
+    if Path(root).is_dir():
+        extra = [
+            summarise_run(d)
+            for d in Path(root).iterdir()
+            if d.is_dir() and d.name not in known and (d / LAUNCH_LOG).is_file()
+        ]
+        runs = sorted(
+            runs + extra, key=lambda r: r.updated or (r.path / LAUNCH_LOG).stat().st_mtime, reverse=True
+        )
+    return runs
+
+
+# ------------------------------------------------------------------------------------------------
+# Preparing a server folder into a store (can take many minutes for a whole dataset)
+
+
+def prepare_dir(store: Path) -> Path:
+    """Folder holding the launcher log of the background prepare of ``store``."""
+    return Path(store).with_name(Path(store).name + ".prepare")
+
+
+def start_prepare(source: Path, store: Path, *, workers: int = 2, python: str = sys.executable) -> Launch:
+    """Prepare ``source`` into ``store`` in a background process (``python -m medvision prepare``).
+
+    A separate process, not a pool inside the Streamlit server: worker processes started from the
+    server would re-run the app script, and a 369-case dataset must not block the page for minutes.
+    """
+    command = [
+        python,
+        "-m",
+        "medvision",
+        "prepare",
+        str(source),
+        "--out",
+        str(store),
+        "--workers",
+        str(workers),
+        "--no-progress",
+    ]
+    return launch(command, prepare_dir(store))

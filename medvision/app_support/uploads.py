@@ -1,0 +1,145 @@
+"""Turn files uploaded in the browser into a `Case`, with clear errors and nothing left behind.
+
+Accepted: the four modality NIfTI files of one case (+ optional ``seg``), a ``.zip`` of one case folder,
+or one 4-D NIfTI (Decathlon layout, channels FLAIR, T1w, T1gd, T2w). Uploaded bytes are written to a
+fresh temporary folder under the workspace (never elsewhere), read by ``medvision.data.readers`` and
+the folder is removed again; every refusal is a MedVisionError whose message names the file.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from medvision.data.case import Case
+from medvision.errors import InputDataError
+
+log = logging.getLogger(__name__)
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+MODALITY_KEYS = ("flair", "t1", "t1ce", "t2", "seg")
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
+
+
+@dataclass(frozen=True)
+class UploadedFile:
+    """What the page hands over: the browser's file name and its bytes."""
+
+    name: str
+    data: bytes
+
+
+def safe_name(name: str) -> str:
+    """Browser file name -> a plain file name (no folders, no odd characters) to write to disk."""
+    base = Path(str(name).replace("\\", "/")).name
+    cleaned = _SAFE_NAME.sub("_", base).lstrip(".")
+    return cleaned or "upload"
+
+
+def nifti_stem(name: str) -> str | None:
+    lower = name.lower()
+    for suffix in NIFTI_SUFFIXES:
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def modality_of(name: str) -> str | None:
+    """Which modality a NIfTI file name denotes (``BraTS2021_00006_t1ce.nii.gz`` -> ``t1ce``), else None.
+
+    Uses the readers' own naming table (BraTS 2018-2021 ``_flair`` ... and BraTS 2023 ``-t2f`` ...).
+    """
+    from medvision.data.readers import classify_name
+
+    stem = nifti_stem(name)
+    if stem is None:
+        return None
+    found = classify_name(stem)
+    return found[1] if found else None
+
+
+def classify(files: Sequence[UploadedFile]) -> str:
+    """'zip', 'nifti4d' or 'modalities' for a set of uploads; InputDataError when it is none of them."""
+    if not files:
+        raise InputDataError("upload", "no files were uploaded")
+    names = [f.name for f in files]
+    zips = [n for n in names if n.lower().endswith(".zip")]
+    others = [n for n in names if not n.lower().endswith(".zip") and nifti_stem(n) is None]
+    if others:
+        raise InputDataError(others[0], "unsupported file type (expected .nii, .nii.gz or .zip)")
+    if zips:
+        if len(files) > 1:
+            raise InputDataError(zips[0], "upload a zip on its own (one zip of one case folder)")
+        return "zip"
+    if len(files) == 1:
+        return "nifti4d"
+    found: dict[str, str] = {}
+    for name in names:
+        modality = modality_of(name)
+        if modality is None:
+            raise InputDataError(
+                name,
+                "cannot tell the modality from the file name (expected it to end in _flair, _t1, _t1ce, "
+                "_t2 or _seg, or the BraTS 2023 -t2f, -t1n, -t1c, -t2w, -seg)",
+            )
+        if modality in found:
+            raise InputDataError(name, f"second {modality} file (first was {found[modality]})")
+        found[modality] = name
+    missing = [m for m in ("flair", "t1", "t1ce", "t2") if m not in found]
+    if missing:
+        raise InputDataError(names[0], f"missing modality file(s): {', '.join(missing)}")
+    return "modalities"
+
+
+def case_from_uploads(files: Sequence[UploadedFile], upload_root: Path, *, max_bytes: int) -> Case:
+    """Read uploaded files as one case: checked, written under ``upload_root``, read, then removed."""
+    kind = classify(files)
+    total = sum(len(f.data) for f in files)
+    if total > max_bytes:
+        raise InputDataError(
+            files[0].name, f"upload is {total / 1e6:.0f} MB, more than the {max_bytes / 1e6:.0f} MB limit"
+        )
+    for f in files:
+        if not f.data:
+            raise InputDataError(f.name, "the file is empty")
+    upload_root.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="upload-", dir=upload_root))
+    try:
+        paths: dict[str, Path] = {}
+        for f in files:
+            path = folder / safe_name(f.name)
+            path.write_bytes(f.data)
+            paths[f.name] = path
+        try:
+            return _read(kind, paths)
+        except InputDataError as error:
+            # Name the files as the user knows them, never the temporary copies on the server.
+            raise InputDataError(
+                _shown(error.path, paths, folder), _shown(error.problem, paths, folder)
+            ) from error
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _read(kind: str, paths: dict[str, Path]) -> Case:
+    from medvision.data import readers  # lazy: keeps this module importable while readers is loading
+
+    if kind == "zip":
+        (path,) = paths.values()
+        return readers.read_zip(path)
+    if kind == "nifti4d":
+        (path,) = paths.values()
+        return readers.load_case(path)
+    by_modality = {modality_of(name): path for name, path in paths.items()}
+    return readers.read_nifti_files(by_modality)  # type: ignore[arg-type]
+
+
+def _shown(text: str, paths: dict[str, Path], folder: Path) -> str:
+    for original, path in paths.items():
+        text = text.replace(str(path), original)
+    return text.replace(str(folder), "upload")

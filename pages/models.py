@@ -1,0 +1,79 @@
+"""Models: the card of the selected checkpoint: how it was trained, its metrics, its training curves."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from medvision.app_support import catalog, figures
+from medvision.errors import MedVisionError
+from medvision.train.rundir import read_metrics
+
+st.title("Models")
+settings = st.session_state.get("mv_settings")
+model = st.session_state.get("mv_model")
+if settings is None or model is None:
+    st.info("No model selected: train one on the Train page, or ship checkpoints/demo.safetensors.")
+    st.stop()
+
+try:
+    meta = catalog.model_meta(model)
+except MedVisionError as error:
+    st.error(f"Cannot read the checkpoint {model.checkpoint}: {error}")
+    st.stop()
+
+st.subheader(model.label)
+st.caption(f"`{model.checkpoint}`")
+summary = catalog.summary_fields(meta)
+architecture = meta.get("model", {})
+c1, c2, c3, c4 = st.columns(4)
+c1.metric("Target", str(meta.get("target", "–")))
+c2.metric("Preset", str(meta.get("preset") or meta.get("train_config", {}).get("preset", "–")))
+c3.metric("Epochs trained", str(meta.get("epoch", "–")))
+best = meta.get("best_val_mean_dice")
+c4.metric("Best val mean Dice", f"{best:.3f}" if isinstance(best, (int, float)) else "–")
+
+card = catalog.model_card_text(model, settings)
+if card:
+    with st.expander("Model card", expanded=True):
+        st.markdown(card)
+
+tables = catalog.metric_tables(meta)
+if tables:
+    st.subheader("Metrics")
+    names = {"val": "Validation", "test": "Test", "train": "Training"}
+    for title, rows in tables:
+        pretty = " / ".join(
+            names.get(part, part.replace("_", " ").capitalize()) for part in title.split(" / ")
+        )
+        st.markdown(f"**{pretty}**")
+        st.dataframe(pd.DataFrame(rows).T.style.format(precision=3, na_rep="–"))
+else:
+    st.info("This checkpoint's metadata holds no metrics.")
+
+left, right = st.columns(2)
+with left:
+    st.markdown("**Architecture**")
+    st.dataframe(pd.DataFrame({"value": {k: str(v) for k, v in architecture.items()}}))
+with right:
+    st.markdown("**Facts**")
+    st.dataframe(pd.DataFrame({"value": {k: str(v) for k, v in summary.items()}}))
+if isinstance(meta.get("train_config"), dict):
+    with st.expander("Training settings"):
+        st.dataframe(pd.DataFrame({"value": {k: str(v) for k, v in meta["train_config"].items()}}))
+with st.expander("Checkpoint metadata (JSON)"):
+    st.json(meta, expanded=False)
+
+run_dir = catalog.run_dir_of(model, meta)
+if run_dir is None:
+    st.caption("The training log of this model is not available, so no training curves are shown.")
+    st.stop()
+metrics = read_metrics(run_dir)
+st.subheader("Training curves")
+st.caption(f"From `{run_dir}/metrics.jsonl`")
+a, b = st.columns(2)
+a.plotly_chart(figures.loss_figure(metrics), key="models_fig_loss")
+b.plotly_chart(figures.dice_figure(metrics), key="models_fig_dice")
+a, b = st.columns(2)
+a.plotly_chart(figures.lr_figure(metrics), key="models_fig_lr")
+b.plotly_chart(figures.throughput_figure(metrics), key="models_fig_speed")

@@ -1,0 +1,376 @@
+"""Predict: segment an uploaded scan or a case of the data source and scroll through the result."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pandas as pd
+import streamlit as st
+
+from medvision.app_support import figures, mesh, render, viewer
+from medvision.app_support.catalog import CaseChoice, case_choices
+from medvision.app_support.uploads import UploadedFile, case_from_uploads
+from medvision.data.case import MODALITIES
+from medvision.errors import MedVisionError
+from medvision.inference import Predictor
+from medvision.volume_job import VolumeJob
+from medvision.volumetry import volumetry
+
+st.title("Predict")
+settings = st.session_state.get("mv_settings")
+source = st.session_state.get("mv_source")
+model = st.session_state.get("mv_model")
+if settings is None:
+    st.info("Open the app from its start page.")
+    st.stop()
+if model is None:
+    st.info(
+        "No model to predict with yet: train one on the Train page (or ship checkpoints/demo.safetensors)."
+    )
+    st.stop()
+
+INPUT_SOURCE = "Case from the data source"
+INPUT_UPLOAD = "Upload files"
+LABEL_TOGGLES = {
+    1: ("view_show_ncr", "NCR", "necrotic / non-enhancing core, drawn red"),
+    2: ("view_show_ed", "ED", "peritumoral edema, drawn yellow"),
+    4: ("view_show_et", "ET", "GD-enhancing tumour, drawn blue"),
+}
+
+
+@st.cache_resource(max_entries=2, show_spinner="Loading the model…")
+def _predictor(checkpoint: str, mtime_ns: int, onnx_cache: str) -> Predictor:  # noqa: ARG001 - mtime: key
+    # The ONNX export (CPUs without native bf16) is cached in the workspace, not in ~/.cache.
+    return Predictor(checkpoint, device="auto", onnx_cache_dir=onnx_cache)
+
+
+@st.cache_resource(max_entries=3, show_spinner="Reading the case…")
+def _case(key: str, _choice: CaseChoice):  # noqa: ARG001 - the key identifies the choice
+    return _choice.load()
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _choices(label: str, store: str, cases_root: str | None, _source) -> list[CaseChoice]:  # noqa: ARG001
+    return case_choices(_source)
+
+
+# ---------------------------------------------------------------------------------------------- input
+mode = st.radio("Input", (INPUT_SOURCE, INPUT_UPLOAD), key="predict_input", horizontal=True)
+if mode == INPUT_UPLOAD:
+    uploads = st.file_uploader(
+        "Four NIfTI files of one case (FLAIR, T1, T1ce, T2, optionally the seg), a .zip of a case folder, "
+        "or one 4-D NIfTI (Decathlon channel order)",
+        accept_multiple_files=True,
+        key="predict_upload",
+    )
+    if not uploads:
+        st.info("Upload a scan to segment it. Files stay on this server only while they are read.")
+        st.stop()
+    digest = hashlib.sha1()
+    for f in sorted(uploads, key=lambda f: f.name):
+        digest.update(f"{f.name}:{f.size}:{f.file_id}".encode())
+    upload_key = "upload:" + digest.hexdigest()
+    held = st.session_state.get("predict_upload_case")
+    if held is None or held[0] != upload_key:
+        st.session_state.pop("predict_upload_case", None)
+        try:
+            with st.spinner("Reading the upload…"):
+                uploaded_case = case_from_uploads(
+                    [UploadedFile(f.name, f.getvalue()) for f in uploads],
+                    settings.workspace.uploads,
+                    max_bytes=settings.max_upload_mb * 1_000_000,
+                )
+        except MedVisionError as error:
+            st.error(f"Cannot use this upload — {error}")
+            st.stop()
+        st.session_state["predict_upload_case"] = (upload_key, uploaded_case)
+    case_key, case = st.session_state["predict_upload_case"]
+else:
+    if source is None:
+        st.info("Choose a data source in the sidebar, or upload a scan.")
+        st.stop()
+    try:
+        choices = _choices(source.label, str(source.store), str(source.cases_root), source)
+    except MedVisionError as error:
+        st.error(f"Cannot list the cases of {source.label}: {error}")
+        st.stop()
+    if not choices:
+        st.info("This data source has no cases.")
+        st.stop()
+    ids = [c.case_id for c in choices]
+    if st.session_state.get("predict_case") not in ids:
+        st.session_state["predict_case"] = ids[0]
+    chosen = choices[ids.index(st.selectbox("Case", ids, key="predict_case"))]
+    try:
+        case = _case(chosen.key, chosen)
+    except MedVisionError as error:
+        st.error(f"Cannot read case {chosen.case_id}: {error}")
+        st.stop()
+    case_key = chosen.key
+
+try:
+    predictor = _predictor(
+        str(model.checkpoint), model.checkpoint.stat().st_mtime_ns, str(settings.workspace.cache / "onnx")
+    )
+except (MedVisionError, OSError) as error:
+    st.error(f"Cannot load the model {model.label}: {error}")
+    st.stop()
+model_key = f"{model.checkpoint}:{predictor.checkpoint_hash[:12]}"
+
+# --------------------------------------------------------------------- new case or model: reset state
+active = (case_key, model_key)
+if st.session_state.get("predict_active") != active:
+    old = st.session_state.get("predict_job")
+    if old is not None:
+        old.cancel()
+    for stale in ("predict_mc_job", "predict_derived"):
+        st.session_state.pop(stale, None)
+    st.session_state["predict_active"] = active
+    st.session_state["predict_job"] = VolumeJob(predictor, case).start()
+    st.session_state["predict_derived"] = {}
+    start = (case.shape[0] // 2, case.shape[2] // 2, case.shape[1] // 2)
+    if case.label is not None and (case.label > 0).any():
+        d, h, w = (int(a.mean()) for a in (case.label > 0).nonzero())
+        start = (d, w, h)
+    for view, index in zip(render.VIEWS, start, strict=True):
+        st.session_state[f"view_slice_{view}"] = index
+derived: dict = st.session_state["predict_derived"]
+job: VolumeJob = st.session_state["predict_job"]
+if "windows" not in derived:
+    derived["windows"] = viewer.auto_windows(case)
+windows = derived["windows"]
+
+spacing_text = " × ".join(f"{s:.2f}" for s in case.spacing)
+truth_text = "with" if case.label is not None else "no"
+st.caption(
+    f"Case **{case.case_id}** · {case.shape[0]}×{case.shape[1]}×{case.shape[2]} voxels · spacing "
+    f"{spacing_text} mm · {truth_text} ground truth · "
+    f"model: {model.label} ({predictor.target}, {predictor.device})"
+)
+
+if not job.finished:
+
+    @st.fragment(run_every=1)
+    def _volume_progress() -> None:
+        if job.finished:
+            st.rerun()
+        st.progress(
+            job.progress,
+            text=f"Predicting the whole volume in the background… {job.progress:.0%} "
+            "(the visible axial slice is predicted first)",
+        )
+
+    _volume_progress()
+elif job.state == "failed":
+    st.error(f"Whole-volume prediction failed: {job.error}")
+result = job.result if job.state == "done" else None
+
+
+# ------------------------------------------------------------------------------------------- viewer
+def _step(view: str, delta: int) -> None:
+    key = f"view_slice_{view}"
+    n = render.view_shape(case.shape, view)
+    st.session_state[key] = min(max(int(st.session_state[key]) + delta, 0), n - 1)
+
+
+def _auto_window() -> None:
+    w = windows[st.session_state.get("view_modality", "flair")]
+    st.session_state["view_level"], st.session_state["view_width"] = float(w.level), float(w.width)
+
+
+@st.fragment
+def _viewer() -> None:
+    for name in render.VIEWS:
+        # Keep each view's slice while another view's slider is shown (unrendered widget state is dropped).
+        if f"view_slice_{name}" in st.session_state:
+            st.session_state[f"view_slice_{name}"] = st.session_state[f"view_slice_{name}"]
+    c1, c2, c3 = st.columns([2, 2, 3])
+    view = c1.radio("View", render.VIEWS, key="view_plane", horizontal=True, format_func=str.capitalize)
+    modality = c2.selectbox("Modality", MODALITIES, key="view_modality", format_func=str.upper)
+    shown = []
+    with c3:
+        toggles = st.columns(4)
+        for col, (value, (key, text, meaning)) in zip(toggles, LABEL_TOGGLES.items(), strict=False):
+            if col.checkbox(text, value=True, key=key, help=meaning):
+                shown.append(value)
+        opacity = float(toggles[3].slider("Opacity", 0.0, 1.0, value=0.45, key="view_opacity", step=0.05))
+    if st.session_state.get("wl_for") != (case_key, modality) or "view_level" not in st.session_state:
+        st.session_state["wl_for"] = (case_key, modality)
+        _auto_window()
+    lo, hi = viewer.intensity_range(case, modality)
+    with st.expander("Window / level"):
+        w1, w2, w3 = st.columns([3, 3, 1])
+        level = w1.slider("Level", lo, max(hi, lo + 1.0), key="view_level")
+        width = w2.slider("Width", 1e-3, max(hi - lo, 1.0), key="view_width")
+        w3.button("Auto", key="view_auto_window", on_click=_auto_window)
+    window = render.Window(level=float(level), width=float(width))
+
+    n = render.view_shape(case.shape, view)
+    s1, s2, s3 = st.columns([1, 12, 1])
+    s1.button("◀", key="view_prev", on_click=_step, args=(view, -1), help="previous slice")
+    index = s2.slider("Slice", 0, n - 1, key=f"view_slice_{view}", label_visibility="collapsed")
+    s3.button("▶", key="view_next", on_click=_step, args=(view, 1), help="next slice")
+
+    pixel_mm = render.pixel_spacing(case.spacing, view)
+    panels: list[tuple[str, object]] = []
+    if result is not None:
+        pred_rgb = viewer.render_plane(
+            case, view, index, modality, window, result.label, labels_shown=shown, opacity=opacity
+        )
+    elif view == "axial":
+        slice_pred = predictor.predict_slice(case, index)
+        pred_rgb = viewer.render_slice_label(
+            case, index, modality, window, slice_pred.label, labels_shown=shown, opacity=opacity
+        )
+    else:
+        pred_rgb = viewer.render_plane(case, view, index, modality, window, None)
+        st.caption("The overlay on coronal and sagittal views appears when the whole volume is predicted.")
+    panels.append(("Prediction", pred_rgb))
+    if case.label is not None:
+        panels.append(
+            (
+                "Ground truth",
+                viewer.render_plane(
+                    case, view, index, modality, window, case.label, labels_shown=shown, opacity=opacity
+                ),
+            )
+        )
+        if result is not None:
+            region = st.session_state.get("view_error_region", "WT")
+            error_rgb, counts = viewer.render_error(
+                case, view, index, modality, window, result.label, case.label, region
+            )
+            panels.append((f"Errors ({region}): FP {counts['FP']} · FN {counts['FN']}", error_rgb))
+    if st.session_state.get("view_attention"):
+        if view == "axial":
+            try:
+                attention = predictor.attention_map(case, index)
+                panels.append(
+                    ("Attention gate", viewer.render_attention(case, index, modality, window, attention))
+                )
+            except ValueError as error:
+                st.caption(f"No attention map: {error}")
+        else:
+            st.caption("The attention-gate map is shown on axial slices.")
+    mc_job = st.session_state.get("predict_mc_job")
+    if st.session_state.get("view_uncertainty") and mc_job is not None and mc_job.state == "done":
+        panels.append(
+            (
+                "Uncertainty (MC dropout)",
+                viewer.render_map(case, view, index, modality, window, mc_job.result.uncertainty, vmax=0.5),
+            )
+        )
+    columns = st.columns(len(panels))
+    height = {1: 560, 2: 480, 3: 380}.get(len(panels), 300)  # panels get narrower as they multiply
+    for column, (title, rgb) in zip(columns, panels, strict=True):
+        column.plotly_chart(
+            figures.slice_figure(rgb, pixel_mm=pixel_mm, title=title, height=height),
+            key=f"view_fig_{title.split()[0].lower()}",
+            config={"displaylogo": False, "scrollZoom": True},
+        )
+    st.caption(
+        f"{view.capitalize()} slice {index} of {n - 1} · overlay: NCR/NET red, ED yellow, ET blue · "
+        "errors: true positive green, false positive magenta, false negative cyan"
+    )
+    if result is not None and case.label is not None:
+        key = ("dice_strip", view, st.session_state.get("view_error_region", "WT"))
+        if key not in derived:
+            derived[key] = viewer.per_slice_dice(result.label, case.label, view, key[2])
+        st.plotly_chart(
+            figures.dice_strip(derived[key], index), key="view_dice_strip", config={"displayModeBar": False}
+        )
+
+
+o1, o2, o3 = st.columns(3)
+if case.label is not None:
+    o1.selectbox("Error map region", ("WT", "TC", "ET"), key="view_error_region")
+o2.checkbox("Attention-gate map", key="view_attention", help="the shallowest attention gate's coefficients")
+o3.checkbox("Uncertainty map", key="view_uncertainty", help="MC dropout: run the model several times")
+_viewer()
+
+# ------------------------------------------------------------------------------------- uncertainty
+if st.session_state.get("view_uncertainty"):
+    mc_job = st.session_state.get("predict_mc_job")
+    u1, u2 = st.columns([1, 3])
+    samples = u1.number_input("MC samples", min_value=2, max_value=30, value=6, key="predict_mc_samples")
+    if mc_job is None:
+        if u2.button("Estimate uncertainty", key="predict_mc_start"):
+            st.session_state["predict_mc_job"] = VolumeJob(
+                predictor, case, mc_samples=int(samples), seed=0
+            ).start()
+            st.rerun()
+    elif not mc_job.finished:
+
+        @st.fragment(run_every=1)
+        def _mc_progress() -> None:
+            if mc_job.finished:
+                st.rerun()
+            st.progress(
+                mc_job.progress,
+                text=f"MC dropout ({mc_job.options['mc_samples']} passes)… {mc_job.progress:.0%}",
+            )
+
+        _mc_progress()
+    elif mc_job.state == "failed":
+        st.error(f"Uncertainty estimation failed: {mc_job.error}")
+    else:
+        score = mc_job.result.uncertainty_score
+        u2.metric(
+            "Case uncertainty score",
+            f"{score:.4f}" if score is not None else "–",
+            help="mean std of the WT probability over the MC passes, inside the predicted tumour (0–0.5)",
+        )
+
+if result is None:
+    st.stop()
+
+# ------------------------------------------------------------------------------- scores and volumetry
+left, right = st.columns(2)
+with left:
+    st.subheader("Volumetry")
+    if "volumetry" not in derived:
+        derived["volumetry"] = volumetry(result.label, case.spacing, regions=result.regions)
+    st.dataframe(pd.DataFrame(viewer.volumetry_rows(derived["volumetry"])), hide_index=True)
+scores = None
+if case.label is not None:
+    with right:
+        st.subheader("Scores against the ground truth")
+        if "scores" not in derived:
+            with st.spinner("Computing Dice and HD95…"):
+                derived["scores"] = viewer.case_scores(result.label, case.label, case.spacing)
+        scores = derived["scores"]
+        st.dataframe(pd.DataFrame(scores).style.format(precision=3, na_rep="–"), hide_index=True)
+
+mc_job = st.session_state.get("predict_mc_job")
+uncertainty_score = mc_job.result.uncertainty_score if mc_job is not None and mc_job.state == "done" else None
+d1, d2, _ = st.columns([1, 1, 2])
+d1.download_button(
+    "Segmentation (NIfTI)",
+    icon=":material/download:",
+    data=lambda: viewer.segmentation_nifti_bytes(result.label, case, settings.workspace.cache / "exports"),
+    file_name=f"{case.case_id}_medvision_seg.nii.gz",
+    mime="application/gzip",
+    key="predict_download_nifti",
+    on_click="ignore",
+)
+d2.download_button(
+    "Report (CSV)",
+    icon=":material/download:",
+    data=viewer.report_csv(case.case_id, model.label, derived["volumetry"], scores, uncertainty_score),
+    file_name=f"{case.case_id}_medvision_report.csv",
+    mime="text/csv",
+    key="predict_download_csv",
+    on_click="ignore",
+)
+
+# ------------------------------------------------------------------------------------------- 3-D view
+if st.toggle("3-D view of the predicted regions", key="view_3d"):
+    if "meshes" not in derived:
+        with st.spinner("Building surfaces…"):
+            step = 2 if max(case.shape) > 128 else 1
+            traces = mesh.region_meshes(result.label, case.spacing, step=step)
+            brain = mesh.brain_mesh(case.image, case.spacing, step=2 * step)
+            derived["meshes"] = ([brain] if brain is not None else []) + traces
+    if len(derived["meshes"]) <= 1:
+        st.info("No tumour predicted in this case.")
+    st.plotly_chart(mesh.volume_figure(derived["meshes"]), key="view_3d_fig")

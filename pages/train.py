@@ -1,0 +1,231 @@
+"""Train: launch a background training run, watch it live, stop or resume it, and browse past runs."""
+
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+import streamlit as st
+
+from medvision.app_support import figures, launcher
+from medvision.errors import MedVisionError
+from medvision.train.config import AMP_MODES, DEVICES, PRESETS, TARGETS, TrainConfig
+from medvision.train.rundir import read_metrics, read_status
+
+st.title("Train")
+settings = st.session_state.get("mv_settings")
+source = st.session_state.get("mv_source")
+if settings is None or source is None:
+    st.info("Choose a data source in the sidebar to train on it.")
+    st.stop()
+RUNS = settings.workspace.runs
+FIELDS = launcher.FORM_FIELDS
+OPTIONAL_ZERO = ("steps_per_epoch", "val_max_slices")  # 0 in the form means "not set" (None)
+
+
+def _apply_preset() -> None:
+    preset = PRESETS[st.session_state["train_preset"]]
+    for field in FIELDS:
+        value = getattr(preset, field)
+        st.session_state[f"train_{field}"] = 0 if value is None and field in OPTIONAL_ZERO else value
+
+
+if "train_preset" not in st.session_state:
+    st.session_state["train_preset"] = "demo"
+    _apply_preset()
+if "train_run_name" not in st.session_state:
+    st.session_state["train_run_name"] = launcher.new_run_name()
+
+
+def _form_config() -> TrainConfig:
+    overrides = {}
+    for field in FIELDS:
+        value = st.session_state[f"train_{field}"]
+        overrides[field] = None if field in OPTIONAL_ZERO and not value else value
+    return TrainConfig.from_preset(st.session_state["train_preset"], **overrides)
+
+
+def _launch() -> None:
+    name = st.session_state["train_run_name"]
+    try:
+        config = _form_config()
+        started = launcher.start_training(source.store, RUNS, name, config)
+    except ValueError as error:
+        st.session_state["train_flash"] = ("error", f"Invalid settings: {error}")
+    except MedVisionError as error:
+        st.session_state["train_flash"] = ("error", f"Not launched: {error}")
+    else:
+        st.session_state["train_flash"] = ("success", f"Started run {name} (process {started.pid}).")
+        st.session_state["train_selected_run"] = name
+        st.session_state["train_run_name"] = launcher.new_run_name()
+
+
+def _stop(run_dir) -> None:
+    stopped = launcher.stop_training(run_dir)
+    st.session_state["train_flash"] = (
+        ("info", f"Asked {run_dir.name} to stop: it finishes its step and saves a checkpoint.")
+        if stopped
+        else ("warning", f"{run_dir.name} is not running.")
+    )
+
+
+def _resume(run_dir) -> None:
+    try:
+        started = launcher.resume_training(run_dir)
+    except MedVisionError as error:
+        st.session_state["train_flash"] = ("error", f"Not resumed: {error}")
+    else:
+        st.session_state["train_flash"] = ("success", f"Resumed {run_dir.name} (process {started.pid}).")
+
+
+st.caption(f"Training data: {source.label} (`{source.store}`). Runs are saved in `{RUNS}`.")
+st.selectbox(
+    "Preset",
+    list(PRESETS),
+    key="train_preset",
+    on_change=_apply_preset,
+    help="demo: minutes on a laptop CPU · seed: the original project's recipe · brats: our GPU recipe",
+)
+with st.form("train_form"):
+    c1, c2, c3 = st.columns(3)
+    c1.text_input("Run name", key="train_run_name")
+    c1.selectbox(
+        "Target", TARGETS, key="train_target", help="regions: WT, TC, ET · necrotic: the original's target"
+    )
+    c1.selectbox("Device", DEVICES, key="train_device")
+    c2.number_input("Epochs", min_value=1, max_value=1000, key="train_epochs")
+    c2.number_input("Batch size", min_value=1, max_value=1024, key="train_batch_size")
+    c2.number_input("Learning rate", min_value=1e-7, max_value=1.0, step=1e-4, format="%.1e", key="train_lr")
+    c3.selectbox("Mixed precision (AMP)", AMP_MODES, key="train_amp")
+    c3.number_input("Base filters", min_value=2, max_value=128, key="train_base_filters")
+    c3.number_input(
+        "Steps per epoch (0: one pass)", min_value=0, max_value=1_000_000, key="train_steps_per_epoch"
+    )
+    c3.number_input(
+        "Validation slices (0: all)", min_value=0, max_value=1_000_000, key="train_val_max_slices"
+    )
+    st.form_submit_button("Launch training", type="primary", on_click=_launch, key="train_launch")
+
+flash = st.session_state.pop("train_flash", None)
+if flash:
+    getattr(st, flash[0])(flash[1])
+
+runs = launcher.app_runs(RUNS)
+if not runs:
+    st.info("No training runs yet: launch one above.")
+    st.stop()
+
+st.subheader("Run monitor")
+names = [r.name for r in runs]
+if st.session_state.get("train_selected_run") not in names:
+    st.session_state["train_selected_run"] = names[0]
+selected = st.selectbox("Run", names, key="train_selected_run")
+run_dir = RUNS / selected
+alive = launcher.is_busy(run_dir)
+# A process that already wrote its final state is only exiting: there is nothing left to stop.
+stoppable = alive and (read_status(run_dir) or {}).get("state") in (None, "running")
+
+b1, b2, _ = st.columns([1, 1, 4])
+b1.button(
+    "Stop", icon=":material/stop:", key="train_stop", disabled=not stoppable, on_click=_stop, args=(run_dir,)
+)
+b2.button(
+    "Resume",
+    icon=":material/play_arrow:",
+    key="train_resume",
+    disabled=not launcher.can_resume(run_dir),
+    on_click=_resume,
+    args=(run_dir,),
+)
+
+
+@st.fragment(run_every=2 if alive else None)
+def _monitor() -> None:
+    status = read_status(run_dir) or {}
+    metrics = read_metrics(run_dir)
+    live = launcher.is_busy(run_dir)
+    state = status.get("state") or ("starting" if live else "unknown")
+    progress = figures.latest_progress(metrics, status)
+    badge = {
+        "running": ":green[:material/play_circle:]",
+        "finished": ":green[:material/check_circle:]",
+        "stopped": ":orange[:material/stop_circle:]",
+        "failed": ":red[:material/error:]",
+        "interrupted": ":orange[:material/warning:]",
+    }.get(state, ":material/hourglass_empty:")
+    st.markdown(
+        f"**Status:** {badge} `{state}`" + (f" · device `{status['device']}`" if status.get("device") else "")
+    )
+    total = progress["total_steps"]
+    text = f"step {progress['step']}" + (f" / {total}" if total else "")
+    if progress["epoch"] is not None:
+        text += f" · epoch {progress['epoch']}"
+    if state == "running":
+        text += f" · ETA {figures.format_duration(progress['eta_s'])}"
+    st.progress(progress["fraction"], text=text)
+    m1, m2, m3, m4 = st.columns(4)
+    m1.metric("Loss", f"{progress['loss']:.4f}" if progress["loss"] is not None else "–")
+    m2.metric("Learning rate", f"{progress['lr']:.2e}" if progress["lr"] is not None else "–")
+    m3.metric("Throughput", f"{progress['slices_per_s']:.1f} slices/s" if progress["slices_per_s"] else "–")
+    best, best_mean = progress["best_dice"], progress["best_mean_dice"]
+    m4.metric(
+        "Best mean val Dice",
+        f"{best_mean:.3f}" if best_mean is not None else "–",
+        help="best per region: " + ", ".join(f"{k} {v:.3f}" for k, v in best.items()) if best else None,
+    )
+    if state == "failed":
+        st.error(f"Run failed: {status.get('error') or 'see the log below'}")
+    elif state == "interrupted":
+        st.warning("The training process ended without saying why (killed?). Resume to continue.")
+    elif not status and not live:
+        code = launcher.exit_code(run_dir)
+        st.error(
+            "The training process ended before it started training"
+            + (f" (exit status {code})" if code is not None else "")
+            + ". Its output:"
+        )
+    if state in ("failed", "interrupted") or (not status and not live):
+        log_text = launcher.train_log_tail(run_dir)
+        if log_text:
+            st.code(log_text, language="text")
+    if metrics:
+        a, b = st.columns(2)
+        a.plotly_chart(figures.loss_figure(metrics), key="train_fig_loss")
+        b.plotly_chart(figures.dice_figure(metrics), key="train_fig_dice")
+        a, b = st.columns(2)
+        a.plotly_chart(figures.lr_figure(metrics), key="train_fig_lr")
+        b.plotly_chart(figures.throughput_figure(metrics), key="train_fig_speed")
+    samples = launcher.sample_images(run_dir)
+    if samples:
+        st.image(
+            str(samples[-1]),
+            caption=f"Sample predictions after {samples[-1].stem.replace('_', ' ')} (truth | prediction)",
+            width=900,
+        )
+        if len(samples) > 1:
+            with st.expander(f"Sample predictions of all {len(samples)} epochs"):
+                for path in reversed(samples):
+                    st.image(str(path), caption=path.stem.replace("_", " "), width=900)
+    if alive and not live:
+        st.rerun()  # the process has ended: refresh the buttons and the run list
+
+
+_monitor()
+
+st.subheader("All runs")
+table = pd.DataFrame(
+    [
+        {
+            "run": r.name,
+            "state": r.state,
+            "preset": r.preset,
+            "epoch": r.epoch,
+            "step": f"{r.step or 0}/{r.total_steps or '?'}",
+            "best mean Dice": r.best_dice,
+            "updated": time.strftime("%Y-%m-%d %H:%M", time.localtime(r.updated)) if r.updated else None,
+            "error": r.error,
+        }
+        for r in runs
+    ]
+)
+st.dataframe(table, hide_index=True)

@@ -1,0 +1,353 @@
+"""Streamlit AppTest runs of every page and of the main flows (no browser).
+
+All tests share one workspace (MEDVISION_HOME in a temporary folder) with a tiny synthetic cohort, made
+once, and a tiny checkpoint when the shipped demo checkpoint is not there yet. The training test
+starts a real background run of a few steps and waits for it to finish.
+"""
+
+from __future__ import annotations
+
+import gzip
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+APP = REPO / "app.py"
+REAL_CASE = Path(__file__).resolve().parents[2] / "shared" / "data" / "brats2021_00006"
+TIMEOUT = 120  # seconds per script run: the first run imports torch and makes the cohort
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """A workspace with a 4-case synthetic cohort (48x64x64) and a model to predict with."""
+    import torch
+
+    from medvision.app_support import catalog
+    from medvision.app_support.workspace import settings_from_env
+    from medvision.checkpoint import save_checkpoint
+    from medvision.models import build_model
+
+    home = tmp_path_factory.mktemp("medvision_home")
+    env = {"MEDVISION_HOME": str(home), "MEDVISION_DEMO_CASES": "4", "MEDVISION_DEMO_SIZE": "48,64,64"}
+    settings = settings_from_env(env)
+    catalog.ensure_demo_cohort(settings)
+    if not settings.demo_checkpoint.is_file():
+        torch.manual_seed(0)
+        model = build_model(
+            {
+                "in_channels": 4,
+                "out_channels": 3,
+                "base_filters": 4,
+                "depth": 4,
+                "dropout": 0.1,
+                "attention": True,
+            }
+        )
+        meta = {"target": "regions", "patch_size": [64, 64], "val": {"WT": {"dice": 0.1, "hd95": 9.0}}}
+        save_checkpoint(settings.workspace.models / "tiny.safetensors", model, meta)
+    return home, env
+
+
+@pytest.fixture()
+def app(home, monkeypatch):
+    _, env = home
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("MEDVISION_DATA_ROOTS", raising=False)
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    yield at
+    # Background predictions must not outlive the test (a thread killed inside torch at exit aborts).
+    for key in ("predict_job", "predict_mc_job"):
+        job = at.session_state.get(key)
+        if job is not None:
+            job.cancel()
+            job.wait(120)
+
+
+def _values(elements) -> list[str]:
+    return [str(e.value) for e in elements]
+
+
+def _open(at: AppTest, page: str) -> AppTest:
+    at.switch_page(page).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _wait_for_volume(at: AppTest, seconds: float = 90) -> None:
+    """Rerun until the whole-volume prediction is done (its progress bar is gone)."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        job = at.session_state.get("predict_job")
+        if job is not None and job.finished:
+            at.run()
+            assert not at.exception, [e.value for e in at.exception]
+            return
+        time.sleep(0.5)
+    pytest.fail("whole-volume prediction did not finish in time")
+
+
+# -------------------------------------------------------------------------------------------- pages
+
+
+def test_every_page_renders_with_the_clinical_use_note(app):
+    assert any("not for clinical use" in w for w in _values(app.warning))
+    assert app.radio(key="source_kind").value == "Synthetic demo cohort"
+    for page in ("pages/explore.py", "pages/train.py", "pages/predict.py", "pages/models.py"):
+        _open(app, page)
+        assert any("not for clinical use" in w for w in _values(app.warning)), page
+        assert not app.error, (page, _values(app.error))
+
+
+def test_explore_dashboards_and_filters(app):
+    _open(app, "pages/explore.py")
+    assert len(app.get("plotly_chart")) == 7
+    assert _values(app.metric)[0] == "4"  # patients
+    app.segmented_control(key="eda_split").set_value("test").run()
+    assert not app.exception
+    assert int(_values(app.metric)[0]) < 4
+    app.segmented_control(key="eda_region").set_value("ET").run()
+    assert not app.exception
+    app.segmented_control(key="eda_split").set_value("all")
+    app.segmented_control(key="eda_region").set_value("WT")
+    app.slider(key="eda_gallery_n").set_value(3).run()
+    assert not app.exception and len(app.image) == 3
+
+
+def test_server_path_outside_the_data_roots_is_refused(app):
+    app.radio(key="source_kind").set_value("Folder or store on the server").run()
+    app.text_input(key="server_path").set_value("/etc").run()
+    assert not app.exception
+    assert any("outside the allowed data folders" in e for e in _values(app.sidebar.error))
+    _open(app, "pages/explore.py")
+    assert any("Choose a data source" in i for i in _values(app.info))
+
+
+def test_models_page_shows_metrics_of_the_selected_model(app):
+    _open(app, "pages/models.py")
+    assert app.get("arrow_data_frame") or app.dataframe
+    assert not app.error
+
+
+# -------------------------------------------------------------------------------------------- train
+
+
+def test_train_launch_refuse_busy_and_finish(app):
+    _open(app, "pages/train.py")
+    settings = {
+        "train_epochs": 1,
+        "train_batch_size": 2,
+        "train_base_filters": 4,
+        "train_steps_per_epoch": 2,
+        "train_val_max_slices": 4,
+    }
+    app.text_input(key="train_run_name").set_value("tiny-run")
+    for key, value in settings.items():
+        app.number_input(key=key).set_value(value)
+    app.button(key="train_launch").click().run()
+    assert not app.exception
+    assert any("Started run tiny-run" in s for s in _values(app.success)), _values(app.error)
+
+    app.text_input(key="train_run_name").set_value("tiny-run")
+    app.button(key="train_launch").click().run()
+    assert any("tiny-run" in e and ("busy" in e or "already holds a run" in e) for e in _values(app.error))
+
+    deadline = time.time() + 150
+    state = ""
+    while time.time() < deadline:
+        time.sleep(2)
+        app.run()
+        assert not app.exception
+        status = [m for m in _values(app.markdown) if m.startswith("**Status:**")]
+        state = status[0] if status else ""
+        if "finished" in state or "failed" in state:
+            break
+    assert "finished" in state, (state, _values(app.error), _values(app.code))
+    assert app.selectbox(key="train_selected_run").value == "tiny-run"
+    assert len(app.get("plotly_chart")) == 4
+    assert app.button(key="train_stop").disabled
+    table = app.dataframe[-1].value
+    assert table.loc[table["run"] == "tiny-run", "state"].item() == "finished"
+    # The finished run is now offered as a model in the sidebar.
+    app.run()
+    assert any("tiny-run" in o for o in app.selectbox(key="model_label").options)
+
+
+def _launch(app: AppTest, name: str, **settings: int) -> None:
+    app.text_input(key="train_run_name").set_value(name)
+    for key, value in settings.items():
+        app.number_input(key=f"train_{key}").set_value(value)
+    app.button(key="train_launch").click().run()
+    assert any(f"Started run {name}" in s for s in _values(app.success)), _values(app.error)
+
+
+def _wait_state(app: AppTest, wanted: tuple[str, ...], seconds: float = 120) -> str:
+    deadline = time.time() + seconds
+    state = ""
+    while time.time() < deadline:
+        time.sleep(1)
+        app.run()
+        assert not app.exception
+        status = [m for m in _values(app.markdown) if m.startswith("**Status:**")]
+        state = status[0] if status else ""
+        if any(w in state for w in wanted):
+            return state
+    return state
+
+
+def test_stop_and_resume_a_run(app):
+    _open(app, "pages/train.py")
+    _launch(app, "stop-me", epochs=2, batch_size=2, base_filters=4, steps_per_epoch=40, val_max_slices=4)
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        time.sleep(1)
+        app.run()
+        steps = [m for m in _values(app.markdown) if m.startswith("**Status:**") and "running" in m]
+        if steps and not app.button(key="train_stop").disabled:
+            break
+    app.button(key="train_stop").click().run()
+    assert any("Asked stop-me to stop" in i for i in _values(app.info)), _values(app.warning)
+    assert "stopped" in _wait_state(app, ("stopped", "finished", "failed"))
+    deadline = time.time() + 30
+    while app.button(key="train_resume").disabled and time.time() < deadline:
+        time.sleep(0.5)
+        app.run()  # the page keeps polling until the stopping process has exited
+    assert not app.button(key="train_resume").disabled
+    app.button(key="train_resume").click().run()
+    assert any("Resumed stop-me" in s for s in _values(app.success)), _values(app.error)
+    assert app.button(key="train_resume").disabled
+    # Do not leave the resumed run training behind the remaining tests.
+    from medvision.app_support import launcher
+
+    run_dir = app.session_state["mv_settings"].workspace.runs / "stop-me"
+    deadline = time.time() + 60
+    while launcher.is_busy(run_dir) and time.time() < deadline:
+        launcher.stop_training(run_dir)
+        time.sleep(1)
+    assert not launcher.is_busy(run_dir)
+
+
+def test_a_failed_run_shows_its_error(app, home):
+    from medvision.train import rundir
+
+    run = Path(home[0]) / "runs" / "broken-run"
+    rundir.write_status(run, "failed", error="CUDA out of memory (simulated)")
+    (run / "train.log").write_text("Traceback (most recent call last):\nRuntimeError: CUDA out of memory\n")
+    _open(app, "pages/train.py")
+    app.selectbox(key="train_selected_run").set_value("broken-run").run()
+    assert any("Run failed: CUDA out of memory (simulated)" in e for e in _values(app.error))
+    assert any("RuntimeError" in c for c in _values(app.code))
+
+
+# -------------------------------------------------------------------------------------------- predict
+
+
+def test_predict_a_case_of_the_data_source_and_scroll(app):
+    _open(app, "pages/predict.py")
+    assert app.selectbox(key="predict_case").value == "Synth_000"
+    # The visible slice is predicted first: the prediction panel is there before the volume is done.
+    assert len(app.get("plotly_chart")) >= 2
+    _wait_for_volume(app)
+    charts = len(app.get("plotly_chart"))
+    assert charts == 4  # prediction, truth, error map, per-slice Dice strip
+    start = app.slider(key="view_slice_axial").value
+    app.button(key="view_next").click().run()
+    assert app.slider(key="view_slice_axial").value == start + 1
+    app.slider(key="view_slice_axial").set_value(3).run()
+    app.radio(key="view_plane").set_value("sagittal").run()
+    app.slider(key="view_slice_sagittal").set_value(10).run()
+    app.radio(key="view_plane").set_value("axial").run()
+    assert app.slider(key="view_slice_axial").value == 3  # each view keeps its slice
+    app.selectbox(key="view_modality").set_value("t1ce")
+    app.checkbox(key="view_show_ed").uncheck()
+    app.selectbox(key="view_error_region").set_value("TC")
+    app.checkbox(key="view_attention").check().run()
+    assert not app.exception
+    assert len(app.get("plotly_chart")) == 5  # + attention map
+    assert len(app.dataframe) == 2  # volumetry and scores
+    assert {b.label for b in app.get("download_button")} == {"Segmentation (NIfTI)", "Report (CSV)"}
+    app.toggle(key="view_3d").set_value(True).run()
+    assert not app.exception and len(app.get("plotly_chart")) == 6
+
+    app.checkbox(key="view_uncertainty").check().run()
+    app.number_input(key="predict_mc_samples").set_value(2)
+    app.button(key="predict_mc_start").click().run()
+    deadline = time.time() + 60
+    while time.time() < deadline and not app.session_state["predict_mc_job"].finished:
+        time.sleep(0.5)
+    app.run()
+    assert any(m.label == "Case uncertainty score" for m in app.metric)
+    assert not app.exception and not app.error
+
+    app.selectbox(key="predict_case").set_value("Synth_001").run()
+    assert not app.exception
+    assert "Synth_001" in " ".join(_values(app.caption))
+
+
+def _upload(files):
+    return [(path.name, path.read_bytes(), "application/gzip") for path in files]
+
+
+def test_upload_a_corrupt_file_shows_an_error(app, tmp_path):
+    _open(app, "pages/predict.py")
+    app.radio(key="predict_input").set_value("Upload files").run()
+    assert any("Upload a scan" in i for i in _values(app.info))
+    broken = [
+        (f"X_{m}.nii.gz", gzip.compress(b"\x00" * 400), "application/gzip") for m in ("flair", "t1", "t1ce")
+    ]
+    broken.append(("X_t2.nii.gz", b"\x1f\x8b\x08\x00 truncated", "application/gzip"))
+    app.get("file_uploader")[0].set_value(broken).run()
+    assert not app.exception
+    errors = _values(app.error)
+    assert errors and errors[0].startswith("Cannot use this upload") and "X_" in errors[0]
+    app.get("file_uploader")[0].set_value([("notes.txt", b"hello", "text/plain")]).run()
+    assert not app.exception
+    assert any("notes.txt" in e and "unsupported file type" in e for e in _values(app.error))
+    # The app keeps working afterwards.
+    app.radio(key="predict_input").set_value("Case from the data source").run()
+    assert not app.exception and not app.error
+
+
+@pytest.mark.skipif(not REAL_CASE.is_dir(), reason="real BraTS case not available in ../shared/data")
+def test_a_server_case_folder_becomes_the_data_source(app):
+    app.radio(key="source_kind").set_value("Folder or store on the server").run()
+    app.text_input(key="server_path").set_value(str(REAL_CASE)).run()
+    assert not app.exception and not app.sidebar.error, _values(app.sidebar.error)
+    # The folder is prepared into a store by a background process; the sidebar says so meanwhile.
+    assert any("Preparing brats2021_00006" in i for i in _values(app.sidebar.info))
+    deadline = time.time() + 120
+    while app.session_state["mv_source"] is None and time.time() < deadline:
+        time.sleep(1)
+        app.run()
+        assert not app.exception and not app.sidebar.error, _values(app.sidebar.error)
+    assert app.session_state["mv_source"].cases_root == REAL_CASE.resolve()
+    _open(app, "pages/explore.py")
+    assert _values(app.metric)[0] == "1"
+    _open(app, "pages/predict.py")
+    assert app.selectbox(key="predict_case").value == "BraTS2021_00006"
+    assert not app.error
+
+
+@pytest.mark.skipif(not REAL_CASE.is_dir(), reason="real BraTS case not available in ../shared/data")
+def test_upload_the_real_brats_case(app):
+    _open(app, "pages/predict.py")
+    app.radio(key="predict_input").set_value("Upload files").run()
+    files = sorted(REAL_CASE.glob("*.nii*"))
+    app.get("file_uploader")[0].set_value(_upload(files)).run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert not app.error, _values(app.error)
+    caption = " ".join(_values(app.caption))
+    assert "BraTS2021_00006" in caption and "155×240×240" in caption and "with ground truth" in caption
+    # The truth's tumour centre is the first slice shown (tumour on axial slices 44-111).
+    assert 44 <= app.slider(key="view_slice_axial").value <= 111
+    assert len(app.get("plotly_chart")) >= 2  # predicted slice + ground truth
+    app.button(key="view_prev").click().run()
+    assert not app.exception
+    app.session_state["predict_job"].cancel()  # no need to finish the 155-slice volume here

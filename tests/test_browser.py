@@ -1,0 +1,249 @@
+"""End-to-end test in a real browser: `streamlit run app.py` driven by headless Chromium (playwright).
+
+Skipped cleanly when /usr/bin/chromium or the playwright package is missing (CI installs chromium with
+apt-get; `playwright install` is not used). Screenshots of every page go to test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+REPO = Path(__file__).resolve().parents[1]
+REAL_CASE = Path(__file__).resolve().parents[2] / "shared" / "data" / "brats2021_00006"
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+
+pytestmark = [
+    pytest.mark.skipif(not CHROMIUM.is_file(), reason="/usr/bin/chromium is not installed"),
+    pytest.mark.skipif(not REAL_CASE.is_dir(), reason="real BraTS case not available in ../shared/data"),
+]
+sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A real `streamlit run app.py` on a free loopback port with a fresh workspace."""
+    import torch
+
+    from medvision.app_support.workspace import settings_from_env
+    from medvision.checkpoint import save_checkpoint
+    from medvision.models import build_model
+
+    home = tmp_path_factory.mktemp("browser_home")
+    env = dict(os.environ)
+    env.update(
+        MEDVISION_HOME=str(home),
+        MEDVISION_DEMO_CASES="4",
+        MEDVISION_DEMO_SIZE="48,64,64",
+        PYTHONPATH=str(REPO),
+    )
+    env.pop("MEDVISION_DATA_ROOTS", None)
+    settings = settings_from_env(env)
+    if not settings.demo_checkpoint.is_file():
+        torch.manual_seed(0)
+        model = build_model(
+            {
+                "in_channels": 4,
+                "out_channels": 3,
+                "base_filters": 4,
+                "depth": 4,
+                "dropout": 0.1,
+                "attention": True,
+            }
+        )
+        save_checkpoint(
+            settings.workspace.ensure().models / "tiny.safetensors",
+            model,
+            {"target": "regions", "patch_size": [64, 64]},
+        )
+    port = _free_port()
+    log = open(home / "streamlit.log", "wb")  # noqa: SIM115 - closed in the teardown
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            str(REPO / "app.py"),
+            "--server.headless",
+            "true",
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+            "--browser.gatherUsageStats",
+            "false",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if process.poll() is not None or time.time() > deadline:
+                pytest.fail(f"streamlit did not start: {(home / 'streamlit.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield url, home
+    finally:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        yield browser
+        browser.close()
+
+
+def _settle(page, timeout_ms: int = 120_000) -> None:
+    """Wait until Streamlit has finished running the script (no 'Running…' status widget)."""
+    page.wait_for_timeout(300)
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout_ms
+    )
+
+
+def _shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def _coloured_pixels(png: bytes) -> int:
+    """Pixels that are clearly coloured (an overlay), not grey (the MRI)."""
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    spread = rgb.max(axis=-1) - rgb.min(axis=-1)
+    return int((spread > 80).sum())
+
+
+def _shift(caption: str, delta: int) -> str:
+    """'Axial slice 73 of 154 · ...' -> 'Axial slice 74 of 154' for delta 1."""
+    head = caption.split(" · ")[0]
+    number = int(head.split()[2])
+    return head.replace(f"slice {number} ", f"slice {number + delta} ")
+
+
+def _wait_for_change(page, pattern, old: str, timeout_s: float = 90) -> str:
+    """The slice caption once it differs from ``old`` (a redraw may wait for the first slice prediction)."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        text = page.get_by_text(pattern).first.inner_text()
+        if text != old:
+            return text
+        page.wait_for_timeout(250)
+    raise AssertionError(f"the slice did not change from {old!r}")
+
+
+def _open_page(page, title: str) -> None:
+    page.get_by_test_id("stSidebarNav").get_by_text(title, exact=True).click()
+    page.wait_for_timeout(500)
+    _settle(page)
+
+
+def test_every_page_and_an_uploaded_case_in_a_real_browser(server, browser):
+    url, _home = server
+    page = browser.new_page(viewport={"width": 1500, "height": 1100})
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(url, wait_until="domcontentloaded")
+    page.get_by_text("Research demo — not for clinical use").first.wait_for(timeout=120_000)
+    _settle(page)
+    page.get_by_text("Tumour volume per patient").first.wait_for(timeout=60_000)
+    page.wait_for_timeout(1500)  # let plotly draw
+    assert page.locator(".stPlotlyChart").count() >= 7
+    _shot(page, "1_explore")
+
+    _open_page(page, "Train")
+    page.get_by_role("button", name="Launch training").wait_for()
+    assert page.get_by_text("Research demo — not for clinical use").count() >= 1
+    _shot(page, "2_train")
+
+    _open_page(page, "Models")
+    page.get_by_text("Architecture").wait_for()
+    page.locator("[data-testid=stDataFrame]").first.wait_for()
+    page.wait_for_timeout(1500)  # data frames draw on a canvas after they mount
+    _shot(page, "3_models")
+
+    _open_page(page, "Predict")
+    page.get_by_text("Upload files").click()
+    _settle(page)
+    files = sorted(str(p) for p in REAL_CASE.glob("*.nii*"))
+    page.locator("input[type=file]").set_input_files(files)
+    page.get_by_text("BraTS2021_00006", exact=False).first.wait_for(timeout=120_000)
+    _settle(page)
+    page.get_by_text("Ground truth").first.wait_for(timeout=60_000)
+    page.wait_for_timeout(1500)
+    slice_caption = re.compile(r"^Axial slice \d+ of \d+")
+    before = page.get_by_text(slice_caption).first.inner_text()
+    charts = page.locator(".stPlotlyChart")
+    # Panel 2 is the ground truth: its tumour overlay must be visible on the first slice shown.
+    assert _coloured_pixels(charts.nth(1).screenshot()) > 200
+    _shot(page, "4_predict_upload")
+
+    page.get_by_role("button", name="▶").click()
+    after = _wait_for_change(page, slice_caption, before)
+    assert after.split(" · ")[0] == _shift(before, 1), (before, after)
+    slider = page.get_by_role("slider").last  # the slice slider (after the opacity slider)
+    slider.focus()
+    page.keyboard.press("ArrowLeft")
+    moved = _wait_for_change(page, slice_caption, after)
+    assert moved.split(" · ")[0] == _shift(after, -1), (after, moved)
+    _settle(page)
+    assert _coloured_pixels(page.locator(".stPlotlyChart").nth(1).screenshot()) > 200
+    _shot(page, "5_predict_scrolled")
+
+    # The whole volume finishes in the background; then error map and Dice strip appear.
+    page.get_by_text("Scores against the ground truth").wait_for(timeout=240_000)
+    _settle(page)
+    page.get_by_text("Sagittal", exact=True).click()
+    page.get_by_text(re.compile(r"^Sagittal slice \d+ of \d+")).first.wait_for(timeout=60_000)
+    _settle(page)
+    page.wait_for_timeout(1000)
+    assert page.get_by_text("Errors (WT)", exact=False).count() >= 1
+    _shot(page, "6_predict_volume")
+    assert not errors, errors
+    page.close()
+    shutil.rmtree(_home / "uploads", ignore_errors=True)
