@@ -120,6 +120,7 @@ class _Prepared:
 
     image: np.ndarray  # (4, d, h, w) brain crop, z-scored
     box: tuple[slice, slice, slice]  # the crop in the full (D, H, W)
+    brain: np.ndarray  # (d, h, w) bool: voxels of the crop where any modality is non-zero
     has_brain: np.ndarray  # (d,) bool: slices of the crop holding any brain voxel
     padded: tuple[int, int]  # network input (H, W)
     offset: tuple[int, int]  # top-left of the crop inside the padded input
@@ -412,7 +413,7 @@ class Predictor:
         if image.ndim != 4 or image.shape[0] != len(MODALITIES):
             raise ValueError(f"case image must be (4, D, H, W), got {image.shape}")
         normalised, box = normalise_case_image(image)
-        has_brain = brain_mask(image[(slice(None), *box)]).any(axis=(1, 2))
+        brain = brain_mask(image[(slice(None), *box)])
         h, w = normalised.shape[-2:]
         padded_h, padded_w = _round_up(h, self.multiple), _round_up(w, self.multiple)
         if self.pad_to_patch and self.patch_size is not None:
@@ -422,7 +423,8 @@ class Predictor:
         prepared = _Prepared(
             image=normalised,
             box=box,
-            has_brain=has_brain,
+            brain=brain,
+            has_brain=brain.any(axis=(1, 2)),
             padded=(padded_h, padded_w),
             offset=((padded_h - h) // 2, (padded_w - w) // 2),  # same centring as data.dataset.fit_to_patch
         )
@@ -524,7 +526,9 @@ class Predictor:
         if 0 <= local < len(prepared.has_brain) and prepared.has_brain[local]:
             with self._lock, self._thread_limit(), torch.inference_mode():
                 padded = self._probabilities(self._batch_input(prepared, np.array([local])), tta=False)[0]
-            probabilities[:, prepared.box[1], prepared.box[2]] = self._uncrop(prepared, padded)
+            # Skull-stripped input: nothing outside the brain can be tumour, whatever the network says there.
+            inside = self._uncrop(prepared, padded) * prepared.brain[local]
+            probabilities[:, prepared.box[1], prepared.box[2]] = inside
         label = probabilities_to_label(probabilities, self.regions, self.threshold)
         result = SlicePrediction(_read_only(probabilities), _read_only(label), self.regions, k)
         self._results.put(key, result)
@@ -590,18 +594,19 @@ class Predictor:
             for done, batch_indices in enumerate(batches, start=1):
                 batch = self._batch_input(prepared, batch_indices)
                 slices = d0 + batch_indices
+                brain = prepared.brain[batch_indices]  # (B, h, w): outside the brain stays 0
                 if mc_samples:
                     with self._lock, mc_dropout_mode(self.model):
                         samples = np.stack(
                             [self._probabilities(batch, tta=tta, stochastic=True) for _ in range(mc_samples)]
                         )
-                    samples = self._uncrop(prepared, samples)  # (N, B, R, h, w)
+                    samples = self._uncrop(prepared, samples) * brain[None, :, None]  # (N, B, R, h, w)
                     mean = samples.mean(axis=0)
                     uncertainty[slices, rows, cols] = samples[:, :, 0].std(axis=0)
                     any_tumour[slices, rows, cols] = (samples[:, :, 0] > self.threshold).any(axis=0)
                 else:
                     with self._lock:
-                        mean = self._uncrop(prepared, self._probabilities(batch, tta=tta))
+                        mean = self._uncrop(prepared, self._probabilities(batch, tta=tta)) * brain[:, None]
                 probabilities[:, slices, rows, cols] = mean.transpose(1, 0, 2, 3)
                 if progress is not None:
                     progress(done / len(batches))
