@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from medvision.atomic import write_text_atomic
 from medvision.data.case import REGIONS, label_to_regions
 from medvision.data.store import PIXEL_COLUMNS, SliceStore
 
@@ -217,10 +217,7 @@ def compute_eda(
     text = json.dumps(report, allow_nan=False)
     if use_cache:
         try:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
-            tmp.write_text(text)
-            os.replace(tmp, cache)
+            write_text_atomic(cache, text)
         except OSError as error:  # a read-only data folder must not stop the report
             log.warning("cannot cache EDA report at %s: %s", cache, error)
     return json.loads(text)

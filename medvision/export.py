@@ -8,15 +8,13 @@ qform/sform codes, units and description fields), else built from the case's aff
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
+from medvision.atomic import atomic_path
 from medvision.data.case import Case, case_to_nifti_axes
 from medvision.errors import InputDataError
 
@@ -63,17 +61,8 @@ def _nifti_image(data: np.ndarray, case: Case, description: str) -> nib.Nifti1Im
 def write_nifti_atomic(image: nib.Nifti1Image, path: str | Path) -> Path:
     """Save ``image`` to ``path`` via a temporary file in the same folder + os.replace."""
     path = check_nifti_path(path)
-    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"  # nibabel picks gzip by the name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + suffix)
-    os.close(fd)
-    try:
-        nib.save(image, tmp_name)
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
+    with atomic_path(path) as tmp:  # the temporary name keeps .nii(.gz): nibabel picks gzip by the name
+        nib.save(image, tmp)
     return path
 
 
@@ -112,19 +101,3 @@ def save_uncertainty_nifti(uncertainty: np.ndarray, case: Case, path: str | Path
     _check_volume(uncertainty, case, "uncertainty")
     data = np.ascontiguousarray(case_to_nifti_axes(uncertainty))
     return write_nifti_atomic(_nifti_image(data, case, "MedVision MC-dropout uncertainty (std of WT)"), path)
-
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write UTF-8 ``text`` to ``path`` via a temporary file in the same folder + os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-    return path

@@ -9,16 +9,15 @@ Only plain deterministic forward passes go through here: MC dropout and attentio
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+
+from medvision.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -61,29 +60,21 @@ def export_onnx(model: nn.Module, in_channels: int, multiple: int, path: Path) -
     wrapper = _LogitsOnly(model).eval()
     example = torch.zeros(1, in_channels, multiple * 2, multiple * 2)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # tracer and deprecation warnings say nothing actionable here
-            torch.onnx.export(
-                wrapper,
-                (example,),
-                tmp_name,
-                input_names=["image"],
-                output_names=["logits"],
-                dynamic_axes={
-                    "image": {0: "batch", 2: "height", 3: "width"},
-                    "logits": {0: "batch", 2: "height", 3: "width"},
-                },
-                opset_version=17,
-                dynamo=False,  # the TorchScript exporter needs only `onnx`, not `onnxscript`
-            )
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
+    with atomic_path(path) as tmp, warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer and deprecation warnings say nothing actionable here
+        torch.onnx.export(
+            wrapper,
+            (example,),
+            str(tmp),
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_axes={
+                "image": {0: "batch", 2: "height", 3: "width"},
+                "logits": {0: "batch", 2: "height", 3: "width"},
+            },
+            opset_version=17,
+            dynamo=False,  # the TorchScript exporter needs only `onnx`, not `onnxscript`
+        )
     return path
 
 

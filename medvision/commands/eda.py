@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
+from medvision.atomic import write_json_atomic
 from medvision.commands.prepare import add_source_options, channel_order
 from medvision.data.store import SliceStore, is_store, prepare_store
 from medvision.eda import compute_eda
@@ -54,10 +53,7 @@ def _store_for(args: argparse.Namespace) -> Path:
 def run(args: argparse.Namespace) -> int:
     store_path = _store_for(args)
     report = compute_eda(store_path)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(f".{args.out.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(report, indent=1) + "\n")
-    os.replace(tmp, args.out)
+    write_json_atomic(args.out, report, indent=1)
     slices = report["slices"]
     print(
         f"{args.out}: {report['n_cases']} cases, {report['n_slices']} slices "

@@ -120,7 +120,7 @@ def _load_case(path: Path) -> Case:
 
 def _write_outputs(args: argparse.Namespace, case: Case, prediction: Any, csv_text: str) -> list[Path]:
     """Write every requested file; if one fails, remove those this run already wrote."""
-    from medvision.export import write_text_atomic
+    from medvision.atomic import write_text_atomic
 
     jobs: list[tuple[Path, Any]] = [(args.output, lambda p: save_prediction_nifti(prediction.label, case, p))]
     if args.probabilities is not None:

@@ -8,12 +8,12 @@ sorted before the seeded permutation), so the same data always gives the same sp
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from medvision.atomic import write_json_atomic
 from medvision.errors import InputDataError
 
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
@@ -65,12 +65,7 @@ def make_splits(
 
 def save_splits(path: str | Path, splits: dict[str, list[str]]) -> Path:
     """Write splits as JSON (tmp file + rename, so a reader never sees half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({k: list(v) for k, v in splits.items()}, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_json_atomic(path, {k: list(v) for k, v in splits.items()}, indent=2)
 
 
 def load_splits(path: str | Path) -> dict[str, list[str]]:

@@ -17,8 +17,6 @@ affine. Every file is written to a temporary name in the target folder and moved
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +24,7 @@ import h5py
 import nibabel as nib
 import numpy as np
 
+from medvision.atomic import atomic_path
 from medvision.data.case import MODALITIES, Case, case_to_nifti_axes
 
 logger = logging.getLogger(__name__)
@@ -42,18 +41,8 @@ _INT16 = np.iinfo(np.int16)
 
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` for a temporary file next to ``path``, then move it onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Keep the real suffixes so nibabel picks the right format and compression for the temp file.
-    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(path) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

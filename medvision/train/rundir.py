@@ -23,12 +23,12 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medvision import atomic
 from medvision.errors import RunBusyError
 
 logger = logging.getLogger(__name__)
@@ -52,17 +52,7 @@ def checkpoint_path(run_dir: str | Path, name: str = "last") -> Path:
 
 def write_json_atomic(path: str | Path, data: Any) -> None:
     """Write JSON through a temporary file + os.replace so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2, default=_json_default)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic.write_json_atomic(path, data, indent=2, default=_json_default)
 
 
 def _json_default(value: Any) -> Any:

@@ -7,12 +7,12 @@ One row per fixed validation slice, two panels per row (truth | prediction), so 
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from medvision.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -70,16 +70,8 @@ def save_png(path: str | Path, rgb: np.ndarray) -> None:
     """Write an RGB uint8 image as PNG atomically (temp file + os.replace)."""
     from skimage import io  # lazy: scikit-image import is slow and only needed here
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         io.imsave(tmp, rgb, check_contrast=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_samples(

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import random
 import signal
-import tempfile
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -25,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medvision.atomic import atomic_path
 from medvision.checkpoint import load_checkpoint, save_checkpoint
 from medvision.data.augment import augment_batch
 from medvision.data.case import MODALITIES
@@ -121,14 +120,8 @@ def load_init_weights(model: nn.Module, path: str | Path) -> dict[str, Any]:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass
