@@ -312,7 +312,7 @@ def test_auto_threads_leave_busy_cores_alone(checkpoint: Path, case: Case, monke
     if sample is not None:  # Linux: a real reading of /proc/stat
         assert 0 <= sample[0] <= sample[1]
 
-    pred = Predictor(checkpoint, device="cpu", dtype="float32")  # threads="auto" by default
+    pred = Predictor(checkpoint, device="cpu", dtype="float32", backend="torch")  # threads="auto"
     monkeypatch.setattr(inference, "auto_threads", lambda max_threads: 1)
     seen: list[int] = []
     forward = pred.model.forward
