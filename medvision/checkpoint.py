@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ META_SUFFIX = ".json"
 RESERVED_KEYS: tuple[str, ...] = ("format", "version", "model", "weights_file", "weights_sha256")
 # Prefixes added by DistributedDataParallel (module.) and torch.compile (_orig_mod.).
 WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "_orig_mod.")
+# The weights the metadata on disk describes, kept while a new pair is moved into place (see save_checkpoint).
+PREVIOUS_SUFFIX = ".prev"
 
 
 def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
@@ -86,6 +89,38 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+def _previous_path(weights_path: Path) -> Path:
+    return weights_path.with_name(weights_path.name + PREVIOUS_SUFFIX)
+
+
+def _keep_previous(weights_path: Path, meta_path: Path) -> bool:
+    """Keep the weights that the metadata on disk describes as ``name.safetensors.prev`` (a hard link where
+    the file system has them, else a copy), atomically. False when there is nothing to keep, or when an
+    earlier save was interrupted (the weights on disk do not match the metadata; .prev already does)."""
+    try:
+        described = json.loads(meta_path.read_text(encoding="utf-8"))["weights_sha256"]
+        current = hashlib.sha256(weights_path.read_bytes()).hexdigest()
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if current != described:
+        return False
+    previous = _previous_path(weights_path)
+    fd, tmp_name = tempfile.mkstemp(dir=weights_path.parent, prefix=f".{previous.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        os.unlink(tmp_name)
+        try:
+            os.link(weights_path, tmp_name)
+        except OSError:
+            shutil.copyfile(weights_path, tmp_name)
+        os.replace(tmp_name, previous)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    return True
+
+
 def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> None:
     """Write ``name.safetensors`` (weights) then ``name.json`` (``meta`` + format, version, model config,
     weights file name and SHA-256). ``model`` may be wrapped by DDP or torch.compile."""
@@ -111,8 +146,17 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) ->
     }
     meta_bytes = json.dumps(record, indent=2, sort_keys=False).encode("utf-8")
     weights_path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(weights_path, weights)
+    # The two files are moved into place one after the other. A process killed between the moves leaves new
+    # weights beside old metadata; the old weights, kept as .prev until both moved, still match it.
+    kept = _keep_previous(weights_path, meta_path)
+    try:
+        _atomic_write(weights_path, weights)
+    except BaseException:
+        if kept:  # the weights were not replaced: the pair on disk is whole, the copy not needed
+            _previous_path(weights_path).unlink(missing_ok=True)
+        raise
     _atomic_write(meta_path, meta_bytes)
+    _previous_path(weights_path).unlink(missing_ok=True)
     logger.info("saved checkpoint %s (%d tensors)", weights_path, len(tensors))
 
 
@@ -153,6 +197,13 @@ def load_checkpoint(
         data = weights_path.read_bytes()
     except OSError as exc:
         raise CheckpointError(weights_path, f"cannot read weights ({exc})") from exc
+    if hashlib.sha256(data).hexdigest() != record["weights_sha256"]:
+        previous = _previous_path(weights_path)
+        older = previous.read_bytes() if previous.is_file() else b""
+        if older and hashlib.sha256(older).hexdigest() == record["weights_sha256"]:
+            logger.warning("%s: its last save was interrupted; loading the earlier weights its metadata "
+                           "describes (%s)", weights_path, previous.name)
+            data = older
     if hashlib.sha256(data).hexdigest() != record["weights_sha256"]:
         raise CheckpointError(
             weights_path, "weights do not match their metadata (checksum differs: truncated, corrupt, or "

@@ -227,10 +227,10 @@ def test_failed_write_never_replaces_good_checkpoint(
     assert sorted(p.name for p in path.parent.iterdir()) == ["best.json", "best.safetensors"]
 
 
-def test_crash_between_weights_and_meta_is_detected(
+def test_crash_between_weights_and_meta_loads_the_previous_checkpoint(
     saved: tuple[Path, AttentionUNet], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path, _ = saved
+    path, model = saved
     real_write = ckpt._atomic_write
 
     def fail_on_meta(target: Path, data: bytes) -> None:
@@ -242,5 +242,9 @@ def test_crash_between_weights_and_meta_is_detected(
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(path, trained_tiny(seed=6), {"epoch": 4})
     monkeypatch.undo()
+    loaded, meta = load_checkpoint(path)  # new weights, old metadata: the kept .prev weights match it
+    assert meta["epoch"] == 3
+    assert_same_weights(loaded, model)
+    path.with_name(path.name + ".prev").unlink()  # without them the mismatch is refused
     with pytest.raises(CheckpointError, match="do not match their metadata"):
         load_checkpoint(path)

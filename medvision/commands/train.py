@@ -108,10 +108,13 @@ def run(args: argparse.Namespace) -> int:
         config = config_from_args(args)
     except ValueError as error:
         raise MedVisionError(f"invalid training settings: {error}") from error
-    state = run_training(
-        config, args.run_dir, args.data, resume=args.resume, init_from=args.init_from,
-        prepare_workers=args.prepare_workers,
-    )
+    try:
+        state = run_training(
+            config, args.run_dir, args.data, resume=args.resume, init_from=args.init_from,
+            prepare_workers=args.prepare_workers,
+        )
+    except OSError as error:  # a full disk, a folder without permission: the run's status says failed
+        raise MedVisionError(f"training failed: {error}") from error
     if os.environ.get("RANK", "0") == "0":  # one line per run, not per torchrun process
         print(f"training {state}: {args.run_dir}")
     return 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -18,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from medvision.atomic import write_text_atomic
 from medvision.data.splits import load_splits, make_splits, save_splits
 from medvision.data.store import SliceStore, is_store, prepare_store
 from medvision.errors import MedVisionError
@@ -68,6 +70,29 @@ def _start_fresh(run_dir: Path) -> None:
     """Clear what an earlier attempt that never checkpointed left (metrics, samples)."""
     (run_dir / rundir.METRICS_FILE).unlink(missing_ok=True)
     shutil.rmtree(run_dir / rundir.SAMPLES_DIR, ignore_errors=True)
+
+
+def _remove_stale_temporaries(run_dir: Path) -> None:
+    """Temporary files a killed writer left behind (with the run's lock held, no live process owns them)."""
+    for folder in (run_dir, run_dir / rundir.CHECKPOINT_DIR, run_dir / rundir.SAMPLES_DIR):
+        for path in folder.glob(".*.tmp*"):  # .last.json.x1y2.tmp, .status.json.x1y2.tmp.json, ...
+            path.unlink(missing_ok=True)
+
+
+def _drop_lost_metrics(run_dir: Path, step: int) -> None:
+    """Forget the metrics of steps after the saved state: the resumed run does those steps again."""
+    records = rundir.read_metrics(run_dir)
+    kept = [r for r in records if (r.get("step") or 0) <= step]
+    if len(kept) < len(records):
+        write_text_atomic(run_dir / rundir.METRICS_FILE, "".join(json.dumps(r) + "\n" for r in kept))
+        logger.info("dropped %d metrics records of steps after %d", len(records) - len(kept), step)
+
+
+def _log_traceback_to_file(log_handler: tuple[logging.Handler, int] | None) -> None:
+    """The current exception's traceback, into train.log only (the console gets the one-line message)."""
+    if log_handler is not None:
+        trace = traceback.format_exc()
+        log_handler[0].handle(logging.LogRecord(__name__, logging.ERROR, __file__, 0, "%s", (trace,), None))
 
 
 def _attach_log_file(run_dir: Path) -> tuple[logging.Handler, int]:
@@ -143,6 +168,7 @@ def run_training(
         if ctx.is_main:
             try:
                 lock = rundir.RunLock(run_dir).acquire()
+                _remove_stale_temporaries(run_dir)
                 if resume and data is None:
                     data, source = saved_data(run_dir)
                 if data is None:
@@ -197,6 +223,8 @@ def run_training(
             config, store_path, run_dir, splits=splits, data_info=data_info, ctx=ctx,
             callbacks=[c for c in all_callbacks if c is not None], resume=resume_state, init_from=init_from,
         )
+        if ctx.is_main and resume_state:
+            _drop_lost_metrics(run_dir, trainer.progress.step)
         if previous_sigterm is not None:
             signal.signal(signal.SIGTERM, previous_sigterm)  # fit() installs the graceful handler
         state = trainer.fit()
@@ -214,7 +242,8 @@ def run_training(
     except BaseException as error:
         if ctx.is_main and owned:
             message = str(error) or type(error).__name__
-            logger.error("training failed: %s\n%s", message, traceback.format_exc())
+            logger.error("training failed: %s", message)
+            _log_traceback_to_file(log_handler)
             _final_status(run_dir, "failed", base, trainer, message)
         raise
     finally:
