@@ -100,19 +100,36 @@ def set_rng_state(state: dict[str, Any], aug_generator: torch.Generator) -> None
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def weights_mismatch(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> str | None:
+    """A one-line summary of why saved weights ``theirs`` do not fit a model's ``ours``, or None if they fit.
+
+    torch's own load_state_dict message lists every tensor (thousands of characters); a user needs counts
+    and one example.
+    """
+    missing = sorted(set(ours) - set(theirs))
+    unexpected = sorted(set(theirs) - set(ours))
+    different = [k for k in ours if k in theirs and tuple(theirs[k].shape) != tuple(ours[k].shape)]
+    if not (missing or unexpected or different):
+        return None
+    if different:
+        key = different[0]
+        example = f"{key}: saved {tuple(theirs[key].shape)} vs model {tuple(ours[key].shape)}"
+    else:
+        example = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
+    return (f"{len(different)} shapes differ, {len(missing)} missing, {len(unexpected)} unexpected; "
+            f"e.g. {example}")
+
+
 def load_init_weights(model: nn.Module, path: str | Path) -> dict[str, Any]:
     """Copy a checkpoint's weights into ``model`` (fine-tuning); shapes must match exactly."""
     source, meta = load_checkpoint(path)
-    theirs, ours = source.state_dict(), model.state_dict()
-    missing = sorted(set(ours) - set(theirs))
-    different = [k for k in ours if k in theirs and theirs[k].shape != ours[k].shape]
-    if missing or different:
-        example = (f"{different[0]}: checkpoint {tuple(theirs[different[0]].shape)} vs model "
-                   f"{tuple(ours[different[0]].shape)}" if different else f"missing {missing[0]}")
+    theirs = source.state_dict()
+    mismatch = weights_mismatch(model.state_dict(), theirs)
+    if mismatch:
         raise CheckpointError(
             path,
-            f"weights do not fit this model ({len(different)} shapes differ, {len(missing)} missing; e.g. "
-            f"{example}); checkpoint model {meta['model']} vs this run's {getattr(model, 'config', '?')}",
+            f"weights do not fit this model ({mismatch}); checkpoint model {meta['model']} vs this run's "
+            f"{getattr(model, 'config', '?')}",
         )
     model.load_state_dict(theirs)
     logger.info("initialised weights from %s", path)
@@ -543,10 +560,10 @@ class Trainer:
                 f"{path}: saved run has {state['steps_per_epoch']} steps per epoch, this one "
                 f"{self.steps_per_epoch}; resume with the same data, batch size and number of processes"
             )
-        try:
-            self.model.load_state_dict(state["model"])
-        except RuntimeError as error:
-            raise CheckpointError(path, f"saved weights do not fit the configured model ({error})") from error
+        mismatch = weights_mismatch(self.model.state_dict(), state["model"])
+        if mismatch:
+            raise CheckpointError(path, f"saved weights do not fit the configured model ({mismatch})")
+        self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
