@@ -16,11 +16,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime as dt
-import hashlib
 import os
 import platform
-import shlex
 import statistics
 import sys
 import time
@@ -32,6 +29,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench_report import append_results, device_name, machine_calibration  # noqa: E402
+
 from medvision.data.case import Case  # noqa: E402
 from medvision.data.preprocess import brain_mask, zscore_in_brain  # noqa: E402
 from medvision.inference import DEFAULT_CHECKPOINT, Predictor  # noqa: E402
@@ -39,29 +38,6 @@ from medvision.models import AttentionUNet  # noqa: E402
 from medvision.volumetry import remove_small_components  # noqa: E402
 
 REAL_CASE = ROOT.parent / "shared" / "data" / "brats2021_00006"
-RESULTS = ROOT / "bench" / "RESULTS.md"
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or "CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
-
-
-def machine_calibration() -> float:
-    """Seconds to SHA-256 a 142 MB buffer (one core): shows how loaded or throttled the machine is now."""
-    data = np.ones(4 * 155 * 240 * 240, dtype=np.float32)
-    start = time.perf_counter()
-    hashlib.sha256(memoryview(data).cast("B")).hexdigest()
-    return time.perf_counter() - start
 
 
 def onnx_versions() -> str:
@@ -269,25 +245,17 @@ def main() -> int:
         f"(other processes on the machine slow every figure)"
     )
     if not args.no_record:
-        header = "# Benchmark results\n\nAppended by the scripts in bench/. Newest last.\n"
-        if not RESULTS.exists():
-            RESULTS.write_text(header, encoding="utf-8")
-        stamp = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-        command = "python " + " ".join(
-            shlex.quote(a) for a in [os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]]
+        path = append_results(
+            "infer_speed",
+            [
+                f"- device: {device_name(device)}",
+                f"- torch {torch.__version__}, Python {platform.python_version()}, {onnx_versions()}",
+                f"- model: {model_desc}; case: {case_desc} {case.shape}",
+                *lines,
+                *([f"- note: {args.note}"] if args.note else []),
+            ],
         )
-        section = [
-            f"\n## infer_speed: {stamp}\n",
-            f"- command: `{command}`",
-            f"- device: {device_name(device)}",
-            f"- torch {torch.__version__}, Python {platform.python_version()}, {onnx_versions()}",
-            f"- model: {model_desc}; case: {case_desc} {case.shape}",
-            *lines,
-            *([f"- note: {args.note}"] if args.note else []),
-        ]
-        with RESULTS.open("a", encoding="utf-8") as handle:
-            handle.write("\n".join(section) + "\n")
-        print(f"appended to {RESULTS.relative_to(ROOT)}")
+        print(f"appended to {path.relative_to(ROOT)}")
     return 0
 
 

@@ -29,11 +29,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime as dt
-import hashlib
 import os
 import platform
-import shlex
 import statistics
 import sys
 import tempfile
@@ -42,12 +39,13 @@ from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench_report import append_results, device_name, machine_calibration  # noqa: E402
 
 from medvision.cpu_threads import auto_threads  # noqa: E402
 from medvision.data.augment import augment_batch  # noqa: E402
@@ -60,7 +58,6 @@ from medvision.train.batches import augment_config, random_crop  # noqa: E402
 from medvision.train.config import TrainConfig  # noqa: E402
 from medvision.train.trainer import Trainer  # noqa: E402
 
-RESULTS = ROOT / "bench" / "RESULTS.md"
 SEED_MODEL = {"in_channels": 4, "out_channels": 1, "base_filters": 32, "depth": 4, "dropout": 0.2,
               "attention": True}
 ORIGINAL_SLICE = (240, 240)
@@ -74,28 +71,6 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 # Machine description (as in infer_speed.py) ---------------------------------------------------------
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or "CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
-
-
-def machine_calibration() -> float:
-    """Seconds to SHA-256 a 142 MB buffer (one core): shows how loaded or throttled the machine is now."""
-    data = np.ones(4 * 155 * 240 * 240, dtype=np.float32)
-    start = time.perf_counter()
-    hashlib.sha256(memoryview(data).cast("B")).hexdigest()
-    return time.perf_counter() - start
-
-
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -420,24 +395,16 @@ def main() -> int:
            f"(other processes on the machine slow every figure)")
 
     if not args.no_record:
-        header = "# Benchmark results\n\nAppended by the scripts in bench/. Newest last.\n"
-        if not RESULTS.exists():
-            RESULTS.write_text(header, encoding="utf-8")
-        stamp = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-        command = "python " + " ".join(
-            shlex.quote(a) for a in [os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]]
+        path = append_results(
+            "train_throughput",
+            [
+                f"- device: {name}",
+                f"- torch {torch.__version__}, Python {platform.python_version()}",
+                *lines,
+                *([f"- note: {args.note}"] if args.note else []),
+            ],
         )
-        section = [
-            f"\n## train_throughput: {stamp}\n",
-            f"- command: `{command}`",
-            f"- device: {name}",
-            f"- torch {torch.__version__}, Python {platform.python_version()}",
-            *lines,
-            *([f"- note: {args.note}"] if args.note else []),
-        ]
-        with RESULTS.open("a", encoding="utf-8") as handle:
-            handle.write("\n".join(section) + "\n")
-        print(f"appended to {RESULTS.relative_to(ROOT)}")
+        print(f"appended to {path.relative_to(ROOT)}")
     return 0
 
 

@@ -1,0 +1,56 @@
+"""What every benchmark in bench/ reports the same way: the device, how loaded the machine is, and the
+section it appends to bench/RESULTS.md (date, command, device, figures)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "RESULTS.md"
+HEADER = "# Benchmark results\n\nAppended by the scripts in bench/. Newest last.\n"
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU model with its core count and torch's thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or "CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+
+
+def machine_calibration() -> float:
+    """Seconds to SHA-256 a 142 MB buffer (one core): shows how loaded or throttled the machine is now."""
+    data = np.ones(4 * 155 * 240 * 240, dtype=np.float32)
+    start = time.perf_counter()
+    hashlib.sha256(memoryview(data).cast("B")).hexdigest()
+    return time.perf_counter() - start
+
+
+def append_results(name: str, lines: list[str]) -> Path:
+    """Append a dated section holding the exact command line and ``lines`` to bench/RESULTS.md."""
+    if not RESULTS.exists():
+        RESULTS.write_text(HEADER, encoding="utf-8")
+    stamp = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    argv = [os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]]
+    command = "python " + " ".join(shlex.quote(a) for a in argv)
+    section = [f"\n## {name}: {stamp}\n", f"- command: `{command}`", *lines]
+    with RESULTS.open("a", encoding="utf-8") as handle:
+        handle.write("\n".join(section) + "\n")
+    return RESULTS
