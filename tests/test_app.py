@@ -25,31 +25,19 @@ TIMEOUT = 120  # seconds per script run: the first run imports torch and makes t
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
     """A workspace with a 4-case synthetic cohort (48x64x64) and a model to predict with."""
-    import torch
+    from tiny_checkpoint import save_tiny_checkpoint
 
     from medvision.app_support import catalog
     from medvision.app_support.workspace import settings_from_env
-    from medvision.checkpoint import save_checkpoint
-    from medvision.models import build_model
 
     home = tmp_path_factory.mktemp("medvision_home")
     env = {"MEDVISION_HOME": str(home), "MEDVISION_DEMO_CASES": "4", "MEDVISION_DEMO_SIZE": "48,64,64"}
     settings = settings_from_env(env)
     catalog.ensure_demo_cohort(settings)
     if not settings.demo_checkpoint.is_file():
-        torch.manual_seed(0)
-        model = build_model(
-            {
-                "in_channels": 4,
-                "out_channels": 3,
-                "base_filters": 4,
-                "depth": 4,
-                "dropout": 0.1,
-                "attention": True,
-            }
+        save_tiny_checkpoint(
+            settings.workspace.models / "tiny.safetensors", val={"WT": {"dice": 0.1, "hd95": 9.0}}
         )
-        meta = {"target": "regions", "patch_size": [64, 64], "val": {"WT": {"dice": 0.1, "hd95": 9.0}}}
-        save_checkpoint(settings.workspace.models / "tiny.safetensors", model, meta)
     return home, env
 
 

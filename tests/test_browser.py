@@ -50,11 +50,9 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """A real `streamlit run app.py` on a free loopback port with a fresh workspace."""
-    import torch
+    from tiny_checkpoint import save_tiny_checkpoint
 
     from medvision.app_support.workspace import settings_from_env
-    from medvision.checkpoint import save_checkpoint
-    from medvision.models import build_model
 
     home = tmp_path_factory.mktemp("browser_home")
     env = dict(os.environ)
@@ -67,22 +65,7 @@ def server(tmp_path_factory):
     env.pop("MEDVISION_DATA_ROOTS", None)
     settings = settings_from_env(env)
     if not settings.demo_checkpoint.is_file():
-        torch.manual_seed(0)
-        model = build_model(
-            {
-                "in_channels": 4,
-                "out_channels": 3,
-                "base_filters": 4,
-                "depth": 4,
-                "dropout": 0.1,
-                "attention": True,
-            }
-        )
-        save_checkpoint(
-            settings.workspace.ensure().models / "tiny.safetensors",
-            model,
-            {"target": "regions", "patch_size": [64, 64]},
-        )
+        save_tiny_checkpoint(settings.workspace.ensure().models / "tiny.safetensors")
     port = _free_port()
     log = open(home / "streamlit.log", "wb")  # noqa: SIM115 - closed in the teardown
     process = subprocess.Popen(
