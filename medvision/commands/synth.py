@@ -12,7 +12,8 @@ from medvision.errors import MedVisionError
 LAYOUT_HELP = (
     "layouts: nifti -> OUT/Synth_000/Synth_000_{flair,t1,t1ce,t2,seg}.nii.gz (BraTS 2021 folders); "
     "h5 -> OUT/h5/volume_<i>_slice_<s>.h5 (Kaggle BraTS2020 slices, volume i = case i); "
-    "both -> OUT/nifti/Synth_000/... and OUT/h5/..."
+    "both -> OUT/nifti/Synth_000/... and OUT/h5/... (the same cases twice; `prepare OUT` reads OUT/nifti, "
+    "`prepare OUT/h5` the slices)"
 )
 
 
@@ -76,4 +77,7 @@ def run(args: argparse.Namespace) -> int:
         f"wrote {args.cases} synthetic cases ({size}, {args.fmt}, seed {args.seed}) to {args.out} "
         f"in {seconds:.1f} s ({len(paths)} paths)"
     )
+    if args.fmt == "both":
+        nifti, h5 = args.out / "nifti", args.out / "h5"
+        print(f"`prepare {args.out}` reads the NIfTI copy {nifti}; give {h5} to prepare the .h5 slices")
     return 0

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import h5py
@@ -44,16 +44,22 @@ def validate_channel_order(channel_order: Sequence[str]) -> tuple[str, ...]:
 def scan_kaggle_dir(directory: str | Path) -> dict[int, list[tuple[int, Path]]]:
     """volume -> [(slice index, path), ...] sorted by slice, from file names only (no file is opened)."""
     directory = Path(directory)
-    volumes: dict[int, list[tuple[int, Path]]] = {}
     try:
         with os.scandir(directory) as entries:
-            for entry in entries:
-                match = KAGGLE_NAME.match(entry.name)
-                if match:
-                    volume, slice_index = int(match.group(1)), int(match.group(2))
-                    volumes.setdefault(volume, []).append((slice_index, Path(entry.path)))
+            names = [entry.name for entry in entries]
     except OSError as exc:
         raise InputDataError(directory, f"cannot list the folder: {exc}") from exc
+    return index_kaggle_names(directory, names)
+
+
+def index_kaggle_names(directory: Path, names: Iterable[str]) -> dict[int, list[tuple[int, Path]]]:
+    """Like ``scan_kaggle_dir`` for names already listed (a dataset walk lists each folder only once)."""
+    volumes: dict[int, list[tuple[int, Path]]] = {}
+    for name in names:
+        match = KAGGLE_NAME.match(name)
+        if match:
+            volume, slice_index = int(match.group(1)), int(match.group(2))
+            volumes.setdefault(volume, []).append((slice_index, directory / name))
     for entries_of_volume in volumes.values():
         entries_of_volume.sort(key=lambda item: item[0])
     return volumes

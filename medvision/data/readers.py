@@ -9,14 +9,16 @@ Formats:
 - four separately uploaded modality files (``read_nifti_files``);
 - a folder of Kaggle ``volume_<v>_slice_<s>.h5`` files (see kaggle_h5.py).
 
-``list_case_sources`` / ``iter_cases`` walk a dataset root (a folder of BraTS case folders, a Decathlon
-task folder, a Kaggle folder, or one case) and return picklable ``CaseRef``s so preparation can run in
-worker processes. Every refusal is an ``InputDataError`` naming the file and the problem.
+``list_case_sources`` / ``iter_cases`` walk a dataset root (BraTS case folders, a Decathlon task folder,
+Kaggle slice folders, or one case; nested up to a few folders deep, see discovery.py) and return
+picklable ``CaseRef``s so preparation can run in worker processes. Every refusal is an
+``InputDataError`` naming the file and the problem.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import re
@@ -29,12 +31,13 @@ from pathlib import Path
 import numpy as np
 
 from medvision.data.case import MODALITIES, Case, nifti_to_case_axes
+from medvision.data.discovery import Claim, Folder, find_cases
 from medvision.data.kaggle_h5 import (
     KAGGLE_DEFAULT_ORDER,
     KaggleH5Index,
     checked_slice_paths,
+    index_kaggle_names,
     read_kaggle_volume,
-    scan_kaggle_dir,
     validate_channel_order,
 )
 from medvision.data.nifti_checks import (
@@ -411,13 +414,63 @@ def _decathlon_refs(images_dir: Path) -> list[CaseRef]:
     return refs
 
 
+def _decathlon_task_refs(task: Path) -> list[CaseRef]:
+    """The training images of a Decathlon task folder (``imagesTs/`` has no labels and is not read)."""
+    refs = _decathlon_refs(task / "imagesTr")
+    if not refs:
+        raise InputDataError(task / "imagesTr", "no .nii/.nii.gz images in this Decathlon folder")
+    return refs
+
+
+def _kaggle_refs(
+    folder: Path, volumes: Mapping[int, list[tuple[int, Path]]], order: tuple[str, ...]
+) -> list[CaseRef]:
+    """One case per Kaggle volume number, in numeric order."""
+    return [
+        CaseRef(
+            "kaggle",
+            f"volume_{v}",
+            folder,
+            kaggle_slices=tuple(volumes[v]),
+            kaggle_volume=v,
+            channel_order=order,
+        )
+        for v in sorted(volumes)
+    ]
+
+
+def _claim_folder(folder: Folder, order: tuple[str, ...]) -> Claim[CaseRef]:
+    """What one folder of a dataset walk holds, from its names: a dataset or case folder, case zips, or none.
+
+    The checks run in the order a folder used to be read as a dataset root: a Decathlon task, Kaggle
+    slices, a BraTS case; a Decathlon ``images*`` folder and ``.zip`` cases count only in the folder given
+    (a zip deeper down is more often the archive a dataset was unpacked from than a case).
+    """
+    if "imagesTr" in folder.folders:
+        return Claim(tuple(_decathlon_task_refs(folder.path)), leaf=True)
+    kaggle = index_kaggle_names(folder.path, folder.files)
+    if kaggle:
+        return Claim(tuple(_kaggle_refs(folder.path, kaggle, order)), leaf=True)
+    scan = _scan_names(folder.path, folder.files)
+    if scan.is_case or LABEL_KEY in scan.files:
+        case_id = _case_id_from_prefixes(scan.prefixes, folder.path.name)
+        return Claim((CaseRef("brats", case_id, folder.path),), leaf=True)
+    if folder.depth > 0:
+        return Claim()
+    if folder.path.name.startswith("images") and any(has_nifti_suffix(n) for n in folder.files):
+        return Claim(tuple(_decathlon_refs(folder.path)), leaf=True)
+    zips = [folder.path / n for n in folder.files if n.lower().endswith(".zip")]
+    return Claim(tuple(CaseRef("zip", _zip_case_id(z), z) for z in zips))
+
+
 def list_case_sources(
     source: str | Path, *, kaggle_channel_order: Sequence[str] = KAGGLE_DEFAULT_ORDER
 ) -> list[CaseRef]:
     """The cases under ``source``: one case (folder, zip, Decathlon file) or a dataset root.
 
-    A dataset root is a folder of BraTS case folders (and/or case zips), a Decathlon task folder with
-    ``imagesTr/`` (labels from ``labelsTr/``), or a folder of Kaggle slice files (one case per volume).
+    A dataset root holds, up to ``discovery.MAX_DEPTH`` folders down, BraTS case folders (and/or case
+    zips directly in it), a Decathlon task folder with ``imagesTr/`` (labels from ``labelsTr/``), or
+    folders of Kaggle slice files (one case per volume) - one format per root (see discovery.py).
     Nothing but file names is read here.
     """
     order = validate_channel_order(kaggle_channel_order)
@@ -426,53 +479,7 @@ def list_case_sources(
         raise InputDataError(source, "does not exist")
     if source.is_file():
         return [_file_ref(source)]
-
-    if (source / "imagesTr").is_dir():
-        refs = _decathlon_refs(source / "imagesTr")
-        if not refs:
-            raise InputDataError(source / "imagesTr", "no .nii/.nii.gz images in this Decathlon folder")
-        return refs
-    kaggle = scan_kaggle_dir(source)
-    if kaggle:
-        return [
-            CaseRef(
-                "kaggle",
-                f"volume_{v}",
-                source,
-                kaggle_slices=tuple(kaggle[v]),
-                kaggle_volume=v,
-                channel_order=order,
-            )
-            for v in sorted(kaggle)
-        ]
-    scan = _scan_folder(source)
-    if scan.is_case or LABEL_KEY in scan.files:
-        return [CaseRef("brats", _case_id_from_prefixes(scan.prefixes, source.name), source)]
-    if source.name.startswith("images") and any(has_nifti_suffix(n.name) for n in source.iterdir()):
-        return _decathlon_refs(source)
-
-    refs: list[CaseRef] = []
-    for entry in sorted(os.scandir(source), key=lambda e: e.name):
-        if entry.name.startswith(".") or entry.name == "__MACOSX":
-            continue
-        path = Path(entry.path)
-        if entry.is_dir():
-            sub = _scan_folder(path)
-            if sub.is_case or LABEL_KEY in sub.files:
-                refs.append(CaseRef("brats", _case_id_from_prefixes(sub.prefixes, path.name), path))
-        elif entry.is_file() and entry.name.lower().endswith(".zip"):
-            refs.append(CaseRef("zip", _zip_case_id(path), path))
-    if not refs:
-        raise InputDataError(
-            source,
-            "no cases found: expected BraTS case folders (<ID>_flair.nii.gz ...), a Decathlon folder with "
-            "imagesTr/, Kaggle volume_<v>_slice_<s>.h5 files, or one case",
-        )
-    ids = [r.case_id for r in refs]
-    if len(set(ids)) != len(ids):
-        dupes = sorted({i for i in ids if ids.count(i) > 1})
-        raise InputDataError(source, f"case ids occur more than once: {dupes[:10]}")
-    return refs
+    return find_cases(source, functools.partial(_claim_folder, order=order))
 
 
 def _file_ref(path: Path) -> CaseRef:
