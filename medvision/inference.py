@@ -51,6 +51,7 @@ from medvision.errors import CheckpointError
 from medvision.export import save_prediction_nifti, save_probabilities_nifti, save_uncertainty_nifti
 from medvision.models import mc_dropout_mode
 from medvision.onnx_backend import OnnxRunner, load_onnx_runner
+from medvision.precision import DTYPE_TO_AMP, autocast_dtype, cpu_has_native_bf16, resolve_device
 from medvision.prediction_cache import ByteLRU, case_content_hash
 from medvision.volumetry import NECROTIC_REGION, remove_small_components, volumetry, volumetry_csv
 
@@ -126,17 +127,6 @@ class _Prepared:
     offset: tuple[int, int]  # top-left of the crop inside the padded input
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU runs bf16 convolutions natively (AVX512-BF16 or AMX) through oneDNN."""
-    if not torch.backends.mkldnn.is_available():
-        return False
-    checks = (
-        getattr(torch.cpu, "_is_avx512_bf16_supported", None),
-        getattr(torch.cpu, "_is_amx_tile_supported", None),
-    )
-    return any(bool(check()) for check in checks if check is not None)
-
-
 def probabilities_to_label(
     probabilities: np.ndarray, regions: tuple[str, ...], threshold: float = 0.5
 ) -> np.ndarray:
@@ -188,7 +178,8 @@ class PredictorOptions:
     "onnx" (CPU; falls back to PyTorch if the export or onnxruntime fails).
     batch_size: slices per forward pass (None: 4 on CPU, 32 on CUDA).
     cache_bytes: memory budget of the result cache (volumes, slices, attention maps).
-    onnx_cache_dir: where exported ONNX models are kept (None: ~/.cache/medvision/onnx).
+    onnx_cache_dir: where exported ONNX models are kept between processes (None: export in memory,
+        write nothing; the CLI passes ``onnx_backend.user_cache_dir()``).
     pad_to_patch: pad every slice to the checkpoint's training patch size (as training saw it) instead of
     the brain crop rounded up to a multiple of 2**depth; slower, for checking that the margins do not matter.
     threads: CPU threads for the forward passes: "auto" (default: torch's thread count minus the cores
@@ -240,7 +231,7 @@ class Predictor:
         self, checkpoint: str | Path | None = None, device: str = "auto", dtype: str = "auto", **options: Any
     ) -> None:
         self.options = PredictorOptions(device=device, dtype=dtype, **options)
-        self.device = self._resolve_device(device)
+        self.device = resolve_device(device)
         path = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
         if checkpoint is None and not path.is_file():
             raise CheckpointError(
@@ -266,21 +257,13 @@ class Predictor:
         ``meta`` holds what a checkpoint's metadata would (``target``, ``neighbours``, ``patch_size``)."""
         self = cls.__new__(cls)
         self.options = PredictorOptions(device=device, dtype=dtype, **options)
-        self.device = self._resolve_device(device)
+        self.device = resolve_device(device)
         self.checkpoint_path = None
         model = model.to(self.device).eval()
         self._setup(model, dict(meta or {}), _state_hash(model))
         return self
 
     # ------------------------------------------------------------------------------------------ setup
-
-    @staticmethod
-    def _resolve_device(device: str) -> torch.device:
-        if device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} requested but CUDA is not available")
-        return torch.device(device)
 
     def _setup(self, model: nn.Module, meta: dict[str, Any], checkpoint_hash: str) -> None:
         options = self.options
@@ -372,15 +355,9 @@ class Predictor:
             return None
         if dtype == "float16" and self.device.type != "cuda":
             raise ValueError("dtype 'float16' is supported on CUDA only")
-        if dtype == "auto":
-            if self.device.type == "cuda":
-                wanted = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            else:
-                wanted = torch.bfloat16 if cpu_has_native_bf16() else None
-            if wanted is None:
-                return None
-        else:
-            wanted = torch.bfloat16 if dtype == "bfloat16" else torch.float16
+        wanted = autocast_dtype(DTYPE_TO_AMP[dtype], self.device)
+        if wanted is None:
+            return None
         probe = torch.zeros(
             1, int(self.model.config["in_channels"]), self.multiple, self.multiple, device=self.device
         ).contiguous(memory_format=torch.channels_last)

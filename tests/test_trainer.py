@@ -27,7 +27,6 @@ from medvision.errors import CheckpointError, MedVisionError, RunBusyError
 from medvision.train import rundir
 from medvision.train.config import PRESETS, TrainConfig
 from medvision.train.run import run_training
-from medvision.train.trainer import resolve_amp
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = TrainConfig(
@@ -108,14 +107,6 @@ def test_presets_and_overrides():
         TrainConfig(target="everything")
     with pytest.raises(ValueError, match="unknown preset"):
         TrainConfig.from_preset("fast")
-
-
-def test_amp_policy_on_cpu():
-    cpu = torch.device("cpu")
-    assert resolve_amp("auto", cpu) is None
-    assert resolve_amp("off", cpu) is None
-    assert resolve_amp("fp16", cpu) is None  # fp16 autocast needs CUDA: fp32 instead
-    assert resolve_amp("bf16", cpu) is torch.bfloat16
 
 
 # A run end to end --------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from medvision.precision import resolve_device
+
 logger = logging.getLogger(__name__)
 
 
@@ -35,17 +37,6 @@ class DistContext:
 
 def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
-
-
-def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
-    """'auto' -> cuda:<local_rank> if available else cpu; 'cuda' without a GPU is a ValueError."""
-    if preference not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, got {preference!r}")
-    if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but no CUDA GPU is available")
-    return torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
 
 
 def setup(device_preference: str = "auto", timeout_min: float = 60.0) -> DistContext:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from medvision.data.splits import make_splits
 from medvision.data.store import SliceStore
 from medvision.errors import MedVisionError
 from medvision.metrics import PooledCounts, SliceDiceTracker, case_scores, per_slice_dice
-from medvision.train.distributed import resolve_device
+from medvision.precision import autocast, autocast_dtype, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -53,14 +52,13 @@ def predict_volume(
     pads = (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
     volume = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
     offsets = np.arange(-neighbours, neighbours + 1)
-    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
     outputs = []
     for start in range(0, depth, batch_size):
         ks = np.arange(start, min(start + batch_size, depth))
         index = np.clip(ks[:, None] + offsets[None, :], 0, depth - 1)  # (B, 1 + 2n), ends repeat
         batch = volume[:, torch.from_numpy(index)].permute(1, 2, 0, 3, 4).flatten(1, 2)  # (B, C, h, w)
         batch = F.pad(batch, pads).to(device).contiguous(memory_format=torch.channels_last)
-        with autocast:
+        with autocast(device, amp_dtype):
             logits = model(batch).float()
         outputs.append(torch.sigmoid(logits[..., pads[2] : pads[2] + h, pads[0] : pads[0] + w]).cpu())
     return torch.cat(outputs).permute(1, 0, 2, 3).numpy()
@@ -96,6 +94,7 @@ def evaluate_checkpoint(
     *,
     split: str = "test",
     device: str = "auto",
+    amp: str = "auto",
     batch_size: int = 16,
     with_hd95: bool = True,
     progress: Callable[[int, int, str], None] | None = None,
@@ -109,9 +108,7 @@ def evaluate_checkpoint(
     target = meta.get("target", "regions")
     names = list(meta.get("regions") or (["WT", "TC", "ET"] if target == "regions" else ["WT"]))
     neighbours = int(meta.get("neighbours", 0))
-    amp_dtype = None
-    if torch_device.type == "cuda":
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    amp_dtype = autocast_dtype(amp, torch_device)
     pooled = PooledCounts(len(names))
     slices = SliceDiceTracker()
     per_case: list[dict[str, Any]] = []
