@@ -30,10 +30,9 @@ import os
 import uuid
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future
 from contextlib import closing
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +44,7 @@ from tqdm.auto import tqdm
 from medvision.data.case import BRATS_LABELS, MODALITIES, Case
 from medvision.data.preprocess import brain_mask, normalise_case_image
 from medvision.errors import InputDataError
+from medvision.parallel import spawn_pool
 
 log = logging.getLogger(__name__)
 
@@ -217,8 +217,7 @@ def _ordered_results(items: Sequence[Any], workers: int) -> Iterator[_PreparedCa
         for item in items:
             yield _prepare_case(item)
         return
-    # spawn, not fork: the parent may hold threads (torch, Streamlit) that a fork would copy mid-lock.
-    executor = ProcessPoolExecutor(max_workers=min(workers, len(items)), mp_context=get_context("spawn"))
+    executor = spawn_pool(min(workers, len(items)))  # see medvision.parallel: spawn, never re-run __main__
     pending: deque[Future[_PreparedCase]] = deque()
     try:
         remaining = iter(items)

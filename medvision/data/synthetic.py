@@ -22,12 +22,9 @@ cases do not change when ``n_cases`` grows. On-disk layout by ``fmt``:
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import multiprocessing
 import os
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +34,7 @@ from medvision.data.case import Case
 from medvision.data.phantom_anatomy import FULL_EXTENT_MM, Anatomy, make_anatomy
 from medvision.data.phantom_contrast import ContrastParams, render_modalities, sample_contrast
 from medvision.data.phantom_tumour import TumourMaps, make_tumours, sample_lesions
+from medvision.parallel import spawn_pool
 
 logger = logging.getLogger(__name__)
 
@@ -125,18 +123,10 @@ def _write_one(job: tuple[Path, int, int, tuple[int, int, int], str]) -> list[Pa
     return written
 
 
-@contextlib.contextmanager
-def _single_threaded_blas_env() -> Iterator[None]:
-    """Set the BLAS/OpenMP thread counts to 1 in ``os.environ`` (unless the user set them) for a moment."""
+def _single_threaded_blas_env() -> dict[str, str]:
+    """BLAS/OpenMP thread counts of 1 for the workers, except those the user set."""
     names = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-    added = [name for name in names if name not in os.environ]
-    for name in added:
-        os.environ[name] = "1"
-    try:
-        yield
-    finally:
-        for name in added:
-            os.environ.pop(name, None)
+    return {name: "1" for name in names if name not in os.environ}
 
 
 def write_cohort(
@@ -179,12 +169,8 @@ def write_cohort(
     else:
         # Fresh ("spawn") workers that start with single-threaded BLAS: each worker already keeps a core
         # busy, and multithreaded BLAS in every worker doubled the CPU time per case on 2 cores.
-        spawn = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=spawn) as pool:
-            with _single_threaded_blas_env():
-                # map() submits every job, which starts all the workers while the environment is set.
-                outcomes = pool.map(_write_one, jobs)
-            for written in outcomes:
+        with spawn_pool(workers, env=_single_threaded_blas_env()) as pool:
+            for written in pool.map(_write_one, jobs):
                 results.append(written)
                 if bar is not None:
                     bar.update(1)
