@@ -1,7 +1,9 @@
 """Optional ONNX Runtime execution of a segmentation model on the CPU.
 
-The model is exported once per checkpoint (``torch.onnx.export``, dynamic batch/H/W) into a cache
-folder under a name keyed by the checkpoint hash, then run by an ``onnxruntime.InferenceSession``.
+The model is exported once per checkpoint (``torch.onnx.export``, dynamic batch/H/W), then run by an
+``onnxruntime.InferenceSession``. With a cache folder the export is kept there under a name keyed by the
+checkpoint hash (the CLI uses :func:`user_cache_dir`, the app its workspace); without one it is made in
+memory and nothing is written to disk.
 Export needs the ``onnx`` package and running needs ``onnxruntime``; :func:`load_onnx_runner` returns
 None (with one log line) when either is missing or anything fails, and the caller stays on PyTorch.
 Only plain deterministic forward passes go through here: MC dropout and attention maps need PyTorch.
@@ -9,8 +11,11 @@ Only plain deterministic forward passes go through here: MC dropout and attentio
 
 from __future__ import annotations
 
+import io
 import logging
+import os
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +26,18 @@ from medvision.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CACHE_DIR = Path.home() / ".cache" / "medvision" / "onnx"
+
+
+def user_cache_dir(env: Mapping[str, str] | None = None) -> Path:
+    """Where command-line runs keep ONNX exports, read from the environment when called (not at import).
+
+    ``MEDVISION_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/medvision/onnx``, else ``~/.cache/medvision/onnx``.
+    """
+    env = os.environ if env is None else env
+    if env.get("MEDVISION_CACHE_DIR"):
+        return Path(env["MEDVISION_CACHE_DIR"]).expanduser()
+    base = Path(env["XDG_CACHE_HOME"]).expanduser() if env.get("XDG_CACHE_HOME") else Path.home() / ".cache"
+    return base / "medvision" / "onnx"
 
 
 class _LogitsOnly(nn.Module):
@@ -38,7 +54,7 @@ class _LogitsOnly(nn.Module):
 class OnnxRunner:
     """Runs an exported model: ``runner(x (B, C, H, W) float32 ndarray) -> logits (B, T, H, W) ndarray``."""
 
-    def __init__(self, onnx_path: Path, threads: int) -> None:
+    def __init__(self, onnx_model: Path | bytes, threads: int) -> None:
         import onnxruntime as ort  # optional dependency: imported only when this backend is used
 
         options = ort.SessionOptions()
@@ -47,8 +63,9 @@ class OnnxRunner:
         options.log_severity_level = 3  # errors only: the warnings about unused initialisers are noise
         # No busy-waiting between ops: spinning threads steal the cores from anything else running.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.path = onnx_path
-        self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        self.path = onnx_model if isinstance(onnx_model, Path) else None
+        source = str(onnx_model) if isinstance(onnx_model, Path) else onnx_model
+        self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -57,15 +74,23 @@ class OnnxRunner:
 
 def export_onnx(model: nn.Module, in_channels: int, multiple: int, path: Path) -> Path:
     """Export ``model`` (eval mode, CPU) to ``path`` atomically, with dynamic batch, H and W."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(export_onnx_bytes(model, in_channels, multiple))
+    return path
+
+
+def export_onnx_bytes(model: nn.Module, in_channels: int, multiple: int) -> bytes:
+    """The ONNX serialisation of ``model`` (eval mode, CPU) with dynamic batch, H and W."""
     wrapper = _LogitsOnly(model).eval()
     example = torch.zeros(1, in_channels, multiple * 2, multiple * 2)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp, warnings.catch_warnings(), torch.no_grad():
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer and deprecation warnings say nothing actionable here
         torch.onnx.export(
             wrapper,
             (example,),
-            str(tmp),
+            buffer,
             input_names=["image"],
             output_names=["logits"],
             dynamic_axes={
@@ -75,7 +100,7 @@ def export_onnx(model: nn.Module, in_channels: int, multiple: int, path: Path) -
             opset_version=17,
             dynamo=False,  # the TorchScript exporter needs only `onnx`, not `onnxscript`
         )
-    return path
+    return buffer.getvalue()
 
 
 def load_onnx_runner(
@@ -87,16 +112,22 @@ def load_onnx_runner(
     cache_dir: Path | None = None,
     threads: int | None = None,
 ) -> OnnxRunner | None:
-    """An ONNX Runtime runner for ``model`` (exported on first use, then reused), or None on any failure."""
-    path = Path(cache_dir or DEFAULT_CACHE_DIR) / f"{checkpoint_hash[:32]}-c{in_channels}.onnx"
+    """An ONNX Runtime runner for ``model``, or None on any failure.
+
+    With ``cache_dir`` the export is made on first use and reused by later processes; with None it is
+    made in memory for this process only.
+    """
     try:
+        if next(model.parameters()).device.type != "cpu":
+            raise RuntimeError("ONNX export runs from a CPU model")
+        threads = threads or torch.get_num_threads()
+        if cache_dir is None:
+            return OnnxRunner(export_onnx_bytes(model, in_channels, multiple), threads)
+        path = Path(cache_dir) / f"{checkpoint_hash[:32]}-c{in_channels}.onnx"
         if not path.is_file():
-            model_cpu_state = next(model.parameters()).device
-            if model_cpu_state.type != "cpu":
-                raise RuntimeError("ONNX export runs from a CPU model")
             export_onnx(model, in_channels, multiple, path)
             logger.info("exported the model to ONNX at %s", path)
-        return OnnxRunner(path, threads or torch.get_num_threads())
+        return OnnxRunner(path, threads)
     except Exception as exc:  # missing onnx/onnxruntime, exporter or runtime errors: stay on PyTorch
         logger.info("ONNX Runtime path unavailable (%s: %s); using PyTorch", type(exc).__name__, exc)
         return None

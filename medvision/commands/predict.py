@@ -79,6 +79,13 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--report", type=Path, default=None, help="write the volumetry as CSV here")
     parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="where the CPU (ONNX Runtime) export of the model is kept between runs "
+        "(default: $MEDVISION_CACHE_DIR, else $XDG_CACHE_HOME/medvision/onnx, else ~/.cache/medvision/onnx)",
+    )
+    parser.add_argument(
         "--probabilities",
         type=Path,
         default=None,
@@ -175,12 +182,18 @@ def _summary(case: Case, prediction: Any, vol: dict[str, Any], predictor: Any, s
 
 def run(args: argparse.Namespace) -> int:
     from medvision.inference import Predictor
+    from medvision.onnx_backend import user_cache_dir
     from medvision.volumetry import volumetry, volumetry_csv
 
     _check_args(args)
     case = _load_case(args.input)
     try:
-        predictor = Predictor(args.checkpoint, device=args.device, threads=args.threads or "auto")
+        predictor = Predictor(
+            args.checkpoint,
+            device=args.device,
+            threads=args.threads or "auto",
+            onnx_cache_dir=args.cache_dir or user_cache_dir(),
+        )
     except ValueError as exc:  # e.g. --device cuda without CUDA
         raise PredictError(str(exc)) from exc
     start = time.perf_counter()
