@@ -16,20 +16,29 @@ from medvision.errors import MedVisionError
 COMMANDS = ("synth", "prepare", "eda", "train", "evaluate", "predict")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands: tuple[str, ...] = COMMANDS) -> argparse.ArgumentParser:
+    """The parser with ``commands`` registered (each imports its module, so fewer start faster)."""
     parser = argparse.ArgumentParser(
         prog="python -m medvision",
         description="MedVision: brain-tumour segmentation on MRI (research demo, not for clinical use).",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMANDS:
+    for name in commands:
         importlib.import_module(f"medvision.commands.{name}").register(subparsers)
     return parser
 
 
+def _commands_needed(argv: list[str]) -> tuple[str, ...]:
+    """Only the command named on the line: importing all six (scipy, pandas, h5py...) cost ~2 s of a
+    `predict` run. Help, a typo or no command get the full parser and its usage message."""
+    named = next((a for a in argv if not a.startswith("-")), None)
+    return (named,) if named in COMMANDS else COMMANDS
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(_commands_needed(argv)).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",

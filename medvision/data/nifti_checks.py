@@ -145,22 +145,24 @@ def _check_size_against_file(
         )
 
 
-def _verify_gzip(volume: NiftiVolume) -> None:
-    """nibabel stops reading at the end of the voxel data, so the gzip CRC-32 and length in the trailer are
-    never checked; read the stream to its end (bounded by what the header describes) so gzip checks them."""
-    if not volume.path.name.lower().endswith(".gz"):
-        return
+def _gunzip_checked(volume: NiftiVolume) -> bytes:
+    """The whole decompressed file, read once to its end so gzip checks the CRC-32 and length in the
+    trailer (nibabel stops at the end of the voxel data and never checks them), bounded by what the header
+    describes so a small file cannot inflate without limit."""
     most = int(volume.image.header.get_data_offset()) + int(np.prod(volume.shape)) * volume.dtype.itemsize
+    chunks: list[bytes] = []
     seen = 0
     try:
         with gzip.open(volume.path, "rb") as stream:
-            while chunk := stream.read(1 << 20):
+            while chunk := stream.read(1 << 22):
                 seen += len(chunk)
                 if seen > most + (1 << 20):
                     raise InputDataError(volume.path, "holds far more data than its header describes")
+                chunks.append(chunk)
     except (OSError, EOFError, zlib.error) as exc:
         problem = f"cannot read voxel data (corrupt or truncated file): gzip check failed: {exc}"
         raise InputDataError(volume.path, problem) from exc
+    return b"".join(chunks)
 
 
 def _validated_shape(path: Path, shape: tuple[int, ...], ndim: int) -> tuple[int, ...]:
@@ -199,13 +201,24 @@ def _validated_dtype(path: Path, image: nib.Nifti1Image) -> np.dtype:
 def read_nifti_data(volume: NiftiVolume) -> np.ndarray:
     """Read the voxels of a validated NIfTI (scaling applied), in NIfTI (i, j, k[, c]) axis order."""
     try:
-        data = np.asarray(volume.image.dataobj)
+        if volume.path.name.lower().endswith(".gz"):
+            # Decompress once (checking the gzip trailer on the way), then let nibabel read the voxels from
+            # memory: reading through the proxy and checking the trailer separately inflated every file twice.
+            raw = _gunzip_checked(volume)
+            nib_log = logging.getLogger("nibabel.global")  # header repairs were reported when it was opened
+            previous, nib_log.disabled = nib_log.disabled, True
+            try:
+                image = type(volume.image).from_bytes(raw)
+            finally:
+                nib_log.disabled = previous
+            data = np.asarray(image.dataobj)
+        else:
+            data = np.asarray(volume.image.dataobj)
     except MemoryError as exc:
         raise InputDataError(volume.path, f"not enough memory to read shape {volume.shape}") from exc
     except _READ_ERRORS as exc:
         problem = f"cannot read voxel data (corrupt or truncated file): {exc}"
         raise InputDataError(volume.path, problem) from exc
-    _verify_gzip(volume)
     if data.shape != volume.shape:
         data = data.reshape(volume.shape)  # only drops the trailing singleton dimensions checked above
     return data
@@ -246,10 +259,21 @@ def check_same_grid(volume: NiftiVolume, reference: NiftiVolume, *, spatial_only
         )
 
 
+def _distinct_values(data: np.ndarray) -> np.ndarray:
+    """np.unique for label volumes: small non-negative integers are counted (about 10x faster than sorting
+    9 million voxels); anything else falls back to np.unique."""
+    if data.dtype.kind in "ui" and data.size:
+        low, high = int(data.min()), int(data.max())
+        if low >= 0 and high < 1 << 16:
+            counts = np.bincount(data.ravel(), minlength=high + 1)
+            return np.flatnonzero(counts).astype(data.dtype)
+    return np.unique(data)
+
+
 def labels_to_brats(data: np.ndarray, path: str | Path, mapping: dict[int, int]) -> np.ndarray:
     """Map raw label values to BraTS labels (uint8) with ``mapping``; refuse values it does not know."""
     check_finite(data, path)
-    values = np.unique(data)
+    values = _distinct_values(data)
     if data.dtype.kind == "f" and not np.array_equal(values, np.round(values)):
         fractional = values[values != np.round(values)][:5]
         raise InputDataError(path, f"label values must be integers, found {fractional}")
