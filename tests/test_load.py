@@ -19,9 +19,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
-pytest.importorskip("streamlit")
-pytest.importorskip("websockets")
+import streamlit  # noqa: F401  (a requirement: fail, never skip, where it is missing)
+import websockets  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 SESSIONS, CLICKS, SIZE, CACHE_MB = 8, 8, (32, 64, 64), 6.0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 from pathlib import Path
 
 import h5py
@@ -322,9 +321,6 @@ def test_prepare_command_from_nifti_folders(tmp_path: Path) -> None:
             np.testing.assert_array_equal(s.read_label(case.case_id), case.label[brain_box(case)])
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("medvision.data.synthetic") is None, reason="synthetic not written"
-)
 def test_prepare_synthetic_cohort_nifti_and_kaggle(tmp_path: Path) -> None:
     from medvision.data.readers import load_case
     from medvision.data.synthetic import write_cohort
