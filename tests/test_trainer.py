@@ -299,3 +299,10 @@ def test_gpu_fast_path_with_amp_and_resume(store, tmp_path):
     assert status["state"] == "finished" and status["step"] == 4 and status["device"].startswith("cuda")
     meta = load_checkpoint(rundir.checkpoint_path(run, "last"))[1]
     assert meta["step"] == 4 and np.isfinite(meta["val_mean_dice"])
+
+
+def test_first_step_is_logged_at_once(store, tmp_path):
+    """A user watching a run sees a loss after the first step, not only after log_every steps."""
+    run = tmp_path / "run"
+    assert run_training(dataclasses.replace(TINY, log_every=3), run, store) == "finished"
+    assert [r["step"] for r in rundir.read_metrics(run, "step")] == [1, 3]
