@@ -31,7 +31,19 @@ c1.metric("Target", str(meta.get("target", "–")))
 c2.metric("Preset", str(meta.get("preset") or meta.get("train_config", {}).get("preset", "–")))
 c3.metric("Epochs trained", str(meta.get("epoch", "–")))
 best = meta.get("best_val_mean_dice")
-c4.metric("Best val mean Dice", f"{best:.3f}" if isinstance(best, (int, float)) else "–")
+val = meta.get("val") if isinstance(meta.get("val"), dict) else None
+# The best mean is this checkpoint's own validation only when it is the best checkpoint.
+best_empty = figures.empty_regions(val) if meta.get("kind") == "best" else []
+c4.metric(
+    "Best val mean Dice",
+    f"{best:.3f}" if isinstance(best, (int, float)) else "–",
+    help=figures.empty_regions_note(best_empty) if best_empty else None,
+)
+if best_empty:
+    st.caption(
+        f"The best mean includes {', '.join(best_empty)} at 1.000 without any such tumour in the "
+        "validation data: see Metrics below."
+    )
 
 card = catalog.model_card_text(model, settings)
 if card:
@@ -39,6 +51,7 @@ if card:
         st.markdown(card)
 
 tables = catalog.metric_tables(meta)
+note = catalog.validation_note(meta)
 if tables:
     st.subheader("Metrics")
     names = {"val": "Validation", "test": "Test", "train": "Training"}
@@ -47,7 +60,14 @@ if tables:
             names.get(part, part.replace("_", " ").capitalize()) for part in title.split(" / ")
         )
         st.markdown(f"**{pretty}**")
+        if title == "val" and note:
+            st.caption(note)
         st.dataframe(pd.DataFrame(rows).T.style.format(precision=3, na_rep="–"))
+        empty = figures.empty_regions(rows)
+        if empty:
+            st.info(figures.empty_regions_note(empty), icon=":material/info:")
+elif note:
+    st.info(note)
 else:
     st.info("This checkpoint's metadata holds no metrics.")
 

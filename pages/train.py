@@ -60,22 +60,32 @@ def _launch() -> None:
         st.session_state["train_run_name"] = launcher.new_run_name()
 
 
+# Stop and Resume sit in the monitor fragment, which reruns alone after their clicks: their messages go
+# under their own key and are shown inside it.
 def _stop(run_dir) -> None:
+    starting = launcher.run_state(run_dir) == "starting"
     stopped = launcher.stop_training(run_dir)
-    st.session_state["train_flash"] = (
-        ("info", f"Asked {run_dir.name} to stop: it finishes its step and saves a checkpoint.")
-        if stopped
-        else ("warning", f"{run_dir.name} is not running.")
-    )
+    if not stopped:
+        st.session_state["train_run_flash"] = ("warning", f"{run_dir.name} is not running.")
+    elif starting:
+        st.session_state["train_run_flash"] = ("info", f"Asked {run_dir.name} to stop while it was starting.")
+    else:
+        st.session_state["train_run_flash"] = (
+            "info",
+            f"Asked {run_dir.name} to stop: it finishes its step and saves a checkpoint.",
+        )
 
 
 def _resume(run_dir) -> None:
     try:
         started = launcher.resume_training(run_dir)
     except MedVisionError as error:
-        st.session_state["train_flash"] = ("error", f"Not resumed: {error}")
+        st.session_state["train_run_flash"] = ("error", f"Not resumed: {error}")
     else:
-        st.session_state["train_flash"] = ("success", f"Resumed {run_dir.name} (process {started.pid}).")
+        st.session_state["train_run_flash"] = (
+            "success",
+            f"Resumed {run_dir.name} (process {started.pid}).",
+        )
 
 
 st.caption(f"Training data: {source.label} (`{source.store}`). Runs are saved in `{RUNS}`.")
@@ -121,46 +131,84 @@ if st.session_state.get("train_selected_run") not in names:
     st.session_state["train_selected_run"] = names[0]
 selected = st.selectbox("Run", names, key="train_selected_run")
 run_dir = RUNS / selected
-alive = launcher.is_busy(run_dir)
-# A process that already wrote its final state is only exiting: there is nothing left to stop.
-stoppable = alive and (read_status(run_dir) or {}).get("state") in (None, "running")
-
-b1, b2, _ = st.columns([1, 1, 4])
-b1.button(
-    "Stop", icon=":material/stop:", key="train_stop", disabled=not stoppable, on_click=_stop, args=(run_dir,)
-)
-b2.button(
-    "Resume",
-    icon=":material/play_arrow:",
-    key="train_resume",
-    disabled=not launcher.can_resume(run_dir),
-    on_click=_resume,
-    args=(run_dir,),
-)
+# Polled while any run has a process, including one that is only exiting (Resume waits for it to end).
+live_at_start = frozenset(r.name for r in runs if r.busy)
+BADGES = {
+    "running": ":green[:material/play_circle:]",
+    "finished": ":green[:material/check_circle:]",
+    "stopping": ":orange[:material/stop_circle:]",
+    "stopped": ":orange[:material/stop_circle:]",
+    "failed": ":red[:material/error:]",
+    "did not start": ":red[:material/error:]",
+    "interrupted": ":orange[:material/warning:]",
+}
 
 
-@st.fragment(run_every=2 if alive else None)
+def _best_text(run: launcher.AppRun) -> str:
+    if run.best_dice is None:
+        return "–"
+    empty = figures.empty_regions(run.best_val)
+    return f"{run.best_dice:.3f}" + (f" ({', '.join(empty)}: no tumour in validation)" if empty else "")
+
+
+def _state_message(run: launcher.AppRun) -> None:
+    """What the user should know about how the run ended, and its output where that explains it."""
+    if run.state == "failed":
+        st.error(f"Run failed: {run.error or 'see the log below'}")
+    elif run.state == "interrupted":
+        st.warning("The training process ended without saying why (killed?). Resume to continue.")
+    elif run.state == "did not start":
+        code = launcher.exit_code(run.path)
+        st.error(
+            "The training process ended before it started training"
+            + (f" (exit status {code})" if code is not None else "")
+            + ". Its output:"
+        )
+    elif run.state == "stopped":
+        if launcher.can_resume(run.path):
+            st.info(f"Stopped at step {run.step or 0}; Resume continues from its last checkpoint.")
+        elif not launcher.has_checkpoint(run.path):
+            st.info("Stopped before its first checkpoint; start a new run.")
+    if run.state in ("failed", "interrupted", "did not start"):
+        log_text = launcher.train_log_tail(run.path)
+        if log_text:
+            st.code(log_text, language="text")
+
+
+@st.fragment(run_every=2 if live_at_start else None)
 def _monitor() -> None:
+    runs_now = launcher.app_runs(RUNS)
+    run = next((r for r in runs_now if r.name == selected), None)
+    if run is None or frozenset(r.name for r in runs_now if r.busy) != live_at_start:
+        st.rerun()  # a run started or ended (or its folder went): refresh the polling and the run picker
+    b1, b2, _ = st.columns([1, 1, 4])
+    b1.button(
+        "Stop",
+        icon=":material/stop:",
+        key="train_stop",
+        disabled=run.state not in ("starting", "running"),
+        on_click=_stop,
+        args=(run_dir,),
+    )
+    b2.button(
+        "Resume",
+        icon=":material/play_arrow:",
+        key="train_resume",
+        disabled=not launcher.can_resume(run_dir),
+        on_click=_resume,
+        args=(run_dir,),
+    )
+    flash = st.session_state.pop("train_run_flash", None)
+    if flash:
+        getattr(st, flash[0])(flash[1])
+
     status = read_status(run_dir) or {}
     metrics = read_metrics(run_dir)
-    live = launcher.is_busy(run_dir)
-    state = status.get("state") or ("starting" if live else "unknown")
     progress = figures.latest_progress(metrics, status)
-    badge = {
-        "running": ":green[:material/play_circle:]",
-        "finished": ":green[:material/check_circle:]",
-        "stopped": ":orange[:material/stop_circle:]",
-        "failed": ":red[:material/error:]",
-        "interrupted": ":orange[:material/warning:]",
-    }.get(state, ":material/hourglass_empty:")
-    st.markdown(
-        f"**Status:** {badge} `{state}`" + (f" · device `{status['device']}`" if status.get("device") else "")
-    )
-    total = progress["total_steps"]
-    text = f"step {progress['step']}" + (f" / {total}" if total else "")
-    if progress["epoch"] is not None:
-        text += f" · epoch {progress['epoch']}"
-    if state == "running":
+    device = f" · device `{status['device']}`" if status.get("device") and run.state != "starting" else ""
+    st.markdown(f"**Status:** {BADGES.get(run.state, ':material/hourglass_empty:')} `{run.label}`{device}")
+    text = run.label
+    if run.state == "running":
         text += f" · ETA {figures.format_duration(progress['eta_s'])}"
     st.progress(progress["fraction"], text=text)
     m1, m2, m3, m4 = st.columns(4)
@@ -173,21 +221,14 @@ def _monitor() -> None:
         f"{best_mean:.3f}" if best_mean is not None else "–",
         help="best per region: " + ", ".join(f"{k} {v:.3f}" for k, v in best.items()) if best else None,
     )
-    if state == "failed":
-        st.error(f"Run failed: {status.get('error') or 'see the log below'}")
-    elif state == "interrupted":
-        st.warning("The training process ended without saying why (killed?). Resume to continue.")
-    elif not status and not live:
-        code = launcher.exit_code(run_dir)
-        st.error(
-            "The training process ended before it started training"
-            + (f" (exit status {code})" if code is not None else "")
-            + ". Its output:"
+    if progress["best_val"]:
+        st.caption(
+            f"Best validation (epoch {progress['best_epoch']}): "
+            + " · ".join(f"{k} {v:.3f}" for k, v in progress["best_val"].items())
         )
-    if state in ("failed", "interrupted") or (not status and not live):
-        log_text = launcher.train_log_tail(run_dir)
-        if log_text:
-            st.code(log_text, language="text")
+    if progress["best_empty"]:
+        st.info(figures.empty_regions_note(progress["best_empty"]), icon=":material/info:")
+    _state_message(run)
     if metrics:
         a, b = st.columns(2)
         a.plotly_chart(figures.loss_figure(metrics), key="train_fig_loss")
@@ -206,26 +247,24 @@ def _monitor() -> None:
             with st.expander(f"Sample predictions of all {len(samples)} epochs"):
                 for path in reversed(samples):
                     st.image(str(path), caption=path.stem.replace("_", " "), width=900)
-    if alive and not live:
-        st.rerun()  # the process has ended: refresh the buttons and the run list
+
+    # Inside the fragment, so the list follows the runs live too.
+    st.subheader("All runs")
+    table = pd.DataFrame(
+        [
+            {
+                "run": r.name,
+                "state": r.state,
+                "progress": r.label.removeprefix(r.state).removeprefix(" · ") or "–",
+                "preset": r.preset or "–",
+                "best mean val Dice": _best_text(r),
+                "updated": time.strftime("%Y-%m-%d %H:%M", time.localtime(r.updated)) if r.updated else "–",
+                "error": r.error or "",
+            }
+            for r in runs_now
+        ]
+    )
+    st.dataframe(table, hide_index=True)
 
 
 _monitor()
-
-st.subheader("All runs")
-table = pd.DataFrame(
-    [
-        {
-            "run": r.name,
-            "state": r.state,
-            "preset": r.preset,
-            "epoch": r.epoch,
-            "step": f"{r.step or 0}/{r.total_steps or '?'}",
-            "best mean Dice": r.best_dice,
-            "updated": time.strftime("%Y-%m-%d %H:%M", time.localtime(r.updated)) if r.updated else None,
-            "error": r.error,
-        }
-        for r in runs
-    ]
-)
-st.dataframe(table, hide_index=True)

@@ -12,8 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-pytest.importorskip("streamlit")
+import streamlit  # noqa: F401  (a requirement: fail, never skip, where it is missing)
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -473,3 +473,164 @@ def test_a_failed_launch_is_reported(tmp_path):
         time.sleep(0.05)
     assert launcher.exit_code(run_dir) == 2
     assert "no data" in launcher.train_log_tail(run_dir)
+    # Nobody stopped it and it wrote no status: the page reports a launch that failed.
+    assert launcher.run_state(run_dir) == "did not start"
+    assert launcher.app_runs(tmp_path)[0].label == "did not start"
+
+
+def _wait_exit(run_dir: Path, seconds: float = 10) -> None:
+    deadline = time.time() + seconds
+    while launcher.is_busy(run_dir) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not launcher.is_busy(run_dir)
+
+
+def _write_run_config(run_dir: Path, epochs: int) -> None:
+    from medvision.train import rundir
+
+    rundir.write_json_atomic(run_dir / rundir.CONFIG_FILE, {"train": {"preset": "demo", "epochs": epochs}})
+
+
+# Exits 0.3 s after SIGTERM, as the trainer does after finishing its step, so "stopping" can be seen.
+_SLOW_TO_STOP = (
+    "import signal, time; stop = []; signal.signal(signal.SIGTERM, lambda *a: stop.append(1)); "
+    "print('ready', flush=True); [time.sleep(0.05) for _ in range(1200) if not stop]; time.sleep(0.3)"
+)
+
+
+def test_a_starting_run_reads_starting_then_running_then_stopping_and_stopped(tmp_path):
+    from medvision.train import rundir
+
+    run_dir = tmp_path / "r"
+    started = launcher.launch([sys.executable, "-c", _SLOW_TO_STOP], run_dir)
+    try:
+        # Nothing written yet but the launcher's log: the run is starting, not "unknown".
+        assert launcher.run_state(run_dir) == "starting"
+        [run] = launcher.app_runs(tmp_path)
+        assert (run.state, run.label, run.error, run.busy) == ("starting", "starting", None, True)
+        _write_run_config(run_dir, epochs=16)
+        # The trainer writes "running" before preparing data; until it knows its steps it is starting.
+        rundir.write_status(run_dir, "running", pid=started.pid, epoch=0, step=0, total_steps=None)
+        assert launcher.app_runs(tmp_path)[0].label == "starting"
+        rundir.write_status(run_dir, "running", pid=started.pid, epoch=0, step=5, total_steps=1600)
+        assert launcher.app_runs(tmp_path)[0].label == "running · epoch 1/16 · step 5/1600"
+        deadline = time.time() + 20
+        # (The first log line is the command itself, which contains the word too.)
+        while "ready" not in launcher.launch_log_tail(run_dir).splitlines()[1:] and time.time() < deadline:
+            time.sleep(0.05)
+        assert launcher.stop_training(run_dir) and launcher.stop_requested(run_dir)
+        assert launcher.app_runs(tmp_path)[0].label == "stopping · epoch 1/16 · step 5/1600"
+        _wait_exit(run_dir)
+        # Its status still says "running" (the process never wrote another): the stop request decides.
+        run = launcher.app_runs(tmp_path)[0]
+        assert (run.state, run.label, run.busy) == ("stopped", "stopped · epoch 1/16 · step 5/1600", False)
+        assert not launcher.can_resume(run_dir)  # no checkpoint
+        (run_dir / rundir.STATE_FILE).write_bytes(b"state")
+        assert launcher.can_resume(run_dir)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(started.pid, signal.SIGKILL)
+
+
+def test_stop_before_the_first_status_is_a_stop_not_a_failed_launch(tmp_path):
+    from medvision.train import rundir
+
+    run_dir = tmp_path / "early"
+    started = launcher.launch([sys.executable, "-c", "import time; time.sleep(60)"], run_dir)
+    try:
+        assert launcher.stop_training(run_dir)
+        _wait_exit(run_dir)
+        assert launcher.exit_code(run_dir) == -signal.SIGTERM
+        run = launcher.app_runs(tmp_path)[0]
+        assert (run.state, run.label, run.error) == ("stopped", "stopped · before training started", None)
+        assert not launcher.can_resume(run_dir) and not launcher.has_checkpoint(run_dir)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(started.pid, signal.SIGKILL)
+
+    # A relaunch in the folder forgets the old stop, and the old process's final status is not its own.
+    rundir.write_status(run_dir, "stopped", pid=started.pid, epoch=1, step=100, total_steps=1600)
+    launcher.launch([sys.executable, "-c", "import time; time.sleep(60)"], run_dir)
+    try:
+        assert not launcher.stop_requested(run_dir)
+        assert launcher.run_state(run_dir) == "starting" and not launcher.can_resume(run_dir)
+    finally:
+        launcher.stop_training(run_dir)
+        _wait_exit(run_dir)
+
+
+def test_trainer_states_and_labels_of_ended_runs(tmp_path):
+    from medvision.train import rundir
+
+    for name, state, fields in (
+        ("done", "finished", dict(epoch=16, step=1600, total_steps=1600)),
+        ("early", "finished", dict(epoch=8, step=800, total_steps=1600)),
+        ("mid", "stopped", dict(epoch=1, step=140, total_steps=1600)),
+        ("prep", "failed", dict(epoch=0, step=0, total_steps=None, error="no such store")),
+    ):
+        _write_run_config(tmp_path / name, epochs=16)
+        rundir.write_status(tmp_path / name, state, **fields)
+    labels = {r.name: (r.label, r.error) for r in launcher.app_runs(tmp_path)}
+    assert labels == {
+        "done": ("finished · epoch 16/16 · step 1600/1600", None),
+        "early": ("finished · epoch 8/16 · step 800/1600", None),
+        "mid": ("stopped · epoch 2/16 · step 140/1600", None),
+        "prep": ("failed · before training started", "no such store"),
+    }
+    assert launcher.can_resume(tmp_path / "prep")  # restarts from its saved settings
+    assert not launcher.can_resume(tmp_path / "mid")  # stopped, but no checkpoint to continue from
+
+
+def test_one_point_curves_have_markers():
+    one_step = [{"kind": "step", "epoch": 1, "step": 5, "loss": 0.9, "lr": 1e-3, "slices_per_s": 3.0}]
+    for build in (figures.loss_figure, figures.lr_figure, figures.throughput_figure):
+        [trace] = build(one_step).data
+        assert trace.mode == "lines+markers" and len(trace.x) == 1
+    one_epoch = [{"kind": "epoch", "epoch": 1, "step": 1, "val_loss": 0.8, "val": {"WT": {"dice": 0.3}}}]
+    [val_loss] = figures.loss_figure(one_epoch).data
+    [wt] = figures.dice_figure(one_epoch).data
+    assert val_loss.mode == wt.mode == "lines+markers"
+
+
+def test_empty_vs_empty_regions_are_named_where_the_best_dice_is_shown():
+    val = {
+        "WT": {"dice": 0.0, "dice_slice": 0.0},
+        "TC": {"dice": 1.0, "dice_slice": None},  # no TC in truth or prediction: 1.0 by convention
+        "ET": {"dice": 1.0, "dice_slice": float("nan")},
+        "NCR": {"dice": 1.0, "dice_slice": 1.0},  # a real perfect score
+    }
+    assert figures.empty_regions(val) == ["TC", "ET"]
+    assert figures.empty_regions({"WT": {"dice": 1.0, "hd95": 0.0}}) == []  # no way to tell: not marked
+    assert figures.empty_regions(None) == []
+    assert figures.empty_regions_note(["TC", "ET"]) == (
+        "TC, ET: no tumour of this kind in the validation data and none predicted; "
+        "counted as 1.000 by the BraTS convention."
+    )
+    metrics = [
+        {"kind": "epoch", "epoch": 1, "step": 1, "val_mean_dice": 2 / 3,
+         "val": {k: val[k] for k in ("WT", "TC", "ET")}},
+        {"kind": "epoch", "epoch": 2, "step": 2, "val_mean_dice": 0.5,
+         "val": {"WT": {"dice": 0.5, "dice_slice": 0.4}, "TC": {"dice": 0.5, "dice_slice": 0.5},
+                 "ET": {"dice": 0.5, "dice_slice": 0.5}}},
+    ]
+    progress = figures.latest_progress(metrics, {"state": "finished", "step": 2, "total_steps": 2})
+    assert progress["best_epoch"] == 1 and progress["best_mean_dice"] == pytest.approx(2 / 3)
+    assert progress["best_val"] == {"WT": 0.0, "TC": 1.0, "ET": 1.0}
+    assert progress["best_empty"] == ["TC", "ET"]
+
+
+def test_validation_note_says_which_validation_or_why_there_is_none():
+    config = {"epochs": 16}
+    stopped = {"kind": "last", "epoch": 0, "step": 40, "total_steps": 1600, "val": None}
+    stopped["train_config"] = config
+    assert catalog.validation_note(stopped) == (
+        "No validation yet: the run was stopped at step 40 of 1600, before its first validation (it runs "
+        "at the end of each epoch). Resume it on the Train page to get one."
+    )
+    later = {**stopped, "epoch": 1, "step": 140, "val": {"WT": {"dice": 0.4}}}
+    assert catalog.validation_note(later) == (
+        "Validation after epoch 1 of 16 (step 100); the run was stopped later, at step 140 of 1600."
+    )
+    best = {**later, "kind": "best", "step": 100}
+    assert catalog.validation_note(best) == "Validation after epoch 1 of 16 (step 100 of 1600)."
+    assert catalog.validation_note({"target": "regions", "val": {"WT": {"dice": 0.5}}}) is None

@@ -236,6 +236,38 @@ def metric_tables(meta: dict[str, Any], prefix: str = "") -> list[tuple[str, dic
     return tables
 
 
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def validation_note(meta: dict[str, Any]) -> str | None:
+    """Which validation a training checkpoint's scores come from, or why it has none yet.
+
+    A run validates at the end of each epoch; a run stopped earlier saved its weights with no scores.
+    None when the metadata does not say where in training the checkpoint was made (a shipped model).
+    """
+    step, total, epoch = _int(meta.get("step")), _int(meta.get("total_steps")), _int(meta.get("epoch"))
+    if step is None:
+        return None
+    of_total = f" of {total}" if total else ""
+    if not isinstance(meta.get("val"), dict) or not meta["val"]:
+        if total and step >= total:
+            return None
+        return (
+            f"No validation yet: the run was stopped at step {step}{of_total}, before its first "
+            "validation (it runs at the end of each epoch). Resume it on the Train page to get one."
+        )
+    config = meta.get("train_config") if isinstance(meta.get("train_config"), dict) else {}
+    epochs = _int(config.get("epochs"))
+    if not epoch:
+        return None
+    note = f"Validation after epoch {epoch}" + (f" of {epochs}" if epochs else "")
+    validated = epoch * (total // epochs) if total and epochs else None
+    if validated is not None and step > validated:
+        return f"{note} (step {validated}); the run was stopped later, at step {step}{of_total}."
+    return f"{note} (step {step}{of_total})."
+
+
 def summary_fields(meta: dict[str, Any]) -> dict[str, Any]:
     """The top-level scalar facts of a checkpoint (target, preset, epoch, best Dice, ...)."""
     skip = {"weights_sha256", "weights_file", "format", "version"}
@@ -265,4 +297,5 @@ __all__ = [
     "server_source",
     "store_path_for",
     "summary_fields",
+    "validation_note",
 ]

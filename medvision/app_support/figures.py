@@ -89,13 +89,44 @@ def _val_dice(record: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def empty_regions(val: dict[str, Any] | None) -> list[str]:
+    """Regions of a validation block whose Dice is 1.0 only because truth and prediction were empty in
+    every validation slice (BraTS counts empty-vs-empty as a perfect score).
+
+    The trainer's and the evaluator's "dice_slice" averages over slices where truth or prediction has
+    tumour and is missing (NaN, None in JSON) when there was none, which is what tells such a 1.0 from a
+    perfect segmentation.
+    """
+    regions = []
+    for region, scores in (val or {}).items():
+        if not isinstance(scores, dict) or "dice_slice" not in scores:
+            continue
+        dice, per_slice = scores.get("dice"), scores["dice_slice"]
+        empty = per_slice is None or (isinstance(per_slice, float) and math.isnan(per_slice))
+        if empty and _finite(dice) and dice >= 1.0:
+            regions.append(region)
+    return regions
+
+
+def empty_regions_note(regions: Sequence[str]) -> str:
+    """The sentence shown beside a Dice that contains empty-vs-empty regions."""
+    return (
+        f"{', '.join(regions)}: no tumour of this kind in the validation data and none predicted; "
+        "counted as 1.000 by the BraTS convention."
+    )
+
+
+# A run of one or two logged steps must still show something: a lone point draws no line.
+_MARKERS = dict(mode="lines+markers", marker=dict(size=5))
+
+
 def loss_figure(metrics: Sequence[dict[str, Any]], *, height: int = 300) -> go.Figure:
     """Training loss per logged step, with validation loss per epoch when the log has it."""
     fig = go.Figure()
     steps = [m for m in _records(metrics, "step") if m.get("loss") is not None]
     if steps:
         fig.add_scatter(
-            x=[m["step"] for m in steps], y=[m["loss"] for m in steps], name="train loss", mode="lines"
+            x=[m["step"] for m in steps], y=[m["loss"] for m in steps], name="train loss", **_MARKERS
         )
     epochs = [m for m in _records(metrics, "epoch") if m.get("val_loss") is not None]
     if epochs:
@@ -103,7 +134,7 @@ def loss_figure(metrics: Sequence[dict[str, Any]], *, height: int = 300) -> go.F
             x=[m.get("step") for m in epochs],
             y=[m["val_loss"] for m in epochs],
             name="val loss",
-            mode="lines+markers",
+            **_MARKERS,
         )
     fig.update_layout(height=height, margin=dict(l=40, r=10, t=30, b=30), title="Loss", xaxis_title="step")
     return fig
@@ -122,7 +153,7 @@ def dice_figure(metrics: Sequence[dict[str, Any]], *, height: int = 300) -> go.F
             x=[p[0] for p in points],
             y=[p[1] for p in points],
             name=f"{region} Dice",
-            mode="lines+markers",
+            **_MARKERS,
             line=dict(color=REGION_LINE_COLOURS.get(region)),
         )
     fig.update_layout(
@@ -139,7 +170,7 @@ def lr_figure(metrics: Sequence[dict[str, Any]], *, height: int = 240) -> go.Fig
     steps = [m for m in _records(metrics, "step") if m.get("lr") is not None]
     fig = go.Figure()
     if steps:
-        fig.add_scatter(x=[m["step"] for m in steps], y=[m["lr"] for m in steps], name="lr", mode="lines")
+        fig.add_scatter(x=[m["step"] for m in steps], y=[m["lr"] for m in steps], name="lr", **_MARKERS)
     fig.update_layout(
         height=height,
         margin=dict(l=40, r=10, t=30, b=30),
@@ -155,7 +186,7 @@ def throughput_figure(metrics: Sequence[dict[str, Any]], *, height: int = 240) -
     fig = go.Figure()
     if steps:
         fig.add_scatter(
-            x=[m["step"] for m in steps], y=[m["slices_per_s"] for m in steps], name="slices/s", mode="lines"
+            x=[m["step"] for m in steps], y=[m["slices_per_s"] for m in steps], name="slices/s", **_MARKERS
         )
     fig.update_layout(
         height=height, margin=dict(l=40, r=10, t=30, b=30), title="Throughput (slices/s)", xaxis_title="step"
@@ -164,7 +195,11 @@ def throughput_figure(metrics: Sequence[dict[str, Any]], *, height: int = 240) -
 
 
 def latest_progress(metrics: Sequence[dict[str, Any]], status: dict[str, Any] | None) -> dict[str, Any]:
-    """Numbers for the progress bar and headline metrics: fraction done, ETA, last loss, best Dice."""
+    """Numbers for the progress bar and headline metrics: fraction done, ETA, last loss, best Dice.
+
+    ``best_epoch``, ``best_val`` (per-region Dice) and ``best_empty`` (its empty-vs-empty regions, see
+    :func:`empty_regions`) describe the validation that gave the best mean Dice.
+    """
     status = status or {}
     steps = _records(metrics, "step")
     last = steps[-1] if steps else {}
@@ -173,11 +208,15 @@ def latest_progress(metrics: Sequence[dict[str, Any]], status: dict[str, Any] | 
     fraction = min(max(float(step) / float(total), 0.0), 1.0) if total else 0.0
     best: dict[str, float] = {}
     best_mean = status.get("best_val_mean_dice")
+    best_record: dict[str, Any] | None = None
     for record in _records(metrics, "epoch"):
         for region, dice in _val_dice(record).items():
             best[region] = max(best.get(region, 0.0), dice)
         mean = record.get("val_mean_dice")
-        if isinstance(mean, (int, float)) and math.isfinite(mean):
+        if _finite(mean):
+            # Strictly better, as the trainer decides which epoch's weights become the best checkpoint.
+            if best_record is None or mean > best_record["val_mean_dice"]:
+                best_record = record
             best_mean = max(best_mean or 0.0, float(mean))
     return {
         "step": int(step),
@@ -190,6 +229,9 @@ def latest_progress(metrics: Sequence[dict[str, Any]], status: dict[str, Any] | 
         "slices_per_s": last.get("slices_per_s"),
         "best_dice": best,
         "best_mean_dice": best_mean if _finite(best_mean) else None,
+        "best_epoch": best_record.get("epoch") if best_record else None,
+        "best_val": _val_dice(best_record) if best_record else {},
+        "best_empty": empty_regions(best_record.get("val")) if best_record else [],
     }
 
 

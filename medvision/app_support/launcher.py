@@ -5,11 +5,17 @@ Streamlit server's process group, so reloading or closing the browser tab (or a 
 touches it. The page follows it only through the run folder (status.json, metrics.jsonl). Stop sends
 SIGTERM, which the trainer turns into "finish the step, save a checkpoint, state stopped"; resume
 relaunches the same command with ``--resume``.
+
+The page shows a run's state as :func:`run_state` works it out, which adds to the trainer's own states
+what only the launcher knows: a process that has not written its status yet is "starting", and one the
+user asked to stop (``stop_request.json``, written by :func:`stop_training`) is "stopping" and then
+"stopped", even when SIGTERM reached it before the trainer could say so itself.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import signal
@@ -22,12 +28,14 @@ from pathlib import Path
 
 from medvision.app_support.workspace import REPO_ROOT
 from medvision.errors import RunBusyError
+from medvision.train import rundir
 from medvision.train.config import TrainConfig
-from medvision.train.rundir import RunSummary, is_run_busy, list_runs, read_status, summarise_run
+from medvision.train.rundir import is_run_busy, list_runs, read_json, read_status, summarise_run
 
 log = logging.getLogger(__name__)
 
 LAUNCH_LOG = "launcher.log"
+STOP_FILE = "stop_request.json"
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 # Processes started by this server, so a run that dies before writing its status still reports why,
@@ -129,6 +137,8 @@ def launch(
             "Stop it first or choose another run name."
         )
     run_dir.mkdir(parents=True, exist_ok=True)
+    # A stop asked of an earlier process in this folder is not a stop of the one starting now.
+    (run_dir / STOP_FILE).unlink(missing_ok=True)
     child_env = dict(os.environ if env is None else env)
     # The package is imported from the repository even when the app was started from elsewhere.
     child_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(cwd), child_env.get("PYTHONPATH", "")) if p)
@@ -169,7 +179,12 @@ def resume_training(run_dir: Path, *, env: dict[str, str] | None = None) -> Laun
 
 
 def stop_training(run_dir: Path) -> bool:
-    """Ask the run's process to stop (SIGTERM: it checkpoints and exits). False when nothing was running."""
+    """Ask the run's process to stop (SIGTERM: it checkpoints and exits). False when nothing was running.
+
+    The request is recorded first, so a process that SIGTERM ends before it wrote any status (still
+    importing, say) reads as stopped, not as a launch that failed.
+    """
+    run_dir = Path(run_dir)
     pid = None
     with _children_lock:
         child = _children.get(str(run_dir))
@@ -179,11 +194,19 @@ def stop_training(run_dir: Path) -> bool:
         pid = (read_status(run_dir) or {}).get("pid")
     if not pid:
         return False
+    marker = run_dir / STOP_FILE
+    rundir.write_json_atomic(marker, {"time": time.time(), "pid": int(pid)})
     try:
         os.kill(int(pid), signal.SIGTERM)
     except ProcessLookupError:
+        marker.unlink(missing_ok=True)  # it had ended already: whatever it left is its own story
         return False
     return True
+
+
+def stop_requested(run_dir: Path) -> bool:
+    """The user asked the process in ``run_dir`` to stop (since it was launched)."""
+    return (Path(run_dir) / STOP_FILE).is_file()
 
 
 def exit_code(run_dir: Path) -> int | None:
@@ -218,27 +241,149 @@ def train_log_tail(run_dir: Path, lines: int = 30) -> str:
     return ""
 
 
-def can_resume(run_dir: Path) -> bool:
-    """A stopped, interrupted or failed run that saved training state can continue where it stopped."""
-    status = read_status(run_dir) or {}
-    saved = (Path(run_dir) / "train_state.pt").is_file() or (Path(run_dir) / "config.json").is_file()
-    return status.get("state") in ("stopped", "interrupted", "failed") and saved and not is_busy(run_dir)
+def has_checkpoint(run_dir: Path) -> bool:
+    """The run saved training state that ``--resume`` continues from."""
+    return (Path(run_dir) / rundir.STATE_FILE).is_file()
 
 
-def app_runs(root: Path) -> list[RunSummary]:
-    """Runs under ``root``, newest first, including launches that died before writing any status."""
-    runs = list_runs(root)
-    known = {r.path.name for r in runs}
-    if Path(root).is_dir():
-        extra = [
-            summarise_run(d)
-            for d in Path(root).iterdir()
-            if d.is_dir() and d.name not in known and (d / LAUNCH_LOG).is_file()
-        ]
-        runs = sorted(
-            runs + extra, key=lambda r: r.updated or (r.path / LAUNCH_LOG).stat().st_mtime, reverse=True
+def _child_pid(run_dir: Path) -> int | None:
+    with _children_lock:
+        child = _children.get(str(run_dir))
+    return child.pid if child is not None and child.poll() is None else None
+
+
+def run_state(run_dir: Path) -> str:
+    """What the page calls the run: the trainer's state, refined by what the launcher knows.
+
+    starting: a process lives but has not begun training (no status yet, or it still prepares data).
+    running: training, with its step count known. stopping: asked to stop, still saving and exiting.
+    finished | stopped | failed | interrupted: as the trainer left it; "interrupted" reads "stopped"
+    when the user had asked for the stop. did not start: the process ended without writing any status
+    and nobody stopped it (its output says why).
+    """
+    run_dir = Path(run_dir)
+    status = read_status(run_dir)
+    state = status.get("state") if status else None
+    stop = stop_requested(run_dir)
+    if is_busy(run_dir):
+        child = _child_pid(run_dir)
+        own = status is not None and (
+            child is None or child in (status.get("pid"), status.get("launcher_pid"))
         )
-    return runs
+        if own and state in ("finished", "stopped", "failed"):
+            return state  # the process has said how it ended and is only exiting
+        if stop:
+            return "stopping"
+        # A status left by an earlier process (a resumed run) says nothing about this one yet.
+        if own and state == "running" and status.get("total_steps"):
+            return "running"
+        return "starting"
+    if state is None:
+        return "stopped" if stop else "did not start"
+    if state == "interrupted" and stop:
+        return "stopped"
+    return state
+
+
+def can_resume(run_dir: Path) -> bool:
+    """A stopped run with a checkpoint, or an interrupted or failed run that saved its state or settings,
+    can continue where it stopped (a failed run without a checkpoint starts again from its settings)."""
+    run_dir = Path(run_dir)
+    if is_busy(run_dir):  # includes a process that has written its final state and is still exiting
+        return False
+    state = run_state(run_dir)
+    if state == "stopped":
+        return has_checkpoint(run_dir) and (run_dir / rundir.CONFIG_FILE).is_file()
+    saved = has_checkpoint(run_dir) or (run_dir / rundir.CONFIG_FILE).is_file()
+    return state in ("interrupted", "failed") and saved
+
+
+@dataclass(frozen=True)
+class AppRun:
+    """One run as the Train page lists it."""
+
+    path: Path
+    name: str
+    state: str  # see run_state
+    label: str  # e.g. "running · epoch 1/16 · step 5/1600"
+    busy: bool  # a process still uses the folder (also one that has written its final state and is exiting)
+    preset: str | None
+    epochs: int | None
+    step: int | None
+    total_steps: int | None
+    best_dice: float | None  # mean validation Dice of the best checkpoint
+    best_val: dict | None  # that checkpoint's per-region validation scores
+    updated: float | None
+    error: str | None
+
+
+def run_label(state: str, status: dict | None, epochs: int | None) -> str:
+    """``state`` plus where the run is: "running · epoch 1/16 · step 5/1600", "starting", ...
+
+    The epoch of a live run is the one it is in (completed + 1); that of an ended run, the one its last
+    step belongs to. Without a known step count there is nothing to add but "before training started".
+    """
+    if state in ("starting", "did not start"):
+        return state
+    status = status or {}
+    step, total = int(status.get("step") or 0), status.get("total_steps")
+    if not total:
+        return state if state in ("running", "stopping") else f"{state} · before training started"
+    parts = [state]
+    if epochs:
+        if state in ("running", "stopping"):
+            epoch = int(status.get("epoch") or 0) + 1
+        else:
+            epoch = math.ceil(step / max(int(total) // epochs, 1))
+        parts.append(f"epoch {min(max(epoch, 1), epochs)}/{epochs}")
+    parts.append(f"step {step}/{total}")
+    return " · ".join(parts)
+
+
+def describe_run(run_dir: Path) -> AppRun:
+    run_dir = Path(run_dir)
+    summary = summarise_run(run_dir)
+    state = run_state(run_dir)
+    status = read_status(run_dir)
+    config = read_json(run_dir / rundir.CONFIG_FILE)
+    train = config.get("train", {}) if isinstance(config, dict) else {}
+    epochs = train.get("epochs") if isinstance(train.get("epochs"), int) else None
+    best = read_json(rundir.checkpoint_path(run_dir, "best").with_suffix(".json"))
+    best_val = best.get("val") if isinstance(best, dict) and isinstance(best.get("val"), dict) else None
+    updated = summary.updated
+    if updated is None and (run_dir / LAUNCH_LOG).is_file():
+        updated = (run_dir / LAUNCH_LOG).stat().st_mtime
+    return AppRun(
+        path=run_dir,
+        name=run_dir.name,
+        state=state,
+        label=run_label(state, status, epochs),
+        busy=is_busy(run_dir),
+        preset=summary.preset,
+        epochs=epochs,
+        step=summary.step,
+        total_steps=summary.total_steps,
+        best_dice=summary.best_dice,
+        best_val=best_val,
+        updated=updated,
+        # The trainer notes why a stop came before training began; only a failure is an error.
+        error=summary.error if state == "failed" else None,
+    )
+
+
+def app_runs(root: Path) -> list[AppRun]:
+    """Runs under ``root``, newest first, including launches that have not written (or never wrote) a
+    status."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    known = {r.path.name for r in list_runs(root)}
+    runs = [
+        describe_run(d)
+        for d in root.iterdir()
+        if d.is_dir() and (d.name in known or (d / LAUNCH_LOG).is_file())
+    ]
+    return sorted(runs, key=lambda r: r.updated or 0.0, reverse=True)
 
 
 # ------------------------------------------------------------------------------------------------
