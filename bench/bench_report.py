@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
-import platform
 import shlex
 import sys
 import time
@@ -15,24 +14,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medvision.precision import cpu_kind
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "RESULTS.md"
 HEADER = "# Benchmark results\n\nAppended by the scripts in bench/. Newest last.\n"
 
 
 def device_name(device: torch.device) -> str:
-    """The GPU's name, or the CPU model with its core count and torch's thread count."""
+    """The GPU's name, or the CPU model with its kind (AVX2 / AMX, bf16 native or emulated), core count and
+    torch's thread count: the fastest settings differ between CPU kinds, so every figure names its own."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    model = platform.processor() or "CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+    return f"{cpu_kind()}, torch threads {torch.get_num_threads()}"
 
 
 def machine_calibration() -> float:
@@ -54,3 +48,14 @@ def append_results(name: str, lines: list[str]) -> Path:
     with RESULTS.open("a", encoding="utf-8") as handle:
         handle.write("\n".join(section) + "\n")
     return RESULTS
+
+
+class Reporter:
+    """``report(text)`` prints a figure line at once and keeps it in ``lines`` for :func:`append_results`."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def __call__(self, text: str) -> None:
+        print(text, flush=True)
+        self.lines.append(text)

@@ -30,7 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_report import append_results, machine_calibration  # noqa: E402
+from bench_report import Reporter, append_results, machine_calibration  # noqa: E402
 
 from medvision.data.readers import load_case  # noqa: E402
 from medvision.data.store import SliceStore, prepare_store  # noqa: E402
@@ -189,11 +189,8 @@ def main() -> int:
     parser.add_argument("--no-record", action="store_true", help="do not append to bench/RESULTS.md")
     parser.add_argument("--note", default="", help="a remark recorded with the figures")
     args = parser.parse_args()
-    lines: list[str] = []
-
-    def report(text: str) -> None:
-        print(text, flush=True)
-        lines.append(text)
+    report = Reporter()
+    lines = report.lines
 
     load_before = os.getloadavg()
     report(f"- CPU: {cpu_kind()}; torch {torch.__version__}, {torch.get_num_threads()} threads")

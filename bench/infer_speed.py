@@ -29,7 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_report import append_results, device_name, machine_calibration  # noqa: E402
+from bench_report import Reporter, append_results, device_name, machine_calibration  # noqa: E402
 
 from medvision.data.case import Case  # noqa: E402
 from medvision.data.preprocess import brain_mask, zscore_in_brain  # noqa: E402
@@ -125,11 +125,8 @@ def main() -> int:
     model, meta, model_desc = load_model(0)
     case, case_desc = load_bench_case()
     baseline_model = copy.deepcopy(model).to(device).eval()  # NCHW, fp32: never converted
-    lines: list[str] = []
-
-    def report(text: str) -> None:
-        print(text, flush=True)
-        lines.append(text)
+    report = Reporter()
+    lines = report.lines
 
     def make_predictor(**overrides) -> Predictor:
         options = {

@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_report import append_results, machine_calibration  # noqa: E402
+from bench_report import Reporter, append_results, machine_calibration  # noqa: E402
 
 from medvision.precision import cpu_kind  # noqa: E402
 
@@ -51,11 +51,8 @@ def main() -> int:
     args = parser.parse_args()
     if not (REAL_CASE / "BraTS2021_00006_flair.nii.gz").exists():
         raise SystemExit(f"the real case is needed: {REAL_CASE}")
-    lines: list[str] = []
-
-    def report(text: str) -> None:
-        print(text, flush=True)
-        lines.append(text)
+    report = Reporter()
+    lines = report.lines
 
     with tempfile.TemporaryDirectory(prefix="mv_predict_bench_") as tmp:
         tmp_path = Path(tmp)

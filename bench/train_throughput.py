@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_report import append_results, device_name, machine_calibration  # noqa: E402
+from bench_report import Reporter, append_results, device_name, machine_calibration  # noqa: E402
 
 from medvision.cpu_threads import auto_threads  # noqa: E402
 from medvision.data.augment import augment_batch  # noqa: E402
@@ -258,11 +258,8 @@ def main() -> int:
     workers = args.workers if args.workers is not None else (min(4, os.cpu_count() or 1) if gpu else 0)
     load_before = os.getloadavg()
     calibration = machine_calibration()
-    lines: list[str] = []
-
-    def report(text: str) -> None:
-        print(text, flush=True)
-        lines.append(text)
+    report = Reporter()
+    lines = report.lines
 
     with tempfile.TemporaryDirectory(prefix="mv_train_bench_") as tmp:
         tmp_path = Path(tmp)

@@ -51,7 +51,7 @@ from medvision.errors import CheckpointError
 from medvision.export import save_prediction_nifti, save_probabilities_nifti, save_uncertainty_nifti
 from medvision.models import mc_dropout_mode
 from medvision.onnx_backend import OnnxRunner, load_onnx_runner
-from medvision.precision import DTYPE_TO_AMP, autocast_dtype, cpu_has_native_bf16, resolve_device
+from medvision.precision import DTYPE_TO_AMP, autocast, autocast_dtype, cpu_has_native_bf16, resolve_device
 from medvision.prediction_cache import ByteLRU, case_content_hash
 from medvision.volumetry import NECROTIC_REGION, remove_small_components, volumetry, volumetry_csv
 
@@ -427,9 +427,7 @@ class Predictor:
     # ------------------------------------------------------------------------------------ forward passes
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return autocast(self.device, self.amp_dtype)
 
     def _to_device(self, batch: np.ndarray) -> torch.Tensor:
         tensor = torch.from_numpy(batch).to(self.device, non_blocking=True)

@@ -30,7 +30,7 @@ from medvision.app_support.workspace import REPO_ROOT
 from medvision.errors import RunBusyError
 from medvision.train import rundir
 from medvision.train.config import TrainConfig
-from medvision.train.rundir import is_run_busy, list_runs, read_json, read_status, summarise_run
+from medvision.train.rundir import RunSummary, is_run_busy, list_runs, read_json, read_status, summarise_run
 
 log = logging.getLogger(__name__)
 
@@ -340,9 +340,10 @@ def run_label(state: str, status: dict | None, epochs: int | None) -> str:
     return " · ".join(parts)
 
 
-def describe_run(run_dir: Path) -> AppRun:
+def describe_run(run_dir: Path, summary: RunSummary | None = None) -> AppRun:
+    """The page's view of one run; ``summary`` saves re-reading the run folder when the caller has it."""
     run_dir = Path(run_dir)
-    summary = summarise_run(run_dir)
+    summary = summary or summarise_run(run_dir)
     state = run_state(run_dir)
     status = read_status(run_dir)
     config = read_json(run_dir / rundir.CONFIG_FILE)
@@ -377,9 +378,9 @@ def app_runs(root: Path) -> list[AppRun]:
     root = Path(root)
     if not root.is_dir():
         return []
-    known = {r.path.name for r in list_runs(root)}
+    known = {r.path.name: r for r in list_runs(root)}
     runs = [
-        describe_run(d)
+        describe_run(d, known.get(d.name))
         for d in root.iterdir()
         if d.is_dir() and (d.name in known or (d / LAUNCH_LOG).is_file())
     ]
