@@ -131,8 +131,10 @@ def bench_training(steps: int, rounds: int, report: Callable[[str], None]) -> No
             settings[label] = f"{AMP_NAMES[autocast_dtype(config.amp, CPU)]}, {layout}"
             loops[label]()  # warm-up: first-call allocations and oneDNN kernel selection
         picked = AMP_NAMES[autocast_dtype("auto", CPU)]
-        report(f"- training, demo preset (batch 8, 128x128, base 16), {steps} steps x {rounds} rounds "
-               f"interleaved; amp auto picks {picked} here")
+        demo = TrainConfig.from_preset("demo")
+        report(f"- training, demo preset (batch {demo.batch_size}, {demo.patch_size[0]}x{demo.patch_size[1]} "
+               f"crops, base {demo.base_filters}), {steps} steps x {rounds} rounds interleaved; "
+               f"amp auto picks {picked} here")
         samples: dict[str, list[float]] = {label: [] for label in loops}
         for _ in range(rounds):
             for label, step in loops.items():
