@@ -64,13 +64,21 @@ def _serve(stats_path: str, cache_mb: float | None, streamlit_args: list[str]) -
     """Run `streamlit run app.py` in this process, watched (see the module docstring)."""
     sys.path.insert(0, str(REPO))
     import medvision.inference as inference
+    import medvision.inference.predictor as predictor_module  # where Predictor looks load_checkpoint up
     from medvision.prediction_cache import ByteLRU
 
     lock = threading.Lock()
-    stats: dict[str, Any] = {"loads": 0, "predictors": 0, "cache_limit": None, "cache_peak": 0,
-                             "cache_evictions": 0, "cache_puts": 0, "prepared_peak": 0}
+    stats: dict[str, Any] = {
+        "loads": 0,
+        "predictors": 0,
+        "cache_limit": None,
+        "cache_peak": 0,
+        "cache_evictions": 0,
+        "cache_puts": 0,
+        "prepared_peak": 0,
+    }
     predictors: list[Any] = []
-    real_load = inference.load_checkpoint
+    real_load = predictor_module.load_checkpoint
 
     def counting_load(*args: Any, **kwargs: Any) -> Any:
         with lock:
@@ -105,17 +113,22 @@ def _serve(stats_path: str, cache_mb: float | None, streamlit_args: list[str]) -
                 stats["prepared_limit"] = self._prepared.max_bytes
             predictors.append(self)
 
-    inference.load_checkpoint = counting_load
+    predictor_module.load_checkpoint = counting_load
     inference.Predictor = WatchedPredictor  # what pages/predict.py imports on every run
 
     def report() -> None:
         while True:
             rss, hwm = _rss()
             with lock:
-                snapshot = {**stats, "rss": rss, "rss_peak": hwm, "time": time.time(),
-                            "cache_now": sum(p._results.nbytes for p in predictors),
-                            "cache_entries": sum(len(p._results) for p in predictors),
-                            "prepared_now": sum(p._prepared.nbytes for p in predictors)}
+                snapshot = {
+                    **stats,
+                    "rss": rss,
+                    "rss_peak": hwm,
+                    "time": time.time(),
+                    "cache_now": sum(p._results.nbytes for p in predictors),
+                    "cache_entries": sum(len(p._results) for p in predictors),
+                    "prepared_now": sum(p._prepared.nbytes for p in predictors),
+                }
             tmp = stats_path + ".tmp"
             Path(tmp).write_text(json.dumps(snapshot))
             os.replace(tmp, stats_path)
@@ -143,8 +156,11 @@ def prepare_workspace(home: Path, cases: int, size: tuple[int, int, int]) -> tup
     from medvision.app_support import catalog
     from medvision.app_support.workspace import settings_from_env
 
-    env = {"MEDVISION_HOME": str(home), "MEDVISION_DEMO_CASES": str(cases),
-           "MEDVISION_DEMO_SIZE": ",".join(map(str, size))}
+    env = {
+        "MEDVISION_HOME": str(home),
+        "MEDVISION_DEMO_CASES": str(cases),
+        "MEDVISION_DEMO_SIZE": ",".join(map(str, size)),
+    }
     settings = settings_from_env(env)
     catalog.ensure_demo_cohort(settings)
     if not settings.demo_checkpoint.is_file():
@@ -158,8 +174,11 @@ def prepare_workspace(home: Path, cases: int, size: tuple[int, int, int]) -> tup
         if not target.is_file():
             torch.manual_seed(0)
             model = build_model(PRESETS["demo"].model_config())
-            meta = {"target": "regions", "patch_size": list(PRESETS["demo"].patch_size),
-                    "note": "untrained, demo preset architecture (load benchmark)"}
+            meta = {
+                "target": "regions",
+                "patch_size": list(PRESETS["demo"].patch_size),
+                "note": "untrained, demo preset architecture (load benchmark)",
+            }
             save_checkpoint(target, model, meta)
     chosen = catalog.model_choices(settings)[0]
     return env, f"{chosen.label} ({chosen.checkpoint.name})"
@@ -188,15 +207,35 @@ class Server:
                 self.proc.wait(20)
 
 
-def start_server(env: dict[str, str], work: Path, cache_mb: float | None, session_ttl: int | None = None,
-                 timeout: float = 120) -> Server:
+def start_server(
+    env: dict[str, str],
+    work: Path,
+    cache_mb: float | None,
+    session_ttl: int | None = None,
+    timeout: float = 120,
+) -> Server:
     port = free_port()
     stats_path, log_path = work / "server_stats.json", work / "server.log"
-    args = [sys.executable, str(Path(__file__).resolve()), SERVE, str(stats_path),
-            "none" if cache_mb is None else str(cache_mb), "--",
-            "--server.address", "127.0.0.1", "--server.port", str(port), "--server.headless", "true",
-            "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
-            "--global.developmentMode", "false"]
+    args = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        SERVE,
+        str(stats_path),
+        "none" if cache_mb is None else str(cache_mb),
+        "--",
+        "--server.address",
+        "127.0.0.1",
+        "--server.port",
+        str(port),
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+        "--server.fileWatcherType",
+        "none",
+        "--global.developmentMode",
+        "false",
+    ]
     if session_ttl is not None:  # how long the state of a closed session is kept (Streamlit: 120 s)
         args += ["--server.disconnectedSessionTTL", str(session_ttl)]
     full_env = {**os.environ, **env, "PYTHONPATH": str(REPO)}
@@ -263,8 +302,13 @@ class Session:
             msg.ParseFromString(data)
             kind = msg.WhichOneof("type")
             if os.environ.get("MEDVISION_LOAD_DEBUG"):
-                print(id(self) % 1000, kind, msg.page_not_found if kind == "page_not_found" else "",
-                      msg.navigation.page_script_hash if kind == "navigation" else "", file=sys.stderr)
+                print(
+                    id(self) % 1000,
+                    kind,
+                    msg.page_not_found if kind == "page_not_found" else "",
+                    msg.navigation.page_script_hash if kind == "navigation" else "",
+                    file=sys.stderr,
+                )
             if kind == "delta":
                 self._delta(msg.delta)
             elif kind == "script_finished":
@@ -303,8 +347,9 @@ class Session:
                 if values:
                     self.sliders[key] = float(values[0])
 
-    async def rerun(self, kind: str, widgets: list[Any] = (), fragment: str = "", auto: bool = False,
-                    timeout: float = 60) -> Request:
+    async def rerun(
+        self, kind: str, widgets: list[Any] = (), fragment: str = "", auto: bool = False, timeout: float = 60
+    ) -> Request:
         from streamlit.proto.BackMsg_pb2 import BackMsg
         from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 
@@ -351,8 +396,9 @@ async def run_session(port: int, case_id: str, clicks: int, think_s: float, seed
     rng = random.Random(seed)
     url = f"ws://127.0.0.1:{port}/_stcore/stream"
     try:
-        async with websockets.connect(url, subprotocols=["streamlit"], origin=f"http://127.0.0.1:{port}",
-                                      max_size=None, open_timeout=30) as ws:
+        async with websockets.connect(
+            url, subprotocols=["streamlit"], origin=f"http://127.0.0.1:{port}", max_size=None, open_timeout=30
+        ) as ws:
             session = Session(ws)
             reader = asyncio.create_task(session.read())
             try:
@@ -387,10 +433,20 @@ def percentiles(values: list[float]) -> dict[str, float]:
     return {"n": len(ordered), "p50": at(0.5), "p95": at(0.95), "max": ordered[-1]}
 
 
-def measure(*, sessions: int = 8, clicks: int = 40, size: tuple[int, int, int] = (96, 128, 128),
-            cache_mb: float | None = None, think_s: float = 0.1, waves: int = 1, baseline: bool = False,
-            session_ttl: int | None = None, home: Path | None = None, work: Path | None = None,
-            seed: int = 0) -> dict[str, Any]:
+def measure(
+    *,
+    sessions: int = 8,
+    clicks: int = 40,
+    size: tuple[int, int, int] = (96, 128, 128),
+    cache_mb: float | None = None,
+    think_s: float = 0.1,
+    waves: int = 1,
+    baseline: bool = False,
+    session_ttl: int | None = None,
+    home: Path | None = None,
+    work: Path | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Start the server; optionally one session alone first (``baseline``); then ``waves`` times ``sessions``
     concurrent sessions (one case each; a wave ends when all of them have disconnected); stop the server.
     Returns the figures: latency percentiles per request kind, requests served, server stats after each
@@ -405,8 +461,9 @@ def measure(*, sessions: int = 8, clicks: int = 40, size: tuple[int, int, int] =
 
     def run_wave(ids: list[str], wave_seed: int) -> list[SessionResult]:
         async def together() -> list[SessionResult]:
-            return await asyncio.gather(*(run_session(server.port, c, clicks, think_s, wave_seed + i)
-                                          for i, c in enumerate(ids)))
+            return await asyncio.gather(
+                *(run_session(server.port, c, clicks, think_s, wave_seed + i) for i, c in enumerate(ids))
+            )
 
         return asyncio.run(together())
 
@@ -428,20 +485,33 @@ def measure(*, sessions: int = 8, clicks: int = 40, size: tuple[int, int, int] =
     requests = [r for s in results for r in s.requests]
 
     def by_kind(items: list[Request]) -> dict[str, dict[str, float]]:
-        return {k: percentiles([r.seconds for r in items if r.kind == k]) for k in ("open", "select", "next",
-                                                                                    "auto")}
+        return {
+            k: percentiles([r.seconds for r in items if r.kind == k])
+            for k in ("open", "select", "next", "auto")
+        }
 
     return {
-        "sessions": sessions, "clicks": clicks, "size": list(size), "cache_mb": cache_mb, "think_s": think_s,
-        "model": model, "waves": waves, "session_ttl": session_ttl, "setup_s": setup_s,
-        "wall_s": sum(wave_seconds), "wave_seconds": wave_seconds,
+        "sessions": sessions,
+        "clicks": clicks,
+        "size": list(size),
+        "cache_mb": cache_mb,
+        "think_s": think_s,
+        "model": model,
+        "waves": waves,
+        "session_ttl": session_ttl,
+        "setup_s": setup_s,
+        "wall_s": sum(wave_seconds),
+        "wave_seconds": wave_seconds,
         "latency": by_kind(requests),
         "baseline": by_kind([r for s in alone for r in s.requests]) if baseline else None,
         "served": sum(1 for r in requests if r.status in (0, 3) and not r.errors),
-        "requests": len(requests), "failed_sessions": [s.error for s in results + alone if s.error],
+        "requests": len(requests),
+        "failed_sessions": [s.error for s in results + alone if s.error],
         "request_errors": [e for s in results + alone for r in s.requests for e in r.errors][:10],
         "page_not_found": sum(s.page_not_found for s in results + alone),
-        "before": before, "after_baseline": after_baseline, "after_waves": wave_stats,
+        "before": before,
+        "after_baseline": after_baseline,
+        "after_waves": wave_stats,
         "after": wave_stats[-1],
         "results": [asdict(s) for s in results],
         "server_log": server.log_path.read_text(errors="replace")[-2000:],
@@ -465,8 +535,10 @@ def summary_lines(figures: dict[str, Any], command: str) -> list[str]:
         item = latency[kind]
         if not item.get("n"):
             return f"- {label}: none"
-        return (f"- {label}: n {item['n']}, p50 {1000 * item['p50']:.0f} ms, "
-                f"p95 {1000 * item['p95']:.0f} ms, max {1000 * item['max']:.0f} ms")
+        return (
+            f"- {label}: n {item['n']}, p50 {1000 * item['p50']:.0f} ms, "
+            f"p95 {1000 * item['p95']:.0f} ms, max {1000 * item['max']:.0f} ms"
+        )
 
     lat = figures["latency"]
     limit = after.get("cache_limit")
@@ -478,8 +550,8 @@ def summary_lines(figures: dict[str, Any], command: str) -> list[str]:
         f"{figures.get('load_before', '?')} / {figures.get('load_after', '?')}",
         f"- server: `streamlit run app.py` on 127.0.0.1 (watched: bench/app_load.py serve); "
         f"{waves} wave{'s' if waves > 1 else ''} of {figures['sessions']} concurrent websocket sessions, one "
-        f"synthetic case each ({'x'.join(map(str, figures['size']))}), {figures['clicks']} clicks on \"next "
-        f"slice\" per session, think time {figures['think_s']:.2f} s (x0.5-1.5)",
+        f'synthetic case each ({"x".join(map(str, figures["size"]))}), {figures["clicks"]} clicks on "next '
+        f'slice" per session, think time {figures["think_s"]:.2f} s (x0.5-1.5)',
         f"- served: {figures['served']} of {figures['requests']} requests without an error; failed sessions: "
         f"{len(figures['failed_sessions'])}; wall {figures['wall_s']:.1f} s",
         row(lat, "next", "next slice (viewer fragment rerun)"),
@@ -503,8 +575,10 @@ def summary_lines(figures: dict[str, Any], command: str) -> list[str]:
         "server.disconnectedSessionTTL)",
     ]
     if figures.get("page_not_found"):
-        lines.append(f"- 'page not found' messages: {figures['page_not_found']} (Streamlit sends one to the "
-                     "first session of a fresh server that opens a page by its URL path; the page is shown)")
+        lines.append(
+            f"- 'page not found' messages: {figures['page_not_found']} (Streamlit sends one to the "
+            "first session of a fresh server that opens a page by its URL path; the page is shown)"
+        )
     return lines
 
 
@@ -517,18 +591,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--think", type=float, default=0.1, help="seconds between clicks (x0.5-1.5)")
     parser.add_argument("--waves", type=int, default=2, help="rounds of sessions (memory must not grow)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the one-session run first")
-    parser.add_argument("--session-ttl", type=int, default=None,
-                        help="seconds a closed session's state is kept (Streamlit's default: 120); after "
-                        "each wave the benchmark waits this long + 3 s before reading the memory")
+    parser.add_argument(
+        "--session-ttl",
+        type=int,
+        default=None,
+        help="seconds a closed session's state is kept (Streamlit's default: 120); after "
+        "each wave the benchmark waits this long + 3 s before reading the memory",
+    )
     parser.add_argument("--home", type=Path, default=None, help="reuse this workspace (cohort made once)")
     parser.add_argument("--note", default="")
     parser.add_argument("--no-record", action="store_true", help="do not append to bench/RESULTS.md")
     args = parser.parse_args(argv)
     size = tuple(int(v) for v in args.size.split(","))
     load_before = " ".join(f"{v:.2f}" for v in os.getloadavg())
-    figures = measure(sessions=args.sessions, clicks=args.requests, size=size, cache_mb=args.cache_mb,
-                      think_s=args.think, waves=args.waves, baseline=not args.no_baseline,
-                      session_ttl=args.session_ttl, home=args.home)
+    figures = measure(
+        sessions=args.sessions,
+        clicks=args.requests,
+        size=size,
+        cache_mb=args.cache_mb,
+        think_s=args.think,
+        waves=args.waves,
+        baseline=not args.no_baseline,
+        session_ttl=args.session_ttl,
+        home=args.home,
+    )
     figures["load_before"], figures["load_after"] = load_before, " ".join(f"{v:.2f}" for v in os.getloadavg())
     command = "python bench/app_load.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     lines = summary_lines(figures, command)

@@ -1,13 +1,16 @@
 """Segmentation metrics: per-region scores of a case or slice, per-slice Dice, and pooled pixel counts.
 
-Conventions for empty masks (documented once, used everywhere):
-- A ratio whose denominator is zero scores 1.0 when prediction and truth agree on it being empty, else 0.0:
-  Dice/IoU are 1 when both masks are empty (0 when only one is); precision with no predicted positives is 1
-  if the truth is empty too, else 0; recall with an empty truth is 1 if the prediction is empty, else 0;
-  specificity with no true negatives is 1 (there are no false positives either).
-- HD95 (mm, symmetric 95th-percentile Hausdorff distance by MONAI, with the voxel spacing) is 0.0 when both
-  masks are empty and ``inf`` when exactly one is (no surface to measure to).
-- :func:`per_slice_dice` gives ``nan`` for slices where both masks are empty, so averages can skip them.
+Conventions for empty masks (the BraTS challenge's, documented once, used everywhere):
+- Both prediction and truth empty: Dice 1, HD95 0 mm. Exactly one empty: Dice 0, HD95 373.13 mm
+  (``HD95_EMPTY_MM``, the diagonal of the 240 x 240 x 155 mm BraTS volume), so a missed or hallucinated
+  region is counted in the mean HD95 rather than dropped from it (dropping it flatters the mean).
+- Other ratios whose denominator is zero score 1.0 when prediction and truth agree on it being empty, else
+  0.0: IoU like Dice; precision with no predicted positives is 1 if the truth is empty too, else 0; recall
+  with an empty truth is 1 if the prediction is empty, else 0; specificity with no true negatives is 1.
+- Means over cases count every case (:func:`summarise_cases`) and say how many were empty in both
+  (``both_empty_cases``: their Dice 1 is a convention, not a segmentation) and in exactly one.
+- :func:`per_slice_dice` gives ``nan`` for slices where both masks are empty, so slice means skip them;
+  :class:`SliceDiceTracker` counts how many it skipped.
 
 Pooled counts (:class:`PooledCounts`) sum TP/FP/FN/TN over all pixels of all batches, the "pixel-pooled"
 Dice/precision/recall that the original project reported. Count arrays have columns ``COUNT_COLUMNS``.
@@ -18,11 +21,10 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
-from monai.metrics import compute_hausdorff_distance
 
 from medvision.data.case import REGIONS
 
@@ -30,6 +32,10 @@ logger = logging.getLogger(__name__)
 
 COUNT_COLUMNS: tuple[str, ...] = ("tp", "fp", "fn", "tn")
 SMALL_TUMOUR_PIXELS = 500
+# BraTS scores the HD95 of a region that is empty in exactly one of prediction and truth as this (mm).
+HD95_EMPTY_MM = 373.13
+# Per-case scores averaged by summarise_cases (hd95 only where it was computed).
+CASE_METRICS: tuple[str, ...] = ("dice", "iou", "precision", "recall", "specificity", "hd95")
 
 
 def _ratio(numerator: float, denominator: float, empty_agree: bool) -> float:
@@ -58,7 +64,13 @@ def _as_bool(array: np.ndarray | torch.Tensor) -> np.ndarray:
 
 
 def hd95(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float]) -> float:
-    """Symmetric 95th-percentile Hausdorff distance in mm (0.0 both empty, inf one empty)."""
+    """Symmetric 95th-percentile Hausdorff distance in mm (MONAI, with the voxel spacing).
+
+    BraTS convention: 0.0 when both masks are empty, ``HD95_EMPTY_MM`` (373.13) when exactly one is.
+
+    Raises:
+        ValueError: ``spacing`` does not have one value per mask axis.
+    """
     pred, truth = _as_bool(pred), _as_bool(truth)
     if len(spacing) != pred.ndim:
         raise ValueError(f"spacing {tuple(spacing)} does not match a {pred.ndim}-D mask")
@@ -66,7 +78,11 @@ def hd95(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float]) -> float
     if not has_pred and not has_truth:
         return 0.0
     if has_pred != has_truth:
-        return math.inf
+        return HD95_EMPTY_MM
+    # Imported here, not at the top: `import monai` loads all of MONAI (~3 s on a 2-core CPU), and every
+    # `python -m medvision` command and training launch imports this module before it needs a distance.
+    from monai.metrics import compute_hausdorff_distance
+
     with warnings.catch_warnings():
         # MONAI 1.5+ passes its own deprecated argument internally; the warning is not ours to fix.
         warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*", category=FutureWarning)
@@ -88,7 +104,12 @@ def region_scores(
     with_hd95: bool = True,
 ) -> dict[str, float]:
     """Scores of one binary region (2-D slice or 3-D volume): dice, iou, precision, recall, specificity,
-    accuracy and hd95 (mm; ``nan`` when ``with_hd95=False``, which skips the costly distance transform)."""
+    accuracy, hd95 (mm; ``nan`` when ``with_hd95=False``, which skips the costly distance transform), and
+    the voxel counts ``pred_voxels`` / ``truth_voxels`` that say whether a score is an empty-mask one.
+
+    Raises:
+        ValueError: the masks differ in shape.
+    """
     pred, truth = _as_bool(pred), _as_bool(truth)
     if pred.shape != truth.shape:
         raise ValueError(f"prediction shape {pred.shape} differs from truth shape {truth.shape}")
@@ -98,7 +119,57 @@ def region_scores(
     tn = pred.size - tp - fp - fn
     scores = scores_from_counts(tp, fp, fn, tn)
     scores["hd95"] = hd95(pred, truth, spacing) if with_hd95 else math.nan
+    scores["pred_voxels"], scores["truth_voxels"] = tp + fp, tp + fn
     return scores
+
+
+def region_counts(
+    pred_regions: np.ndarray | torch.Tensor, true_regions: np.ndarray | torch.Tensor
+) -> np.ndarray:
+    """TP, FP, FN, TN per region of (R, ...) masks -> int64 (R, 4) in ``COUNT_COLUMNS`` order."""
+    pred, truth = _as_bool(pred_regions), _as_bool(true_regions)
+    if pred.shape != truth.shape:
+        raise ValueError(f"prediction shape {pred.shape} differs from truth shape {truth.shape}")
+    axes = tuple(range(1, pred.ndim))
+    tp = (pred & truth).sum(axis=axes)
+    fp = (pred & ~truth).sum(axis=axes)
+    fn = (~pred & truth).sum(axis=axes)
+    tn = (~pred & ~truth).sum(axis=axes)
+    return np.stack([tp, fp, fn, tn], axis=1).astype(np.int64)
+
+
+def scores_of_counts(counts: Sequence[float]) -> dict[str, float]:
+    """:func:`scores_from_counts` of one (tp, fp, fn, tn) row plus its ``pred_voxels`` / ``truth_voxels``
+    (what :func:`region_scores` returns, without hd95)."""
+    tp, fp, fn, tn = (float(v) for v in counts)
+    return {**scores_from_counts(tp, fp, fn, tn), "pred_voxels": tp + fp, "truth_voxels": tp + fn}
+
+
+def summarise_cases(
+    per_case: Sequence[Mapping[str, Mapping[str, float]]], regions: Sequence[str]
+) -> dict[str, dict[str, float]]:
+    """Means over cases of the per-case region scores ({region: scores} per case, as :func:`case_scores`).
+
+    Every case counts (BraTS conventions above); ``hd95`` is ``nan`` when no case has it. Each region also
+    gets ``cases``, ``both_empty_cases`` (Dice 1 by convention: no such tumour and none predicted) and
+    ``one_empty_cases`` (missed or hallucinated region: Dice 0, HD95 373.13 mm).
+    """
+    summary: dict[str, dict[str, float]] = {}
+    for name in regions:
+        rows = [case[name] for case in per_case]
+        out = {key: _mean([float(r[key]) for r in rows if key in r]) for key in CASE_METRICS}
+        empty_pred = [r.get("pred_voxels", 1) == 0 for r in rows]
+        empty_truth = [r.get("truth_voxels", 1) == 0 for r in rows]
+        out["cases"] = len(rows)
+        out["both_empty_cases"] = sum(p and t for p, t in zip(empty_pred, empty_truth, strict=True))
+        out["one_empty_cases"] = sum(p != t for p, t in zip(empty_pred, empty_truth, strict=True))
+        summary[name] = out
+    return summary
+
+
+def _mean(values: Sequence[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return float(np.mean(finite)) if finite else math.nan
 
 
 def case_scores(
@@ -147,12 +218,15 @@ def small_tumour_dice(
 
 # ---- batch helpers on torch tensors (trainer evaluate; stay on the tensors' device) ----
 
+
 def _binarise(
     logits: torch.Tensor, targets: torch.Tensor, threshold: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if logits.shape != targets.shape or logits.ndim < 3:
-        raise ValueError(f"expected logits and targets (B, T, ...) of one shape, got "
-                         f"{tuple(logits.shape)} and {tuple(targets.shape)}")
+        raise ValueError(
+            f"expected logits and targets (B, T, ...) of one shape, got "
+            f"{tuple(logits.shape)} and {tuple(targets.shape)}"
+        )
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold must be in (0, 1), got {threshold}")
     return torch.sigmoid(logits.float()) > threshold, targets > 0.5
@@ -227,8 +301,11 @@ class SliceDiceTracker:
 
     def add(self, dice: np.ndarray | torch.Tensor, truth_pixels: np.ndarray | torch.Tensor) -> None:
         dice = dice.detach().cpu().numpy() if isinstance(dice, torch.Tensor) else np.asarray(dice)
-        pixels = (truth_pixels.detach().cpu().numpy() if isinstance(truth_pixels, torch.Tensor)
-                  else np.asarray(truth_pixels))
+        pixels = (
+            truth_pixels.detach().cpu().numpy()
+            if isinstance(truth_pixels, torch.Tensor)
+            else np.asarray(truth_pixels)
+        )
         if dice.shape != pixels.shape or dice.ndim != 2:
             raise ValueError(
                 f"dice and truth_pixels must both be (B, T), got {dice.shape} and {pixels.shape}"
@@ -244,6 +321,20 @@ class SliceDiceTracker:
             return np.zeros((0, 0)), np.zeros((0, 0), dtype=np.int64)
         return np.concatenate(self._dice), np.concatenate(self._pixels)
 
+    def totals(self, max_pixels: int = SMALL_TUMOUR_PIXELS) -> np.ndarray:
+        """(5, T) float64 sums that add up over batches and DDP ranks: Dice sum and count over scored
+        slices, Dice sum and count over small-tumour slices, and the number of both-empty slices.
+        :func:`slice_means_from_totals` turns them into means."""
+        dice, pixels = self._stacked()
+        if dice.size == 0:
+            return np.zeros((5, dice.shape[1] if dice.ndim == 2 else 0))
+        scored = ~np.isnan(dice)
+        small = scored & (pixels > 0) & (pixels < max_pixels)
+        clean = np.where(scored, dice, 0.0)
+        return np.stack(
+            [clean.sum(0), scored.sum(0), np.where(small, clean, 0.0).sum(0), small.sum(0), (~scored).sum(0)]
+        ).astype(np.float64)
+
     def mean_dice(self) -> np.ndarray:
         """(T,) mean Dice over slices where truth or prediction is non-empty (``nan`` if none)."""
         dice, _ = self._stacked()
@@ -256,6 +347,57 @@ class SliceDiceTracker:
         return np.array([_nanmean(dice[small[:, t], t]) for t in range(dice.shape[1])])
 
 
+def slice_means_from_totals(totals: np.ndarray) -> list[dict[str, float]]:
+    """Per channel of :meth:`SliceDiceTracker.totals`: ``dice_slice`` (mean over slices with tumour in
+    truth or prediction), ``dice_small`` (small-tumour slices), and the slice counts behind them
+    (``slices_scored``, ``slices_small``, ``slices_both_empty``: left out of the means)."""
+    out = []
+    for dice_sum, n, small_sum, n_small, n_empty in np.asarray(totals, dtype=np.float64).T:
+        out.append(
+            {
+                "dice_slice": float(dice_sum / n) if n else math.nan,
+                "dice_small": float(small_sum / n_small) if n_small else math.nan,
+                "slices_scored": int(n),
+                "slices_small": int(n_small),
+                "slices_both_empty": int(n_empty),
+            }
+        )
+    return out
+
+
 def _nanmean(values: np.ndarray) -> float:
     values = values[~np.isnan(values)]
     return float(values.mean()) if values.size else math.nan
+
+
+def volume_slice_dice(
+    pred_regions: np.ndarray | torch.Tensor, true_regions: np.ndarray | torch.Tensor
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-slice Dice of (R, D, H, W) region masks -> (dice (D, R), truth pixels (D, R)), the input of
+    :meth:`SliceDiceTracker.add`."""
+    pred, truth = _as_bool(pred_regions), _as_bool(true_regions)
+    dice = np.stack([per_slice_dice(p, t) for p, t in zip(pred, truth, strict=True)], axis=1)
+    return dice, truth.sum(axis=(2, 3)).T
+
+
+def summarise_split(
+    per_case: Sequence[Mapping[str, Mapping[str, float]]],
+    pooled: np.ndarray,
+    slice_totals: np.ndarray,
+    regions: Sequence[str],
+) -> dict[str, dict[str, float]]:
+    """Everything a split's scores table holds, per region: the means over cases and their empty-case
+    counts (:func:`summarise_cases`), the pixel-pooled scores of ``pooled`` (R, 4) counts as
+    ``pooled_<name>``, and the slice means of ``slice_totals`` (5, R) (:func:`slice_means_from_totals`).
+
+    ``evaluate`` and the trainer's validation both report through this function.
+    """
+    summary = summarise_cases(per_case, regions)
+    slices = slice_means_from_totals(slice_totals)
+    for c, name in enumerate(regions):
+        pooled_scores = scores_from_counts(*(float(v) for v in np.asarray(pooled)[c]))
+        summary[name].update(slices[c])
+        summary[name].update(
+            {f"pooled_{k}": pooled_scores[k] for k in ("dice", "iou", "precision", "recall", "specificity")}
+        )
+    return summary

@@ -2,17 +2,20 @@
 
 The Streamlit page starts a job, keeps it in ``st.session_state`` and reads ``progress`` / ``state`` from
 a fragment that reruns every second; every attribute is read under a lock, so polling from another
-thread is safe. ``cancel()`` stops the job at the next batch boundary.
+thread is safe. ``cancel()`` stops the job at the next batch boundary, and so does ``still_wanted``
+returning False (the page passes "is my browser session still connected?": a closed tab must not keep
+the server's cores busy for minutes).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from medvision.data.case import Case
-from medvision.inference import Predictor, VolumePrediction
+from medvision.inference.predictor import Predictor, VolumePrediction
 
 logger = logging.getLogger(__name__)
 
@@ -27,10 +30,18 @@ class VolumeJob:
     """``VolumeJob(predictor, case, tta=..., mc_samples=..., seed=..., min_component_voxels=...).start()``.
 
     state: one of STATES; progress: fraction in [0, 1]; result: the VolumePrediction once done;
-    error: the exception when failed (its message is what the page shows).
+    error: the exception when failed (its message is what the page shows). ``still_wanted`` is asked
+    between batches; when it returns False the job ends as "cancelled".
     """
 
-    def __init__(self, predictor: Predictor, case: Case, **options: Any) -> None:
+    def __init__(
+        self,
+        predictor: Predictor,
+        case: Case,
+        *,
+        still_wanted: Callable[[], bool] | None = None,
+        **options: Any,
+    ) -> None:
         allowed = {"tta", "mc_samples", "seed", "min_component_voxels"}
         unknown = sorted(set(options) - allowed)
         if unknown:
@@ -44,6 +55,7 @@ class VolumeJob:
         self._result: VolumePrediction | None = None
         self._error: BaseException | None = None
         self._cancel = threading.Event()
+        self._still_wanted = still_wanted
         self._thread = threading.Thread(
             target=self._run, name=f"medvision-predict-{case.case_id}", daemon=True
         )
@@ -67,6 +79,9 @@ class VolumeJob:
         return self.finished
 
     def _on_progress(self, fraction: float) -> None:
+        if self._still_wanted is not None and not self._still_wanted():
+            logger.info("prediction of %s cancelled: nobody is waiting for it any more", self.case.case_id)
+            self._cancel.set()
         if self._cancel.is_set():
             raise _Cancelled
         with self._lock:

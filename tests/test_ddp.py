@@ -41,15 +41,45 @@ def blob_case(case_id: str, seed: int, shape=(6, 32, 32)) -> Case:
 
 
 def test_torchrun_two_cpu_processes(tmp_path):
-    store = prepare_store([blob_case(f"Blob_{i}", i) for i in range(4)], tmp_path / "store.h5", workers=1,
-                          progress=False)
+    store = prepare_store(
+        [blob_case(f"Blob_{i}", i) for i in range(4)], tmp_path / "store.h5", workers=1, progress=False
+    )
     run = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "-m", "medvision", "train", "--data", str(store), "--run-dir", str(run), "--preset", "demo",
-        "--device", "cpu", "--amp", "off", "--base-filters", "4", "--depth", "2", "--patch-size", "32", "32",
-        "--batch-size", "2", "--epochs", "2", "--steps-per-epoch", "2", "--log-every", "1",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "medvision",
+        "train",
+        "--data",
+        str(store),
+        "--run-dir",
+        str(run),
+        "--preset",
+        "demo",
+        "--device",
+        "cpu",
+        "--amp",
+        "off",
+        "--base-filters",
+        "4",
+        "--depth",
+        "2",
+        "--patch-size",
+        "32",
+        "32",
+        "--batch-size",
+        "2",
+        "--epochs",
+        "2",
+        "--steps-per-epoch",
+        "2",
+        "--log-every",
+        "1",
     ]
     result = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -262,8 +262,8 @@ def test_neighbour_checkpoint_stacks_clamped_slices(tmp_path: Path, case: Case) 
     ckpt = save_tiny(tmp_path, neighbours=1)
     pred = Predictor(ckpt, device="cpu", dtype="float32", backend="torch")
     assert pred.neighbours == 1
-    prepared = pred._prepare(case, case_content_hash(case))
-    batch = pred._batch_input(prepared, np.array([0]))
+    prepared = pred.prepare(case)
+    batch = pred.engine.batch_input(prepared, np.array([0]))
     assert batch.shape[1] == 12
     np.testing.assert_array_equal(batch[0, 0:4], batch[0, 4:8])  # slice -1 clamps to slice 0
     assert not np.array_equal(batch[0, 8:12], batch[0, 4:8])
@@ -302,7 +302,7 @@ def test_thread_limit_is_applied_and_restored(checkpoint: Path, case: Case, monk
 
 def test_auto_threads_leave_busy_cores_alone(checkpoint: Path, case: Case, monkeypatch) -> None:
     import medvision.cpu_threads as cpu_threads
-    import medvision.inference as inference
+    import medvision.inference.backend as backend
 
     for busy, expected in ((None, 4), (0.2, 4), (1.0, 3), (1.8, 2), (7.5, 1)):
         monkeypatch.setattr(cpu_threads, "_cache", None)
@@ -313,7 +313,7 @@ def test_auto_threads_leave_busy_cores_alone(checkpoint: Path, case: Case, monke
         assert 0 <= sample[0] <= sample[1]
 
     pred = Predictor(checkpoint, device="cpu", dtype="float32", backend="torch")  # threads="auto"
-    monkeypatch.setattr(inference, "auto_threads", lambda max_threads: 1)
+    monkeypatch.setattr(backend, "auto_threads", lambda max_threads: 1)
     seen: list[int] = []
     forward = pred.model.forward
     monkeypatch.setattr(
@@ -327,8 +327,8 @@ def test_pad_to_patch_uses_the_training_patch(checkpoint: Path, case: Case) -> N
     minimal = Predictor(checkpoint, device="cpu", dtype="float32")
     padded = Predictor(checkpoint, device="cpu", dtype="float32", pad_to_patch=True)
     key = case_content_hash(case)
-    assert minimal._prepare(case, key).padded == (24, 32)  # brain crop 23 x 31 rounded up to 4
-    assert padded._prepare(case, key).padded == (32, 48)  # the checkpoint's patch_size
+    assert minimal.prepare(case, key).padded == (24, 32)  # brain crop 23 x 31 rounded up to 4
+    assert padded.prepare(case, key).padded == (32, 48)  # the checkpoint's patch_size
     a, b = minimal.predict_volume(case), padded.predict_volume(case)
     assert a.probabilities.shape == b.probabilities.shape
     assert not b.probabilities[:, 0].any()
@@ -347,9 +347,9 @@ def test_predictor_options_and_missing_checkpoint(checkpoint: Path, tmp_path: Pa
         Predictor(checkpoint, device="cpu", threads=0)
     with pytest.raises(CheckpointError):
         Predictor(tmp_path / "nope.safetensors", device="cpu")
-    import medvision.inference as inference
+    import medvision.inference.predictor as predictor_module
 
-    monkeypatch.setattr(inference, "DEFAULT_CHECKPOINT", tmp_path / "demo.safetensors")
+    monkeypatch.setattr(predictor_module, "DEFAULT_CHECKPOINT", tmp_path / "demo.safetensors")
     with pytest.raises(CheckpointError, match="demo checkpoint is missing"):
         Predictor(device="cpu")
 
@@ -458,6 +458,46 @@ def test_volume_job_runs_in_background(checkpoint: Path, case: Case) -> None:
     assert job.wait(timeout=10) and job.state == "failed" and "out of memory" in str(job.error)
     with pytest.raises(ValueError):
         VolumeJob(pred, case, colour="red")
+
+
+def test_volume_job_stops_when_its_session_is_gone(checkpoint: Path, case: Case, monkeypatch) -> None:
+    """A closed browser tab: the session check turns False and the job ends at the next batch."""
+    from medvision.app_support import session_life
+
+    pred = Predictor(checkpoint, device="cpu", dtype="float32", batch_size=1)
+    asked: list[int] = []
+
+    def still_wanted() -> bool:
+        asked.append(1)
+        return len(asked) < 2  # the tab closes after the first batch
+
+    job = VolumeJob(pred, case, still_wanted=still_wanted).start()
+    assert job.wait(timeout=60) and job.state == "cancelled" and job.result is None
+    assert job.progress < 0.5 and len(asked) == 2  # no batch after the first False
+
+    # The page's check: outside a server it never cancels; in one, it follows the session.
+    assert session_life.current_session_alive()() is True
+
+    class Server:
+        active = True
+
+        def is_active_session(self, session_id: str) -> bool:
+            return self.active and session_id == "s1"
+
+    class Ctx:
+        session_id = "s1"
+
+    server = Server()
+    import streamlit.runtime
+    import streamlit.runtime.scriptrunner
+
+    monkeypatch.setattr(streamlit.runtime, "exists", lambda: True)
+    monkeypatch.setattr(streamlit.runtime, "get_instance", lambda: server)
+    monkeypatch.setattr(streamlit.runtime.scriptrunner, "get_script_run_ctx", lambda **_: Ctx())
+    alive = session_life.current_session_alive()
+    assert alive() is True
+    server.active = False
+    assert alive() is False
 
 
 @pytest.fixture(scope="module")

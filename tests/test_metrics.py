@@ -10,6 +10,7 @@ import torch
 from scipy import ndimage
 
 from medvision.metrics import (
+    HD95_EMPTY_MM,
     PooledCounts,
     SliceDiceTracker,
     batch_counts,
@@ -17,17 +18,27 @@ from medvision.metrics import (
     case_scores,
     hd95,
     per_slice_dice,
+    region_counts,
     region_scores,
     scores_from_counts,
+    slice_means_from_totals,
     small_tumour_dice,
+    summarise_cases,
+    volume_slice_dice,
 )
 
 
 def test_scores_from_counts_hand_computed() -> None:
     scores = scores_from_counts(tp=3, fp=1, fn=2, tn=4)
     assert scores == pytest.approx(
-        {"dice": 6 / 9, "iou": 3 / 6, "precision": 3 / 4, "recall": 3 / 5,
-         "specificity": 4 / 5, "accuracy": 7 / 10}
+        {
+            "dice": 6 / 9,
+            "iou": 3 / 6,
+            "precision": 3 / 4,
+            "recall": 3 / 5,
+            "specificity": 4 / 5,
+            "accuracy": 7 / 10,
+        }
     )
 
 
@@ -103,11 +114,11 @@ def test_empty_mask_conventions() -> None:
     assert both["precision"] == 1.0 and both["recall"] == 1.0 and both["specificity"] == 1.0
     missed = region_scores(empty, full, (1.0, 1.0))  # truth present, nothing predicted
     assert missed["dice"] == 0.0 and missed["precision"] == 0.0 and missed["recall"] == 0.0
-    assert missed["hd95"] == math.inf
+    assert missed["hd95"] == HD95_EMPTY_MM == 373.13  # BraTS: a missed region counts, at 373.13 mm
     false_alarm = region_scores(full, empty, (1.0, 1.0))  # nothing to find, something predicted
     assert false_alarm["dice"] == 0.0 and false_alarm["recall"] == 0.0 and false_alarm["precision"] == 0.0
     assert false_alarm["specificity"] == pytest.approx(60 / 64)
-    assert false_alarm["hd95"] == math.inf
+    assert false_alarm["hd95"] == HD95_EMPTY_MM
 
 
 def test_region_scores_without_hd95_and_shape_checks() -> None:
@@ -129,7 +140,7 @@ def test_case_scores_per_region() -> None:
     assert list(scores) == ["WT", "TC", "ET"]
     assert scores["WT"]["dice"] == 1.0 and scores["WT"]["hd95"] == 0.0
     assert scores["TC"]["dice"] == 1.0
-    assert scores["ET"]["dice"] == 0.0 and scores["ET"]["hd95"] == math.inf
+    assert scores["ET"]["dice"] == 0.0 and scores["ET"]["hd95"] == HD95_EMPTY_MM
     with pytest.raises(ValueError):
         case_scores(pred[:2], truth[:2], (1.0, 1.0, 1.0))
 
@@ -223,3 +234,30 @@ def test_batch_slice_dice_and_tracker() -> None:
     assert tracker.mean_dice()[0] == pytest.approx((4 / 6 + 1.0 + 4 / 6) / 3)
     assert tracker.small_tumour_dice(max_pixels=10)[0] == pytest.approx(4 / 6)
     assert math.isnan(tracker.small_tumour_dice(max_pixels=2)[0])
+
+
+def test_case_means_follow_brats_conventions_and_count_empty_cases() -> None:
+    """Mean over 3 cases, ET: one found (Dice 0.5, HD95 2), one empty in both (Dice 1, HD95 0), one missed
+    (Dice 0, HD95 373.13): every case counts and the summary says which were empty."""
+    found = {"dice": 0.5, "hd95": 2.0, "pred_voxels": 2, "truth_voxels": 2}
+    both_empty = {"dice": 1.0, "hd95": 0.0, "pred_voxels": 0, "truth_voxels": 0}
+    missed = {"dice": 0.0, "hd95": HD95_EMPTY_MM, "pred_voxels": 0, "truth_voxels": 5}
+    summary = summarise_cases([{"ET": found}, {"ET": both_empty}, {"ET": missed}], ["ET"])["ET"]
+    assert summary["dice"] == pytest.approx(1.5 / 3)
+    assert summary["hd95"] == pytest.approx((2.0 + 0.0 + 373.13) / 3)
+    assert (summary["cases"], summary["both_empty_cases"], summary["one_empty_cases"]) == (3, 1, 1)
+    assert math.isnan(summary["iou"])  # a score no case has is nan, not 0
+
+
+def test_region_counts_and_slice_totals_hand_computed() -> None:
+    truth = np.zeros((1, 3, 4, 4), bool)
+    pred = np.zeros((1, 3, 4, 4), bool)
+    truth[0, 0, :2, :2] = True  # slice 0: truth 4 pixels, prediction 2 of them
+    pred[0, 0, :1, :2] = True
+    pred[0, 1, 0, 0] = True  # slice 1: a false positive; slice 2: both empty
+    np.testing.assert_array_equal(region_counts(pred, truth), [[2, 1, 2, 43]])
+    tracker = SliceDiceTracker()
+    tracker.add(*volume_slice_dice(pred, truth))
+    (row,) = slice_means_from_totals(tracker.totals())
+    assert row["dice_slice"] == pytest.approx((2 * 2 / 6 + 0.0) / 2)
+    assert (row["slices_scored"], row["slices_both_empty"], row["slices_small"]) == (2, 1, 1)

@@ -102,8 +102,16 @@ def test_trainer_evaluate_and_predictor_ask_the_same_place(
 ) -> None:
     cpu_bf16(native)
     expected = torch.bfloat16 if native else None
-    config = TrainConfig(base_filters=2, depth=2, patch_size=(32, 32), batch_size=2, epochs=1,
-                         steps_per_epoch=1, workers=0, device="cpu")
+    config = TrainConfig(
+        base_filters=2,
+        depth=2,
+        patch_size=(32, 32),
+        batch_size=2,
+        epochs=1,
+        steps_per_epoch=1,
+        workers=0,
+        device="cpu",
+    )
     splits = {"train": ["Blob_0"], "val": ["Blob_1"], "test": ["Blob_2"]}
     assert Trainer(config, tiny_store, tmp_path / "run", splits=splits).amp_dtype is expected
 
@@ -112,14 +120,14 @@ def test_trainer_evaluate_and_predictor_ask_the_same_place(
     assert predictor.amp_dtype is expected
 
     seen: list[torch.dtype | None] = []
-    from medvision.train import evaluation
+    from medvision.inference import forward
 
-    real_predict = evaluation.predict_volume
+    real_predict = forward.SegmentationEngine.predict
 
-    def spy(*args, **kwargs):
-        seen.append(kwargs["amp_dtype"])
-        return real_predict(*args, **kwargs)
+    def spy(engine, *args, **kwargs):
+        seen.append(engine.backend.amp_dtype)
+        return real_predict(engine, *args, **kwargs)
 
-    monkeypatch.setattr(evaluation, "predict_volume", spy)
-    evaluate_checkpoint(checkpoint, tiny_store, split="all", device="cpu", with_hd95=False)
+    monkeypatch.setattr(forward.SegmentationEngine, "predict", spy)
+    evaluate_checkpoint(checkpoint, tiny_store, split="all", device="cpu", backend="torch", with_hd95=False)
     assert seen and all(dtype is expected for dtype in seen)

@@ -169,9 +169,9 @@ def test_bad_options_fail_before_work(
 
 
 def test_missing_demo_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch) -> None:
-    import medvision.inference as inference
+    import medvision.inference.predictor as predictor_module
 
-    monkeypatch.setattr(inference, "DEFAULT_CHECKPOINT", tmp_path / "checkpoints" / "demo.safetensors")
+    monkeypatch.setattr(predictor_module, "DEFAULT_CHECKPOINT", tmp_path / "checkpoints" / "demo.safetensors")
     folder = write_case_folder(tmp_path / "in")
     out = tmp_path / "out"
     out.mkdir()

@@ -30,9 +30,22 @@ from medvision.train.run import run_training
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = TrainConfig(
-    base_filters=4, depth=2, dropout=0.1, patch_size=(32, 32), batch_size=4, epochs=2, steps_per_epoch=2,
-    log_every=1, workers=0, amp="off", device="cpu", augment="light", tumour_fraction=0.5, seed=3,
-    warmup_steps=1, sample_slices=2,
+    base_filters=4,
+    depth=2,
+    dropout=0.1,
+    patch_size=(32, 32),
+    batch_size=4,
+    epochs=2,
+    steps_per_epoch=2,
+    log_every=1,
+    workers=0,
+    amp="off",
+    device="cpu",
+    augment="light",
+    tumour_fraction=0.5,
+    seed=3,
+    warmup_steps=1,
+    sample_slices=2,
 )
 STEP_KEYS = {"kind", "epoch", "step", "total_steps", "loss", "lr", "slices_per_s", "eta_s"}
 EPOCH_KEYS = STEP_KEYS - {"loss", "slices_per_s"} | {"train_loss", "val", "val_loss", "val_mean_dice"}
@@ -227,16 +240,47 @@ def test_init_from_checkpoint(store, tmp_path):
 # Through the CLI ---------------------------------------------------------------------------------
 def _cli(*args: str, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "medvision", *args], env=env, cwd=REPO_ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "medvision", *args],
+        env=env,
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )
 
 
 def test_sigterm_stops_after_step_with_checkpoint(store, tmp_path):
     run = tmp_path / "run"
-    proc = _cli("train", "--data", str(store), "--run-dir", str(run), "--preset", "demo",
-                "--base-filters", "4", "--depth", "2", "--patch-size", "32", "32", "--batch-size", "2",
-                "--epochs", "1", "--steps-per-epoch", "100000", "--amp", "off", "--device", "cpu",
-                "--log-every", "1")
+    proc = _cli(
+        "train",
+        "--data",
+        str(store),
+        "--run-dir",
+        str(run),
+        "--preset",
+        "demo",
+        "--base-filters",
+        "4",
+        "--depth",
+        "2",
+        "--patch-size",
+        "32",
+        "32",
+        "--batch-size",
+        "2",
+        "--epochs",
+        "1",
+        "--steps-per-epoch",
+        "100000",
+        "--amp",
+        "off",
+        "--device",
+        "cpu",
+        "--log-every",
+        "1",
+    )
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -264,8 +308,17 @@ def test_evaluate_cli_prints_table_and_saves_json(store, tmp_path):
     run = tmp_path / "run"
     run_training(TINY, run, store)
     out = tmp_path / "metrics.json"
-    proc = _cli("evaluate", "--checkpoint", str(rundir.checkpoint_path(run, "best")), "--data", str(store),
-                "--split", "all", "--out", str(out))
+    proc = _cli(
+        "evaluate",
+        "--checkpoint",
+        str(rundir.checkpoint_path(run, "best")),
+        "--data",
+        str(store),
+        "--split",
+        "all",
+        "--out",
+        str(out),
+    )
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, output
     assert "Region" in output and "HD95mm" in output and "PoolDice" in output

@@ -49,10 +49,34 @@ EPOCHS, STEPS_PER_EPOCH = 3, 4
 TOTAL_STEPS = EPOCHS * STEPS_PER_EPOCH
 SMALL_DISK_BYTES = 4 * 2**20
 TRAIN_ARGS = [
-    "--preset", "demo", "--base-filters", "4", "--depth", "2", "--epochs", str(EPOCHS),
-    "--steps-per-epoch", str(STEPS_PER_EPOCH), "--batch-size", "2", "--patch-size", "32", "32",
-    "--threads", "1", "--device", "cpu", "--amp", "off", "--no-channels-last", "--val-max-slices", "8",
-    "--log-every", "1", "--seed", "7",
+    "--preset",
+    "demo",
+    "--base-filters",
+    "4",
+    "--depth",
+    "2",
+    "--epochs",
+    str(EPOCHS),
+    "--steps-per-epoch",
+    str(STEPS_PER_EPOCH),
+    "--batch-size",
+    "2",
+    "--patch-size",
+    "32",
+    "32",
+    "--threads",
+    "1",
+    "--device",
+    "cpu",
+    "--amp",
+    "off",
+    "--no-channels-last",
+    "--val-max-slices",
+    "8",
+    "--log-every",
+    "1",
+    "--seed",
+    "7",
 ]
 CHECKPOINT_FILES = ("last.safetensors", "last.json", "best.safetensors", "best.json", "train_state.pt")
 CHECKPOINT_TMP = tuple(f".{name}." for name in CHECKPOINT_FILES)
@@ -332,8 +356,13 @@ class Forker:
     def start(self, argv: list[str], fault: dict[str, Any] | None = None, trace: Path | None = None) -> Child:
         self.count += 1
         out, err = self.logs / f"{self.count:03d}.out", self.logs / f"{self.count:03d}.err"
-        request = {"argv": argv, "fault": fault, "trace": str(trace) if trace else None,
-                   "out": str(out), "err": str(err)}
+        request = {
+            "argv": argv,
+            "fault": fault,
+            "trace": str(trace) if trace else None,
+            "out": str(out),
+            "err": str(err),
+        }
         self.proc.stdin.write(json.dumps(request) + "\n")
         self.proc.stdin.flush()
         return Child(self._next(30)["started"], out, err)
@@ -366,7 +395,11 @@ def forker(work):
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [sys.executable, __file__, SERVE, str(work / "small_disk"), str(SMALL_DISK_BYTES)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
         cwd=REPO_ROOT,
     )
     try:
@@ -467,8 +500,9 @@ def leftovers(run: Path) -> list[str]:
     found = []
     for folder in (run, run / rundir.CHECKPOINT_DIR, run / rundir.SAMPLES_DIR):
         if folder.is_dir():
-            found += [p.name for p in folder.iterdir()
-                      if p.name.startswith(".") and p.name != rundir.LOCK_FILE]
+            found += [
+                p.name for p in folder.iterdir() if p.name.startswith(".") and p.name != rundir.LOCK_FILE
+            ]
     return sorted(found)
 
 
@@ -482,8 +516,12 @@ def report_outcomes(reference):
     yield
     target = os.environ.get("MEDVISION_FAULTS_REPORT")
     if target:
-        Path(target).write_text(json.dumps({"reference_events": reference.events,
-                                            "reference_seconds": reference.seconds, **OUTCOMES}, indent=1))
+        Path(target).write_text(
+            json.dumps(
+                {"reference_events": reference.events, "reference_seconds": reference.seconds, **OUTCOMES},
+                indent=1,
+            )
+        )
 
 
 def test_reference_run_names_every_moment(reference):
@@ -493,10 +531,15 @@ def test_reference_run_names_every_moment(reference):
         for kind in ("mid-write", "before-replace", "after-replace"):
             assert any(e.startswith(f"{kind}:{name}@") for e in events), (kind, name)
     # Checkpoint order within one save: weights, then their metadata, then the resumable state.
-    save = [e for e in events if e.endswith(f"@{2 * STEPS_PER_EPOCH}#1") and _file_of(e) in (
-        "last.safetensors", "last.json", "train_state.pt")]
+    save = [
+        e
+        for e in events
+        if e.endswith(f"@{2 * STEPS_PER_EPOCH}#1")
+        and _file_of(e) in ("last.safetensors", "last.json", "train_state.pt")
+    ]
     assert [e.split("@")[0] for e in save] == [
-        f"{kind}:{name}" for name in ("last.safetensors", "last.json", "train_state.pt")
+        f"{kind}:{name}"
+        for name in ("last.safetensors", "last.json", "train_state.pt")
         for kind in ("mid-write", "before-replace", "after-replace")
     ]
 
@@ -512,14 +555,16 @@ def kill_moments(events: list[str]) -> list[str]:
     at_save = [e for e in events if second in e and _file_of(e) in (*CHECKPOINT_FILES, rundir.STATUS_FILE)]
     # Status writes also happen every 2 s (so a resumed run may not repeat them) and config.json is only
     # written by a fresh run: neither is a moment a resumed run is sure to pass.
-    repeatable = [e for e in events if e not in at_save and _file_of(e) not in (rundir.STATUS_FILE,
-                                                                                rundir.CONFIG_FILE)]
+    repeatable = [
+        e for e in events if e not in at_save and _file_of(e) not in (rundir.STATUS_FILE, rundir.CONFIG_FILE)
+    ]
     chosen = set(at_save) | set(random.Random(SEED).sample(repeatable, 6))
     return [e for e in events if e in chosen]  # in the order they happen
 
 
-def test_kill_9_at_many_moments_then_resume_finishes_like_an_uninterrupted_run(forker, store, reference,
-                                                                             work):
+def test_kill_9_at_many_moments_then_resume_finishes_like_an_uninterrupted_run(
+    forker, store, reference, work
+):
     run = work / "killed"
     outcomes: list[dict[str, Any]] = OUTCOMES.setdefault("kill", [])
     rng = random.Random(SEED + 1)
@@ -579,8 +624,14 @@ def test_kill_9_of_a_real_python_m_medvision_process_at_a_random_moment(forker, 
     first step; a resumed run finishes it."""
     run = work / "real"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "medvision", *train_argv(run, store)], env=env,
-                            cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "medvision", *train_argv(run, store)],
+        env=env,
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     delay = random.Random(SEED + 2).uniform(0.0, 0.5)
     try:
         deadline = time.monotonic() + 90
@@ -624,8 +675,13 @@ def killed_in_window(forker, store, work) -> dict[str, Any]:
     left_after_kill = leftovers(run)
     child = forker.run(train_argv(run, resume=True))
     assert child.code == 0, child.stderr
-    result = {"run": run, "loads": loads, "left_after_kill": left_after_kill, "left": leftovers(run),
-              "steps": [r["step"] for r in rundir.read_metrics(run, "step")]}
+    result = {
+        "run": run,
+        "loads": loads,
+        "left_after_kill": left_after_kill,
+        "left": leftovers(run),
+        "steps": [r["step"] for r in rundir.read_metrics(run, "step")],
+    }
     OUTCOMES["window"] = [{k: v for k, v in result.items() if k != "run"}]
     return result
 
@@ -663,7 +719,7 @@ def test_sigterm_while_saving_or_preparing_stops_cleanly(forker, store, referenc
     run = work / f"term-{saved_step}"
     child = forker.run(train_argv(run, store), fault={"at": moment, "action": "term"})
     assert child.code == 0, child.stderr
-    assert (child.out.read_text().strip() == f"training stopped: {run}"), child.out.read_text()
+    assert child.out.read_text().strip() == f"training stopped: {run}", child.out.read_text()
     status = rundir.read_status(run)
     assert status["state"] == "stopped" and not rundir.is_run_busy(run)
     assert "Traceback" not in child.stderr
@@ -697,8 +753,9 @@ def bad_files(reference, work) -> dict[str, Path]:
     root.mkdir()
     truncated = root / "truncated.safetensors"
     shutil.copy(rundir.checkpoint_path(reference.run, "last"), truncated)
-    shutil.copy(rundir.checkpoint_path(reference.run, "last").with_suffix(".json"),
-                truncated.with_suffix(".json"))
+    shutil.copy(
+        rundir.checkpoint_path(reference.run, "last").with_suffix(".json"), truncated.with_suffix(".json")
+    )
     _truncate(truncated)
     runs = {}
     for kind in ("state_truncated", "state_foreign", "state_other_model", "config_corrupt"):
@@ -706,15 +763,21 @@ def bad_files(reference, work) -> dict[str, Path]:
         shutil.copytree(reference.run, runs[kind])
     _truncate(runs["state_truncated"] / rundir.STATE_FILE)
     (runs["state_foreign"] / rundir.STATE_FILE).write_bytes(
-        rundir.checkpoint_path(reference.run, "last").read_bytes())  # a safetensors file in its place
+        rundir.checkpoint_path(reference.run, "last").read_bytes()
+    )  # a safetensors file in its place
     # A valid training state of a different model (base_filters 8): resuming must not mix the two.
     other = dict(torch.load(reference.run / rundir.STATE_FILE, weights_only=True))
     other["model"] = {k: torch.cat([v, v]) if v.ndim else v for k, v in other["model"].items()}
     torch.save(other, runs["state_other_model"] / rundir.STATE_FILE)
     (runs["config_corrupt"] / rundir.CONFIG_FILE).write_text('{"train": {"epochs": ')
     case = write_cohort(root / "cases", 1, seed=1, size=(16, 48, 48), workers=1)[0]
-    return {"truncated": truncated, "foreign": _foreign_checkpoint(root / "foreign"), "case": case,
-            "out": root / "pred.nii.gz", **runs}
+    return {
+        "truncated": truncated,
+        "foreign": _foreign_checkpoint(root / "foreign"),
+        "case": case,
+        "out": root / "pred.nii.gz",
+        **runs,
+    }
 
 
 _RESUME = ["train", "--resume", "--run-dir"]
@@ -724,17 +787,16 @@ _PREDICT = ["predict", "{case}", "-o", "{out}", "--device", "cpu", "--checkpoint
 # name: (command line, text the error line must hold, open finding). F14 (a traceback on the console after
 # "error:" for every failure inside run_training) is fixed.
 CLI_CASES = {
-    "resume-truncated-state": ([*_RESUME, "{state_truncated}"], "{state_truncated}/train_state.pt",
-                               None),
-    "resume-foreign-state": ([*_RESUME, "{state_foreign}"], "{state_foreign}/train_state.pt",
-                             None),
-    "resume-state-of-another-model": ([*_RESUME, "{state_other_model}"], "{state_other_model}/train_state.pt",
-                                      None),
+    "resume-truncated-state": ([*_RESUME, "{state_truncated}"], "{state_truncated}/train_state.pt", None),
+    "resume-foreign-state": ([*_RESUME, "{state_foreign}"], "{state_foreign}/train_state.pt", None),
+    "resume-state-of-another-model": (
+        [*_RESUME, "{state_other_model}"],
+        "{state_other_model}/train_state.pt",
+        None,
+    ),
     "resume-corrupt-config": ([*_RESUME, "{config_corrupt}"], "{config_corrupt}", None),
-    "init-from-truncated": ([*_INIT, "{truncated}", "--run-dir", "{work}/init-t"], "{truncated}",
-                            None),
-    "init-from-foreign": ([*_INIT, "{foreign}", "--run-dir", "{work}/init-f"], "foreign.json",
-                          None),
+    "init-from-truncated": ([*_INIT, "{truncated}", "--run-dir", "{work}/init-t"], "{truncated}", None),
+    "init-from-foreign": ([*_INIT, "{foreign}", "--run-dir", "{work}/init-f"], "foreign.json", None),
     "evaluate-truncated": ([*_EVALUATE, "{truncated}"], "{truncated}", None),
     "evaluate-foreign": ([*_EVALUATE, "{foreign}"], "foreign.json", None),
     "predict-truncated": ([*_PREDICT, "{truncated}"], "{truncated}", None),
@@ -775,8 +837,8 @@ def test_disk_full_while_saving_in_process_keeps_the_previous_checkpoint(store, 
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     class FillAfterEpoch1:
-        def on_epoch_end(self, trainer: Any, record: dict[str, Any]) -> None:
-            if record["epoch"] == 1:
+        def on_epoch_start(self, trainer: Any) -> None:
+            if trainer.progress.epoch == 1:  # epoch 1 is trained, recorded and saved
                 monkeypatch.setattr(ckpt, "os", Full())
 
     run = work / "full-in-process"
@@ -821,8 +883,14 @@ def test_disk_full_on_a_real_file_system(forker, store, reference, small_disk, m
     seen = forker.inside(run)
     fault = {"at": moment, "action": "fill", "fill_dir": str(small_disk), "keep_free": keep_free}
     child = forker.run(train_argv(run, store), fault=fault)
-    OUTCOMES.setdefault("disk", []).append({"moment": moment, "keep_free": keep_free, "code": child.code,
-                                            "stderr_tail": child.stderr.strip().splitlines()[-1:]})
+    OUTCOMES.setdefault("disk", []).append(
+        {
+            "moment": moment,
+            "keep_free": keep_free,
+            "code": child.code,
+            "stderr_tail": child.stderr.strip().splitlines()[-1:],
+        }
+    )
     assert child.code != 0 and "No space left on device" in child.stderr, child.stderr[-3000:]
     status = rundir.read_status(seen)
     assert not rundir.is_run_busy(seen)
@@ -840,7 +908,9 @@ def test_disk_full_on_a_real_file_system(forker, store, reference, small_disk, m
     check_finished_like_reference(seen, reference)
     lines = (seen / rundir.METRICS_FILE).read_text().splitlines()
     OUTCOMES["disk"][-1].update(
-        status=status["state"], error=status.get("error"), metrics_lines=len(lines),
+        status=status["state"],
+        error=status.get("error"),
+        metrics_lines=len(lines),
         unreadable_lines=[line for line in lines if not _is_json(line)],
         steps_after_resume=[r["step"] for r in rundir.read_metrics(seen, "step")],
     )

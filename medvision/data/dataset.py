@@ -21,44 +21,34 @@ from torch.utils.data import Dataset, WeightedRandomSampler
 
 from medvision.data.augment import AugmentConfig, augment_batch
 from medvision.data.case import MODALITIES
+from medvision.data.regions import TARGET_TABLE, labels_to_masks, target_spec
 from medvision.data.store import SliceStore
 from medvision.errors import InputDataError
 
 log = logging.getLogger(__name__)
 
-TARGETS: tuple[str, ...] = ("regions", "wt", "necrotic")
-# Which BraTS labels are positive in each target channel.
-TARGET_LABELS: dict[str, tuple[tuple[int, ...], ...]] = {
-    "regions": ((1, 2, 4), (1, 4), (4,)),  # WT, TC, ET
-    "wt": ((1, 2, 4),),
-    "necrotic": ((1,),),  # the original project's target: mask channel 0 (NCR/NET) only
-}
 # Slice-table column that says whether a slice holds tumour for the target (drives oversampling).
-TUMOUR_COLUMN: dict[str, str] = {"regions": "pixels_wt", "wt": "pixels_wt", "necrotic": "pixels_ncr"}
+TUMOUR_COLUMN: dict[str, str] = {name: spec.tumour_column for name, spec in TARGET_TABLE.items()}
 
 
 def _check_target(target: str) -> None:
-    if target not in TARGETS:
-        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    target_spec(target)  # ValueError naming the known targets
 
 
 def target_channels(target: str) -> int:
     """Number of target channels: 3 for regions (WT, TC, ET), 1 for wt and necrotic."""
-    _check_target(target)
-    return len(TARGET_LABELS[target])
+    return target_spec(target).channels
 
 
 def labels_to_target(label: np.ndarray, target: str) -> np.ndarray:
-    """BraTS labels (..., H, W) -> float32 target (T, ..., H, W) of 0/1."""
-    _check_target(target)
-    return np.stack([np.isin(label, values) for values in TARGET_LABELS[target]]).astype(np.float32)
+    """BraTS labels (..., H, W) -> float32 target (T, ..., H, W) of 0/1 (channels: data.regions)."""
+    return labels_to_masks(label, target).astype(np.float32)
 
 
 def labels_to_target_torch(labels: torch.Tensor, target: str) -> torch.Tensor:
     """(B, H, W) integer BraTS labels on any device -> float32 target (B, T, H, W)."""
-    _check_target(target)
     channels = []
-    for values in TARGET_LABELS[target]:
+    for values in target_spec(target).labels:
         hit = torch.zeros_like(labels, dtype=torch.bool)
         for v in values:
             hit |= labels == v

@@ -21,7 +21,12 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 CONFIG_KEYS: tuple[str, ...] = (
-    "in_channels", "out_channels", "base_filters", "depth", "dropout", "attention",
+    "in_channels",
+    "out_channels",
+    "base_filters",
+    "depth",
+    "dropout",
+    "attention",
 )
 
 
@@ -140,9 +145,7 @@ class AttentionUNet(nn.Module):
         self, x: torch.Tensor, return_attention: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         if x.ndim != 4 or x.shape[1] != self.config["in_channels"]:
-            raise ValueError(
-                f"expected input (B, {self.config['in_channels']}, H, W), got {tuple(x.shape)}"
-            )
+            raise ValueError(f"expected input (B, {self.config['in_channels']}, H, W), got {tuple(x.shape)}")
         factor = 2**self.depth
         if x.shape[-2] % factor or x.shape[-1] % factor:
             raise ValueError(f"H and W must be divisible by {factor} (2**depth), got {tuple(x.shape[-2:])}")

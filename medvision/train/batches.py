@@ -47,14 +47,31 @@ def augment_config(level: str) -> AugmentConfig:
         return AugmentConfig.off()
     if level == "light":
         return AugmentConfig(
-            p_flip=0.5, p_affine=0.3, rotate_deg=10.0, scale=(0.95, 1.05), p_elastic=0.0,
-            p_intensity=0.3, intensity_scale=0.1, intensity_shift=0.1, p_noise=0.1, noise_std=0.05,
+            p_flip=0.5,
+            p_affine=0.3,
+            rotate_deg=10.0,
+            scale=(0.95, 1.05),
+            p_elastic=0.0,
+            p_intensity=0.3,
+            intensity_scale=0.1,
+            intensity_shift=0.1,
+            p_noise=0.1,
+            noise_std=0.05,
         )
     if level == "strong":
         return AugmentConfig(
-            p_flip=0.5, p_affine=0.6, rotate_deg=20.0, scale=(0.85, 1.15), p_elastic=0.2,
-            elastic_alpha=2.0, elastic_sigma=8.0, p_intensity=0.5, intensity_scale=0.15,
-            intensity_shift=0.15, p_noise=0.3, noise_std=0.05,
+            p_flip=0.5,
+            p_affine=0.6,
+            rotate_deg=20.0,
+            scale=(0.85, 1.15),
+            p_elastic=0.2,
+            elastic_alpha=2.0,
+            elastic_sigma=8.0,
+            p_intensity=0.5,
+            intensity_scale=0.15,
+            intensity_shift=0.15,
+            p_noise=0.3,
+            noise_std=0.05,
         )
     raise ValueError(f"augment must be none, light or strong, got {level!r}")
 
@@ -153,8 +170,14 @@ class MemorySlices:
     targets there."""
 
     def __init__(
-        self, store_path: Path, case_ids: Sequence[str], *, target: str, patch_size: tuple[int, int],
-        neighbours: int, device: torch.device,
+        self,
+        store_path: Path,
+        case_ids: Sequence[str],
+        *,
+        target: str,
+        patch_size: tuple[int, int],
+        neighbours: int,
+        device: torch.device,
     ) -> None:
         images, labels, meta = load_store_tensors(store_path, case_ids, patch_size, neighbours)
         non_blocking = device.type == "cuda"
@@ -188,13 +211,25 @@ class LoaderSlices:
     """The same interface streamed from the store by a DataLoader (workers + pinned memory)."""
 
     def __init__(
-        self, store_path: Path, case_ids: Sequence[str], *, target: str, patch_size: tuple[int, int],
-        neighbours: int, device: torch.device, workers: int,
+        self,
+        store_path: Path,
+        case_ids: Sequence[str],
+        *,
+        target: str,
+        patch_size: tuple[int, int],
+        neighbours: int,
+        device: torch.device,
+        workers: int,
     ) -> None:
         # Sampling and augmentation happen in the trainer, so the dataset reads exactly the rows asked for.
         self.dataset = SliceDataset(
-            store_path, case_ids, target=target, patch_size=patch_size, neighbours=neighbours,
-            tumour_fraction=None, augment=None,
+            store_path,
+            case_ids,
+            target=target,
+            patch_size=patch_size,
+            neighbours=neighbours,
+            tumour_fraction=None,
+            augment=None,
         )
         rows = self.dataset.rows
         self.is_tumour = self.dataset.is_tumour
@@ -240,8 +275,16 @@ class LoaderSlices:
 
 
 def make_slices(
-    store_path: Path, case_ids: Sequence[str], *, target: str, patch_size: tuple[int, int], neighbours: int,
-    device: torch.device, workers: int, in_memory: str, budget_gb: float,
+    store_path: Path,
+    case_ids: Sequence[str],
+    *,
+    target: str,
+    patch_size: tuple[int, int],
+    neighbours: int,
+    device: torch.device,
+    workers: int,
+    in_memory: str,
+    budget_gb: float,
 ) -> MemorySlices | LoaderSlices:
     """In-memory slices when asked to or when they fit ('auto'), else a streaming DataLoader."""
     kwargs = dict(target=target, patch_size=patch_size, neighbours=neighbours, device=device)
@@ -259,7 +302,9 @@ def make_slices(
     else:
         slices = LoaderSlices(store_path, case_ids, workers=workers, **kwargs)
     logger.info(
-        "%d slices of %d cases %s", len(slices), len(case_ids),
+        "%d slices of %d cases %s",
+        len(slices),
+        len(case_ids),
         "held in memory on " + str(device) if use_memory else f"streamed by {workers} DataLoader workers",
     )
     return slices

@@ -74,22 +74,26 @@ class MetricsLogger:
             return
         loss = float(self._loss_sum) / self._window_steps  # float() syncs once per window
         elapsed = max(time.perf_counter() - self._window_start, 1e-9)
-        rundir.append_metrics(self.run_dir, {
-            "kind": "step",
-            "epoch": trainer.progress.epoch + 1,
-            "step": trainer.progress.step,
-            "total_steps": trainer.total_steps,
-            "loss": loss,
-            "lr": lr,
-            "slices_per_s": self._window_slices / elapsed,
-            "eta_s": self._eta(trainer),
-            "time": time.time(),
-        })
+        rundir.append_metrics(
+            self.run_dir,
+            {
+                "kind": "step",
+                "epoch": trainer.progress.epoch + 1,
+                "step": trainer.progress.step,
+                "total_steps": trainer.total_steps,
+                "loss": loss,
+                "lr": lr,
+                "slices_per_s": self._window_slices / elapsed,
+                "eta_s": self._eta(trainer),
+                "time": time.time(),
+            },
+        )
         self._reset_window()
 
     def on_epoch_end(self, trainer: Any, record: dict[str, Any]) -> None:
-        rundir.append_metrics(self.run_dir, {"kind": "epoch", **record, "eta_s": self._eta(trainer),
-                                             "time": time.time()})
+        rundir.append_metrics(
+            self.run_dir, {"kind": "epoch", **record, "eta_s": self._eta(trainer), "time": time.time()}
+        )
 
 
 class StatusUpdater:
@@ -104,8 +108,14 @@ class StatusUpdater:
     def write(self, trainer: Any, state: str = "running", **fields: Any) -> None:
         p = trainer.progress
         rundir.write_status(
-            self.run_dir, state, **self.base, epoch=p.epoch, step=p.step, total_steps=trainer.total_steps,
-            best_val_mean_dice=p.best, **fields,
+            self.run_dir,
+            state,
+            **self.base,
+            epoch=p.epoch,
+            step=p.step,
+            total_steps=trainer.total_steps,
+            best_val_mean_dice=p.best,
+            **fields,
         )
         self._last = time.monotonic()
 

@@ -10,9 +10,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from medvision.data.regions import TARGETS, target_spec
 from medvision.precision import AMP_MODES, DEVICE_CHOICES
 
-TARGETS = ("regions", "wt", "necrotic")
+__all__ = ["AMP_MODES", "DEVICES", "PRESETS", "TARGETS", "TrainConfig"]
 SCHEDULERS = ("plateau", "cosine")
 DEVICES = DEVICE_CHOICES
 AUGMENT_LEVELS = ("none", "light", "strong")
@@ -82,33 +83,34 @@ class TrainConfig:
         # JSON round trips give lists; keep tuples so configs compare equal and stay hashable.
         object.__setattr__(self, "patch_size", tuple(int(v) for v in self.patch_size))
         object.__setattr__(self, "split_fractions", tuple(float(v) for v in self.split_fractions))
+        self._check_choices()
+        self._check_sizes()
+        self._check_ranges()
+
+    def _check_choices(self) -> None:
         _check_choice("target", self.target, TARGETS)
         _check_choice("amp", self.amp, AMP_MODES)
         _check_choice("scheduler", self.scheduler, SCHEDULERS)
         _check_choice("device", self.device, DEVICES)
         _check_choice("augment", self.augment, AUGMENT_LEVELS)
         _check_choice("in_memory", self.in_memory, IN_MEMORY_MODES)
+
+    def _check_sizes(self) -> None:
         if len(self.patch_size) != 2 or min(self.patch_size) < 1:
             raise ValueError(f"patch_size must be two positive ints, got {self.patch_size}")
         if any(s % (2**self.depth) for s in self.patch_size):
-            raise ValueError(
-                f"patch_size {self.patch_size} must be divisible by 2**depth = {2**self.depth}"
-            )
+            raise ValueError(f"patch_size {self.patch_size} must be divisible by 2**depth = {2**self.depth}")
         if len(self.split_fractions) != 3 or abs(sum(self.split_fractions) - 1.0) > 1e-6:
             raise ValueError(
                 f"split_fractions must be three numbers summing to 1, got {self.split_fractions}"
             )
-        _check_positive("batch_size", self.batch_size)
-        _check_positive("epochs", self.epochs)
-        _check_positive("base_filters", self.base_filters)
-        _check_positive("depth", self.depth)
-        _check_positive("log_every", self.log_every)
-        if self.steps_per_epoch is not None:
-            _check_positive("steps_per_epoch", self.steps_per_epoch)
-        if self.val_max_slices is not None:
-            _check_positive("val_max_slices", self.val_max_slices)
-        if self.early_stop_patience is not None:
-            _check_positive("early_stop_patience", self.early_stop_patience)
+        for name in ("batch_size", "epochs", "base_filters", "depth", "log_every"):
+            _check_positive(name, getattr(self, name))
+        for name in ("steps_per_epoch", "val_max_slices", "early_stop_patience", "threads"):
+            if getattr(self, name) is not None:
+                _check_positive(name, getattr(self, name))
+
+    def _check_ranges(self) -> None:
         if not self.lr > 0 or self.min_lr < 0 or self.weight_decay < 0:
             raise ValueError("lr must be > 0, min_lr and weight_decay >= 0")
         if self.tumour_fraction is not None and not 0.0 <= self.tumour_fraction <= 1.0:
@@ -121,8 +123,6 @@ class TrainConfig:
             raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip}")
         if not 0 < self.plateau_factor < 1 or self.plateau_patience < 0:
             raise ValueError("plateau_factor must be in (0, 1) and plateau_patience >= 0")
-        if self.threads is not None:
-            _check_positive("threads", self.threads)
         if self.memory_budget_gb <= 0:
             raise ValueError("memory_budget_gb must be > 0")
 
@@ -133,12 +133,12 @@ class TrainConfig:
 
     @property
     def out_channels(self) -> int:
-        return 3 if self.target == "regions" else 1
+        return target_spec(self.target).channels
 
     @property
     def region_names(self) -> tuple[str, ...]:
         """Names of the output channels, used as keys of the validation metrics."""
-        return {"regions": ("WT", "TC", "ET"), "wt": ("WT",), "necrotic": ("NCR",)}[self.target]
+        return target_spec(self.target).regions
 
     def model_config(self) -> dict[str, Any]:
         """Constructor kwargs of medvision.models.AttentionUNet for this run."""

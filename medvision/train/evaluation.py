@@ -1,9 +1,12 @@
 """Evaluate a checkpoint on the cases of a prepared store, in 3-D per case (``python -m medvision evaluate``).
 
-Each case of the chosen split is predicted slice by slice on its stored (brain-cropped, z-scored) volume,
-then scored per region as a volume (Dice, IoU, precision, recall, specificity, HD95 in mm) and averaged
-over cases. Alongside: the mean Dice over slices with tumour, the small-tumour Dice (truth < 500 pixels
-per slice) and the original project's pixel-pooled Dice / precision / recall over every slice.
+Each case of the chosen split goes through the same inference engine as ``predict`` (medvision.inference:
+brain mask, nested label, optional small-piece removal) on its stored brain crop, and the regions of the
+resulting label are scored per case as a volume (Dice, IoU, precision, recall, specificity, HD95 in mm)
+and averaged over cases with the BraTS conventions of medvision.metrics (an empty region scores Dice 1 /
+HD95 0 when the truth is empty too, Dice 0 / HD95 373.13 mm when only one is empty; every case counts,
+and each mean says how many cases were empty). Alongside: the mean Dice over slices with tumour, the
+small-tumour Dice (truth < 500 pixels per slice) and the original project's pixel-pooled scores.
 """
 
 from __future__ import annotations
@@ -15,53 +18,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
 
 from medvision.checkpoint import load_checkpoint
-from medvision.data.dataset import labels_to_target
 from medvision.data.splits import make_splits
 from medvision.data.store import SliceStore
 from medvision.errors import MedVisionError
-from medvision.metrics import PooledCounts, SliceDiceTracker, case_scores, per_slice_dice
-from medvision.precision import autocast, autocast_dtype, resolve_device
+from medvision.inference import PredictorOptions, SegmentationEngine, build_engine, label_masks
+from medvision.metrics import SliceDiceTracker, case_scores, region_counts, summarise_split, volume_slice_dice
+from medvision.precision import resolve_device
 
 logger = logging.getLogger(__name__)
 
-CASE_METRICS = ("dice", "iou", "precision", "recall", "specificity", "hd95")
-
-
-@torch.no_grad()
-def predict_volume(
-    model: nn.Module,
-    image: np.ndarray,
-    *,
-    neighbours: int,
-    device: torch.device,
-    amp_dtype: torch.dtype | None = None,
-    batch_size: int = 16,
-) -> np.ndarray:
-    """Stored volume (4, D, h, w) -> sigmoid probabilities (T, D, h, w) float32, one slice at a time.
-
-    Slices are zero-padded (background) to a multiple of 2**depth and cropped back afterwards.
-    """
-    _, depth, h, w = image.shape
-    multiple = 2 ** int(getattr(model, "config", {}).get("depth", 4))
-    pad_h, pad_w = (-h) % multiple, (-w) % multiple
-    pads = (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
-    volume = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
-    offsets = np.arange(-neighbours, neighbours + 1)
-    outputs = []
-    for start in range(0, depth, batch_size):
-        ks = np.arange(start, min(start + batch_size, depth))
-        index = np.clip(ks[:, None] + offsets[None, :], 0, depth - 1)  # (B, 1 + 2n), ends repeat
-        batch = volume[:, torch.from_numpy(index)].permute(1, 2, 0, 3, 4).flatten(1, 2)  # (B, C, h, w)
-        batch = F.pad(batch, pads).to(device).contiguous(memory_format=torch.channels_last)
-        with autocast(device, amp_dtype):
-            logits = model(batch).float()
-        outputs.append(torch.sigmoid(logits[..., pads[2] : pads[2] + h, pads[0] : pads[0] + w]).cpu())
-    return torch.cat(outputs).permute(1, 0, 2, 3).numpy()
+SPLITS = ("train", "val", "test", "all")
 
 
 def _case_ids(store: SliceStore, meta: dict[str, Any], split: str) -> list[str]:
@@ -83,9 +51,59 @@ def _case_ids(store: SliceStore, meta: dict[str, Any], split: str) -> list[str]:
     return [c for c in ids if c in set(labelled)]
 
 
-def _mean(values: list[float]) -> float:
-    finite = [v for v in values if not math.isnan(v)]
-    return float(np.mean(finite)) if finite else math.nan
+class SplitScores:
+    """Per-case scores, pooled counts and slice Dice of the cases scored so far; :meth:`summary` reports."""
+
+    def __init__(self, regions: tuple[str, ...], *, with_hd95: bool = True) -> None:
+        self.regions = regions
+        self.with_hd95 = with_hd95
+        self.per_case: list[dict[str, Any]] = []
+        self.pooled = np.zeros((len(regions), 4), dtype=np.int64)
+        self.slices = SliceDiceTracker()
+
+    def add(self, case_id: str, pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, ...]) -> None:
+        """Score one case: ``pred`` and ``truth`` are (R, D, H, W) boolean region masks."""
+        scores = case_scores(pred, truth, spacing, regions=self.regions, with_hd95=self.with_hd95)
+        self.per_case.append({"case_id": case_id, **scores})
+        self.pooled += region_counts(pred, truth)
+        self.slices.add(*volume_slice_dice(pred, truth))
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        return summarise_split(self.per_case, self.pooled, self.slices.totals(), self.regions)
+
+
+def predict_stored_case(
+    engine: SegmentationEngine,
+    store: SliceStore,
+    case_id: str,
+    *,
+    tta: bool = False,
+    min_component_voxels: int = 0,
+) -> np.ndarray:
+    """The label (D, h, w) uint8 that ``predict`` would write for a stored case, on its brain crop."""
+    prepared = engine.prepare_stored(store.read_image(case_id))
+    return engine.predict(prepared, tta=tta, min_component_voxels=min_component_voxels).label
+
+
+# Training names precision by AMP mode, inference by dtype; evaluate takes the training names.
+_AMP_TO_DTYPE = {"auto": "auto", "off": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def _engine(
+    checkpoint: str | Path, device: str, amp: str, backend: str, batch_size: int
+) -> tuple[SegmentationEngine, dict[str, Any]]:
+    torch_device = resolve_device(device)
+    model, meta = load_checkpoint(checkpoint, device=torch_device)
+    if amp not in _AMP_TO_DTYPE:
+        raise ValueError(f"amp must be one of {tuple(_AMP_TO_DTYPE)}, got {amp!r}")
+    dtype = _AMP_TO_DTYPE[amp]
+    if dtype == "float16" and torch_device.type != "cuda":
+        logger.info("fp16 AMP needs a CUDA GPU; evaluating in fp32 on %s", torch_device)
+        dtype = "float32"
+    options = PredictorOptions(
+        device=device, dtype=dtype, backend=backend, batch_size=batch_size, threads=None
+    )
+    return build_engine(model, meta, options, str(meta.get("weights_sha256", ""))), meta
 
 
 def evaluate_checkpoint(
@@ -95,23 +113,36 @@ def evaluate_checkpoint(
     split: str = "test",
     device: str = "auto",
     amp: str = "auto",
+    backend: str = "auto",
     batch_size: int = 16,
     with_hd95: bool = True,
+    tta: bool = False,
+    min_component_voxels: int = 0,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> dict[str, Any]:
-    """Scores of ``checkpoint`` on the ``split`` cases ("train" | "val" | "test" | "all") of a store."""
-    if split not in ("train", "val", "test", "all"):
+    """Scores of ``checkpoint`` on the ``split`` cases of a store, predicted exactly as ``predict`` does.
+
+    Args:
+        checkpoint: a ``.safetensors`` checkpoint.
+        store_path: a prepared store (medvision.data.store).
+        split: "train", "val" or "test" (the checkpoint's own split lists) or "all" labelled cases.
+        device, amp, backend, batch_size: how the network runs (medvision.inference.backend; ``amp`` in
+            training's names: auto, bf16, fp16, off).
+        with_hd95: compute HD95 (the slow part); ``nan`` otherwise.
+        tta, min_component_voxels: as ``predict --tta`` / ``--min-component-voxels``.
+        progress: called with (index, number of cases, case id) before each case.
+    Returns:
+        {"regions": {region: means and counts}, "per_case": [...], "cases", "split", "target", ...}.
+    Raises:
+        ValueError: an unknown split or precision.
+        MedVisionError: the split's cases are not in the store, or none is labelled.
+        CheckpointError: the checkpoint is unreadable.
+    """
+    if split not in SPLITS:
         raise ValueError(f"split must be train, val, test or all, got {split!r}")
-    torch_device = resolve_device(device)
-    model, meta = load_checkpoint(checkpoint, device=torch_device)
-    model.to(memory_format=torch.channels_last)
-    target = meta.get("target", "regions")
-    names = list(meta.get("regions") or (["WT", "TC", "ET"] if target == "regions" else ["WT"]))
-    neighbours = int(meta.get("neighbours", 0))
-    amp_dtype = autocast_dtype(amp, torch_device)
-    pooled = PooledCounts(len(names))
-    slices = SliceDiceTracker()
-    per_case: list[dict[str, Any]] = []
+    engine, meta = _engine(checkpoint, device, amp, backend, batch_size)
+    regions = engine.regions
+    scores = SplitScores(regions, with_hd95=with_hd95)
     with SliceStore(store_path) as store:
         case_ids = _case_ids(store, meta, split)
         if not case_ids:
@@ -119,58 +150,62 @@ def evaluate_checkpoint(
         for i, case_id in enumerate(case_ids):
             if progress is not None:
                 progress(i, len(case_ids), case_id)
-            image = store.read_image(case_id).astype(np.float32)
-            truth = labels_to_target(store.read_label(case_id), target) > 0.5  # (T, D, h, w)
+            label = predict_stored_case(
+                engine, store, case_id, tta=tta, min_component_voxels=min_component_voxels
+            )
+            truth = label_masks(store.read_label(case_id), regions)
             spacing = tuple(store.case_meta(case_id)["spacing"])
-            pred = predict_volume(model, image, neighbours=neighbours, device=torch_device,
-                                  amp_dtype=amp_dtype, batch_size=batch_size) > 0.5
-            scores = case_scores(pred, truth, spacing, regions=names, with_hd95=with_hd95)
-            per_case.append({"case_id": case_id, **scores})
-            counts = np.stack([
-                [np.count_nonzero(p & t), np.count_nonzero(p & ~t), np.count_nonzero(~p & t),
-                 np.count_nonzero(~p & ~t)] for p, t in zip(pred, truth, strict=True)
-            ])
-            pooled.add(counts)
-            dice = np.stack([per_slice_dice(pred[c], truth[c]) for c in range(len(names))], axis=1)
-            slices.add(dice, truth.sum(axis=(2, 3)).T)
-    slice_mean, small = slices.mean_dice(), slices.small_tumour_dice()
-    regions: dict[str, dict[str, float]] = {}
-    for c, name in enumerate(names):
-        row = {}
-        for key in CASE_METRICS:
-            values = [case[name][key] for case in per_case]
-            if key == "hd95":
-                row["hd95_inf_cases"] = int(sum(math.isinf(v) for v in values))
-                values = [v for v in values if not math.isinf(v)]
-            row[key] = _mean(values)
-        row["dice_slice"] = float(slice_mean[c])
-        row["dice_small"] = float(small[c])
-        pooled_scores = pooled.scores(c)
-        row.update({f"pooled_{k}": pooled_scores[k] for k in ("dice", "precision", "recall", "specificity")})
-        regions[name] = row
+            scores.add(case_id, label_masks(label, regions), truth, spacing)
     return {
         "checkpoint": str(checkpoint),
         "store": str(store_path),
         "split": split,
-        "target": target,
-        "cases": len(per_case),
-        "regions": regions,
-        "per_case": per_case,
+        "target": engine.spec.target,
+        "backend": f"{engine.backend.name} {engine.backend.precision}",
+        "cases": len(scores.per_case),
+        "regions": scores.summary(),
+        "per_case": scores.per_case,
     }
 
 
 def format_table(result: dict[str, Any]) -> str:
     """A fixed-width text table of the per-region means (what the CLI prints)."""
-    columns = [("Dice", "dice"), ("IoU", "iou"), ("Prec", "precision"), ("Recall", "recall"),
-               ("Spec", "specificity"), ("HD95mm", "hd95"), ("SmallDice", "dice_small"),
-               ("SliceDice", "dice_slice"), ("PoolDice", "pooled_dice"), ("PoolPrec", "pooled_precision"),
-               ("PoolRec", "pooled_recall")]
+    columns = [
+        ("Dice", "dice"),
+        ("IoU", "iou"),
+        ("Prec", "precision"),
+        ("Recall", "recall"),
+        ("Spec", "specificity"),
+        ("HD95mm", "hd95"),
+        ("SmallDice", "dice_small"),
+        ("SliceDice", "dice_slice"),
+        ("PoolDice", "pooled_dice"),
+        ("PoolPrec", "pooled_precision"),
+        ("PoolRec", "pooled_recall"),
+    ]
     header = f"{'Region':<7}" + "".join(f"{title:>10}" for title, _ in columns)
-    lines = [f"{result['cases']} cases, split {result['split']}, target {result['target']}", header,
-             "-" * len(header)]
+    lines = [
+        f"{result['cases']} cases, split {result['split']}, target {result['target']}",
+        header,
+        "-" * len(header),
+    ]
     for name, row in result["regions"].items():
         cells = "".join(
             f"{row[key]:>10.3f}" if not math.isnan(row[key]) else f"{'n/a':>10}" for _, key in columns
         )
         lines.append(f"{name:<7}{cells}")
+    lines += _empty_case_notes(result)
     return "\n".join(lines)
+
+
+def _empty_case_notes(result: dict[str, Any]) -> list[str]:
+    """One line per region whose means include empty-mask cases (their scores are conventions)."""
+    notes = []
+    for name, row in result["regions"].items():
+        both, one = int(row.get("both_empty_cases", 0)), int(row.get("one_empty_cases", 0))
+        if both or one:
+            notes.append(
+                f"{name}: of {int(row.get('cases', result['cases']))} cases, {both} empty in truth and "
+                f"prediction (Dice 1, HD95 0), {one} empty in only one (Dice 0, HD95 373.13 mm)"
+            )
+    return notes

@@ -15,7 +15,8 @@ import shutil
 import signal
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +28,21 @@ from medvision.train import distributed as dist_utils
 from medvision.train import rundir
 from medvision.train.callbacks import MetricsLogger, SampleWriter, StatusUpdater
 from medvision.train.config import TrainConfig
+from medvision.train.distributed import DistContext
 from medvision.train.trainer import Trainer
 
 logger = logging.getLogger(__name__)
 
 # Fields a resumed run may change: they decide speed or length, not what is learnt per step.
 RESUME_OVERRIDABLE = (
-    "epochs", "device", "workers", "threads", "compile", "in_memory", "memory_budget_gb", "log_every",
+    "epochs",
+    "device",
+    "workers",
+    "threads",
+    "compile",
+    "in_memory",
+    "memory_budget_gb",
+    "log_every",
 )
 STORE_NAME = "store.h5"
 
@@ -88,25 +97,6 @@ def _drop_lost_metrics(run_dir: Path, step: int) -> None:
         logger.info("dropped %d metrics records of steps after %d", len(records) - len(kept), step)
 
 
-def _log_traceback_to_file(log_handler: tuple[logging.Handler, int] | None) -> None:
-    """The current exception's traceback, into train.log only (the console gets the one-line message)."""
-    if log_handler is not None:
-        trace = traceback.format_exc()
-        log_handler[0].handle(logging.LogRecord(__name__, logging.ERROR, __file__, 0, "%s", (trace,), None))
-
-
-def _attach_log_file(run_dir: Path) -> tuple[logging.Handler, int]:
-    package = logging.getLogger("medvision")
-    handler = logging.FileHandler(run_dir / rundir.LOG_FILE)
-    handler.setLevel(logging.INFO)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    package.addHandler(handler)
-    previous = package.level
-    if package.getEffectiveLevel() > logging.INFO:
-        package.setLevel(logging.INFO)
-    return handler, previous
-
-
 def _prepare_data(data: str | Path, run_dir: Path, workers: int) -> Path:
     data = Path(data)
     if is_store(data):
@@ -121,6 +111,212 @@ def _prepare_data(data: str | Path, run_dir: Path, workers: int) -> Path:
     return prepare_store(data, target, workers=workers, progress=False)
 
 
+@dataclass
+class _Session:
+    """What one run_training call knows about its run: shared by the setup and the context managers."""
+
+    run_dir: Path
+    ctx: DistContext
+    base: dict[str, Any]  # fields every status.json of this run carries
+    owned: bool = False  # from the first status write on, failures are this run's and go into its status
+    log_handler: logging.Handler | None = None
+    status: StatusUpdater | None = None
+    trainer: Trainer | None = None
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """What every rank needs to build its Trainer."""
+
+    store_path: Path
+    data_info: dict[str, Any]
+    splits: dict[str, list[str]]
+    resume_state: bool
+
+
+@contextlib.contextmanager
+def _sigterm_raises_before_training() -> Iterator[Callable[[], None]]:
+    """Until the loop starts, SIGTERM aborts the setup (StopRequested); yields the function that hands
+    SIGTERM back (``fit()`` installs its own graceful handler). Restored on exit in any case."""
+
+    def early_stop(signum: int, frame: Any) -> None:
+        raise StopRequested("stopped by SIGTERM before training started")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, early_stop)
+    except ValueError:  # not the main thread: no signal handling
+        yield lambda: None
+        return
+
+    def restore() -> None:
+        with contextlib.suppress(ValueError):
+            signal.signal(signal.SIGTERM, previous)
+
+    try:
+        yield restore
+    finally:
+        restore()
+
+
+@contextlib.contextmanager
+def _locked_run_dir(run_dir: Path) -> Iterator[None]:
+    """Hold the run directory's lock (RunBusyError if a live process has it); clear dead writers' files."""
+    lock = rundir.RunLock(run_dir).acquire()
+    try:
+        _remove_stale_temporaries(run_dir)
+        yield
+    finally:
+        lock.release()
+
+
+@contextlib.contextmanager
+def _log_file(session: _Session) -> Iterator[None]:
+    """medvision's INFO log also goes to <run_dir>/train.log while the run lasts."""
+    package = logging.getLogger("medvision")
+    handler = logging.FileHandler(session.run_dir / rundir.LOG_FILE)
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    package.addHandler(handler)
+    previous = package.level
+    if package.getEffectiveLevel() > logging.INFO:
+        package.setLevel(logging.INFO)
+    session.log_handler = handler
+    try:
+        yield
+    finally:
+        package.removeHandler(handler)
+        package.setLevel(previous)
+        handler.close()
+        session.log_handler = None
+
+
+class _TruthfulStatus(contextlib.AbstractContextManager):
+    """On the way out of a run this owns, record a stop or a failure in status.json (and the failure's
+    traceback in train.log); the exception goes on (run_training turns a StopRequested into "stopped")."""
+
+    def __init__(self, session: _Session) -> None:
+        self.session = session
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: Any) -> bool:
+        session = self.session
+        if error is None or not (session.ctx.is_main and session.owned):
+            return False
+        if isinstance(error, (StopRequested, KeyboardInterrupt)):
+            _final_status(session, "stopped", str(error) or "interrupted")
+            return False
+        message = str(error) or type(error).__name__
+        logger.error("training failed: %s", message)
+        if session.log_handler is not None:  # the traceback into train.log only; the console gets one line
+            trace = "".join(traceback.format_exception(kind, error, tb))
+            record = logging.LogRecord(__name__, logging.ERROR, __file__, 0, "%s", (trace,), None)
+            session.log_handler.handle(record)
+        _final_status(session, "failed", message)
+        return False
+
+
+def _claim_run_dir(
+    session: _Session,
+    stack: contextlib.ExitStack,
+    config: TrainConfig,
+    data: str | Path | None,
+    resume: bool,
+    init_from: str | Path | None,
+    prepare_workers: int,
+) -> tuple[Path, str | None]:
+    """Rank 0: lock the run directory, check it may be (re)used, start its log, config and status, and
+    prepare the data. Returns (store path, the data source as given)."""
+    run_dir = session.run_dir
+    stack.enter_context(_locked_run_dir(run_dir))
+    source = str(data) if data is not None else None
+    if resume and data is None:
+        data, source = saved_data(run_dir)
+    if data is None:
+        raise MedVisionError("no training data given (--data)")
+    if not resume and _has_progress(run_dir):
+        raise MedVisionError(
+            f"{run_dir} already holds a training run; pass --resume to continue it "
+            "or choose a new run directory"
+        )
+    if not resume:
+        _start_fresh(run_dir)
+    stack.enter_context(_log_file(session))
+    stack.enter_context(_TruthfulStatus(session))
+    info = {
+        "train": config.to_dict(),
+        "data": {"source": source},
+        "init_from": str(init_from) if init_from else None,
+        "world_size": session.ctx.world_size,
+        "created": time.time(),
+    }
+    rundir.write_json_atomic(run_dir / rundir.CONFIG_FILE, info)
+    session.status = StatusUpdater(run_dir, session.base)
+    rundir.write_status(run_dir, "running", **session.base, epoch=0, step=0, total_steps=None)
+    session.owned = True
+    store_path = _prepare_data(data, run_dir, prepare_workers)
+    with SliceStore(store_path) as store:
+        info["data"].update(path=str(store_path), fingerprint=store.fingerprint)
+    rundir.write_json_atomic(run_dir / rundir.CONFIG_FILE, info)
+    return store_path, source
+
+
+def _setup(
+    session: _Session,
+    stack: contextlib.ExitStack,
+    config: TrainConfig,
+    data: str | Path | None,
+    resume: bool,
+    init_from: str | Path | None,
+    prepare_workers: int,
+) -> _Setup:
+    """Claim the run directory on rank 0 (its problem, if any, is raised on every rank), then agree on
+    the store, the data record and the splits."""
+    ctx, run_dir = session.ctx, session.run_dir
+    store_path: Path | None = None
+    source = str(data) if data is not None else None
+    if ctx.is_main:
+        problem = None
+        try:
+            store_path, source = _claim_run_dir(
+                session, stack, config, data, resume, init_from, prepare_workers
+            )
+        except BaseException as error:
+            problem = str(error) or type(error).__name__
+            raise
+        finally:
+            if ctx.distributed:
+                dist_utils.broadcast_object(problem, ctx)
+    else:
+        problem = dist_utils.broadcast_object(None, ctx)
+        if problem is not None:
+            raise MedVisionError(problem)
+    store_path = Path(dist_utils.broadcast_object(str(store_path) if store_path else None, ctx))
+    with SliceStore(store_path) as store:
+        data_info = {"source": source, "path": str(store_path), "fingerprint": store.fingerprint}
+        case_ids = list(store.case_ids)
+    splits_file = run_dir / rundir.SPLITS_FILE
+    if resume and splits_file.exists():
+        splits = load_splits(splits_file)
+    else:
+        splits = make_splits(case_ids, config.split_fractions, config.split_seed)
+        if ctx.is_main:
+            save_splits(splits_file, splits)
+    resume_state = resume and (run_dir / rundir.STATE_FILE).exists()
+    if resume and not resume_state:
+        logger.info("nothing saved to resume in %s: starting from the beginning", run_dir)
+    return _Setup(store_path, data_info, splits, resume_state)
+
+
+def _base_status(config: TrainConfig, ctx: DistContext) -> dict[str, Any]:
+    return {
+        "pid": os.getpid(),
+        "launcher_pid": os.getppid() if ctx.distributed else None,
+        "world_size": ctx.world_size,
+        "device": str(ctx.device),
+        "started": time.time(),
+        "preset": config.preset,
+    }
+
+
 def run_training(
     config: TrainConfig,
     run_dir: str | Path,
@@ -133,141 +329,78 @@ def run_training(
 ) -> str:
     """Train ``config`` on ``data`` (a store, or any source: prepared into <run_dir>/store.h5 first).
 
-    Returns the final state ("finished" or "stopped"). Raises RunBusyError if another live process
-    uses ``run_dir``; any failure is recorded in status.json ("failed" + message) and train.log
-    (traceback) and re-raised.
+    Args:
+        config: the run's settings.
+        run_dir: the run directory (config, metrics, checkpoints, status, log).
+        data: a prepared store or any dataset source; None on resume: the one the run recorded.
+        resume: continue the run saved in ``run_dir`` exactly where it stopped.
+        init_from: a checkpoint whose weights start a new run (fine-tuning).
+        callbacks: extra trainer callbacks (rank 0 only).
+        prepare_workers: processes preparing a source into a store.
+    Returns:
+        The final state: "finished" or "stopped".
+    Raises:
+        RunBusyError: another live process uses ``run_dir``.
+        MedVisionError: bad data or a run directory that may not be reused; any failure is also recorded
+            in status.json ("failed" + message) and train.log (traceback) and re-raised.
     """
-    run_dir = Path(run_dir)
     ctx = dist_utils.setup(config.device)
-    lock: rundir.RunLock | None = None
-    owned = False
-    log_handler: tuple[logging.Handler, int] | None = None
-    status: StatusUpdater | None = None
-    trainer: Trainer | None = None
-    base: dict[str, Any] = {
-        "pid": os.getpid(),
-        "launcher_pid": os.getppid() if ctx.distributed else None,
-        "world_size": ctx.world_size,
-        "device": str(ctx.device),
-        "started": time.time(),
-        "preset": config.preset,
-    }
-    previous_sigterm = signal.getsignal(signal.SIGTERM)
-
-    def early_stop(signum: int, frame: Any) -> None:
-        raise StopRequested("stopped by SIGTERM before training started")
-
+    session = _Session(Path(run_dir), ctx, _base_status(config, ctx))
     try:
-        signal.signal(signal.SIGTERM, early_stop)
-    except ValueError:  # not the main thread: no signal handling
-        previous_sigterm = None
-    try:
-        problem = None
-        store_path = None
-        source = str(data) if data is not None else None
-        if ctx.is_main:
-            try:
-                lock = rundir.RunLock(run_dir).acquire()
-                _remove_stale_temporaries(run_dir)
-                if resume and data is None:
-                    data, source = saved_data(run_dir)
-                if data is None:
-                    raise MedVisionError("no training data given (--data)")
-                if not resume and _has_progress(run_dir):
-                    raise MedVisionError(
-                        f"{run_dir} already holds a training run; pass --resume to continue it "
-                        "or choose a new run directory"
-                    )
-                if not resume:
-                    _start_fresh(run_dir)
-                log_handler = _attach_log_file(run_dir)
-                info = {"train": config.to_dict(), "data": {"source": source},
-                        "init_from": str(init_from) if init_from else None, "world_size": ctx.world_size,
-                        "created": time.time()}
-                rundir.write_json_atomic(run_dir / rundir.CONFIG_FILE, info)
-                status = StatusUpdater(run_dir, base)
-                rundir.write_status(run_dir, "running", **base, epoch=0, step=0, total_steps=None)
-                owned = True  # from here on, failures are this run's and go into its status
-                store_path = _prepare_data(data, run_dir, prepare_workers)
-                with SliceStore(store_path) as store:
-                    info["data"].update(path=str(store_path), fingerprint=store.fingerprint)
-                rundir.write_json_atomic(run_dir / rundir.CONFIG_FILE, info)
-            except BaseException as error:
-                problem = str(error) or type(error).__name__
-                raise
-            finally:
-                if ctx.distributed:
-                    dist_utils.broadcast_object(problem, ctx)
-        else:
-            problem = dist_utils.broadcast_object(None, ctx)
-            if problem is not None:
-                raise MedVisionError(problem)
-        store_path = Path(dist_utils.broadcast_object(str(store_path) if store_path else None, ctx))
+        return _run(session, config, data, resume, init_from, callbacks, prepare_workers)
+    except StopRequested:
+        return "stopped"
 
-        with SliceStore(store_path) as store:
-            data_info = {"source": source, "path": str(store_path),
-                         "fingerprint": store.fingerprint}
-            case_ids = list(store.case_ids)
-        splits_file = run_dir / rundir.SPLITS_FILE
-        if resume and splits_file.exists():
-            splits = load_splits(splits_file)
-        else:
-            splits = make_splits(case_ids, config.split_fractions, config.split_seed)
-            if ctx.is_main:
-                save_splits(splits_file, splits)
-        resume_state = resume and (run_dir / rundir.STATE_FILE).exists()
-        if resume and not resume_state:
-            logger.info("nothing saved to resume in %s: starting from the beginning", run_dir)
-        all_callbacks = [status, MetricsLogger(run_dir, config.log_every), SampleWriter(run_dir), *callbacks]
-        trainer = Trainer(
-            config, store_path, run_dir, splits=splits, data_info=data_info, ctx=ctx,
-            callbacks=[c for c in all_callbacks if c is not None], resume=resume_state, init_from=init_from,
+
+def _run(
+    session: _Session,
+    config: TrainConfig,
+    data: str | Path | None,
+    resume: bool,
+    init_from: str | Path | None,
+    callbacks: Sequence[Any],
+    prepare_workers: int,
+) -> str:
+    """run_training's body: every resource it takes is a context on one ExitStack, released in reverse
+    order (status written, then log detached, lock released, SIGTERM restored, DDP torn down)."""
+    ctx = session.ctx
+    with contextlib.ExitStack() as stack:
+        stack.callback(dist_utils.cleanup)
+        hand_back_sigterm = stack.enter_context(_sigterm_raises_before_training())
+        setup = _setup(session, stack, config, data, resume, init_from, prepare_workers)
+        extra = [MetricsLogger(session.run_dir, config.log_every), SampleWriter(session.run_dir), *callbacks]
+        session.trainer = trainer = Trainer(
+            config,
+            setup.store_path,
+            session.run_dir,
+            splits=setup.splits,
+            data_info=setup.data_info,
+            ctx=ctx,
+            callbacks=[c for c in (session.status, *extra) if c is not None],
+            resume=setup.resume_state,
+            init_from=init_from,
         )
-        if ctx.is_main and resume_state:
-            _drop_lost_metrics(run_dir, trainer.progress.step)
-        if previous_sigterm is not None:
-            signal.signal(signal.SIGTERM, previous_sigterm)  # fit() installs the graceful handler
+        if ctx.is_main and setup.resume_state:
+            _drop_lost_metrics(session.run_dir, trainer.progress.step)
+        hand_back_sigterm()
         state = trainer.fit()
-        if ctx.is_main and status is not None:
-            status.write(trainer, state, early_stopped=trainer.progress.early_stopped, ended=time.time())
-            p = trainer.progress
-            logger.info("training %s at epoch %d, step %d", state, p.epoch, p.step)
+        if ctx.is_main and session.status is not None:
+            session.status.write(
+                trainer, state, early_stopped=trainer.progress.early_stopped, ended=time.time()
+            )
+            logger.info(
+                "training %s at epoch %d, step %d", state, trainer.progress.epoch, trainer.progress.step
+            )
         return state
-    except (StopRequested, KeyboardInterrupt) as error:
-        if ctx.is_main and owned:
-            _final_status(run_dir, "stopped", base, trainer, str(error) or "interrupted")
-        if isinstance(error, StopRequested):
-            return "stopped"
-        raise
-    except BaseException as error:
-        if ctx.is_main and owned:
-            message = str(error) or type(error).__name__
-            logger.error("training failed: %s", message)
-            _log_traceback_to_file(log_handler)
-            _final_status(run_dir, "failed", base, trainer, message)
-        raise
-    finally:
-        if previous_sigterm is not None:
-            with contextlib.suppress(ValueError):
-                signal.signal(signal.SIGTERM, previous_sigterm)
-        if log_handler is not None:
-            handler, level = log_handler
-            logging.getLogger("medvision").removeHandler(handler)
-            logging.getLogger("medvision").setLevel(level)
-            handler.close()
-        if lock is not None:
-            lock.release()
-        dist_utils.cleanup()
 
 
-def _final_status(
-    run_dir: Path, state: str, base: dict[str, Any], trainer: Trainer | None, error: str
-) -> None:
-    fields: dict[str, Any] = {**base, "error": error}
+def _final_status(session: _Session, state: str, error: str) -> None:
+    fields: dict[str, Any] = {**session.base, "error": error}
+    trainer = session.trainer
     if trainer is not None:
         p = trainer.progress
         fields.update(epoch=p.epoch, step=p.step, total_steps=trainer.total_steps, best_val_mean_dice=p.best)
     try:
-        rundir.write_status(run_dir, state, **fields)
+        rundir.write_status(session.run_dir, state, **fields)
     except OSError:
         logger.exception("could not write %s", rundir.STATUS_FILE)

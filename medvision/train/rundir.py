@@ -270,3 +270,25 @@ def list_runs(root: str | Path) -> list[RunSummary]:
         if d.is_dir() and ((d / CONFIG_FILE).exists() or (d / STATUS_FILE).exists())
     ]
     return sorted(runs, key=lambda r: r.updated or 0.0, reverse=True)
+
+
+def _count(value: Any) -> int | None:
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def epochs_summary(meta: dict[str, Any]) -> str:
+    """How many epochs a checkpoint's run trained and which one it holds, in words a user can take as
+    read: a best checkpoint says "best 7 of 16" (its weights are epoch 7's of a 16-epoch run), a last one
+    "16 (best 7)". The run's length is the planned ``train_config.epochs`` (a best checkpoint is written
+    before the run ends); "–" when the metadata says nothing."""
+    epoch = _count(meta.get("epoch"))
+    config = meta.get("train_config") if isinstance(meta.get("train_config"), dict) else {}
+    planned = _count(config.get("epochs"))
+    best = _count(meta.get("best_epoch"))
+    if epoch is None:
+        return "–"
+    if meta.get("kind") == "best":
+        return f"best {epoch} of {planned}" if planned else f"best {epoch}"
+    if best and best != epoch:
+        return f"{epoch} (best {best})"
+    return str(epoch)

@@ -26,17 +26,20 @@ from medvision.atomic import atomic_path
 from medvision.checkpoint import load_checkpoint, save_checkpoint
 from medvision.data.augment import augment_batch
 from medvision.data.case import MODALITIES
-from medvision.data.dataset import centre_channels
+from medvision.data.dataset import centre_channels, fit_to_patch
+from medvision.data.store import SliceStore
 from medvision.errors import CheckpointError, MedVisionError
+from medvision.inference import InferenceBackend, ModelSpec, SegmentationEngine, choose_precision, label_masks
+from medvision.inference.postprocess import final_label
 from medvision.losses import CombinedLoss
-from medvision.metrics import SMALL_TUMOUR_PIXELS, batch_counts, batch_slice_dice, scores_from_counts
 from medvision.models import build_model
-from medvision.precision import autocast, autocast_dtype, resolve_device
+from medvision.precision import autocast, resolve_device
 from medvision.train import distributed as dist_utils
 from medvision.train.batches import EpochPlan, augment_config, load_size, make_slices, random_crop
 from medvision.train.config import NORMALISATION, TrainConfig
 from medvision.train.distributed import DistContext
 from medvision.train.rundir import STATE_FILE, checkpoint_path, json_safe
+from medvision.train.validation import Validation, slice_subset
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +59,12 @@ def rng_state(aug_generator: torch.Generator) -> dict[str, Any]:
     _, keys, pos, has_gauss, cached = np.random.get_state()
     state: dict[str, Any] = {
         "python": {"version": version, "state": list(internal), "gauss": gauss},
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "torch": torch.get_rng_state(),
         "augment": aug_generator.get_state(),
     }
@@ -94,8 +101,10 @@ def weights_mismatch(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tens
         example = f"{key}: saved {tuple(theirs[key].shape)} vs model {tuple(ours[key].shape)}"
     else:
         example = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
-    return (f"{len(different)} shapes differ, {len(missing)} missing, {len(unexpected)} unexpected; "
-            f"e.g. {example}")
+    return (
+        f"{len(different)} shapes differ, {len(missing)} missing, {len(unexpected)} unexpected; "
+        f"e.g. {example}"
+    )
 
 
 def load_init_weights(model: nn.Module, path: str | Path) -> dict[str, Any]:
@@ -166,9 +175,43 @@ class Trainer:
         self.callbacks = list(callbacks) if self.ctx.is_main else []
         self.region_names = config.region_names
         if not self.splits.get("train") or not self.splits.get("val"):
-            raise MedVisionError(f"{self.store_path}: need at least one training and one validation case "
-                                 f"(split sizes {({k: len(v) for k, v in self.splits.items()})})")
+            raise MedVisionError(
+                f"{self.store_path}: need at least one training and one validation case "
+                f"(split sizes { ({k: len(v) for k, v in self.splits.items()}) })"
+            )
 
+        self._configure_torch()
+        self.amp_dtype = choose_precision(self.device, config.amp)
+        self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        if self.device.type == "cpu" and self.amp_dtype == torch.bfloat16 and not config.channels_last:
+            logger.warning("bf16 on CPU is slower than fp32 without channels_last; consider --channels-last")
+        self.init_from = str(init_from) if init_from else None
+        self._build_model(init_from if not resume else None)  # on resume the saved weights include it
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(),
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            fused=self.device.type == "cuda",
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.loss_fn = CombinedLoss(config.dice_weight, config.bce_weight, config.focal_weight)
+        self.augment = augment_config(config.augment) if config.augment != "none" else None
+        self.aug_generator = torch.Generator(device=self.device)
+        self.aug_generator.manual_seed(config.seed * 1_000_003 + self.ctx.rank)
+        self._build_data()
+        self.sample_rows = self._pick_sample_rows(config.sample_slices)
+        self.engine = self._make_engine()
+        self.validation = self._make_validation()
+        self.scheduler = self._make_scheduler()
+        self.progress = Progress()
+        self._stop_requested = False
+        if resume:
+            self.load_state()
+
+    # Setup helpers ------------------------------------------------------------------------------
+    def _configure_torch(self) -> None:
+        """Threads, seeds, determinism and the GPU's fast-math switches, before anything is built."""
+        config = self.config
         if config.threads is not None:
             torch.set_num_threads(config.threads)
         seed_everything(config.seed + self.ctx.rank)
@@ -178,65 +221,53 @@ class Trainer:
             torch.backends.cudnn.benchmark = not config.deterministic
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        self.amp_dtype = autocast_dtype(config.amp, self.device)
-        self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-        if self.device.type == "cpu" and self.amp_dtype == torch.bfloat16 and not config.channels_last:
-            logger.warning("bf16 on CPU is slower than fp32 without channels_last; consider --channels-last")
 
-        # Model (+ optional fine-tuning start), then compile and DDP wrappers around the same parameters.
-        self.model = build_model(config.model_config())
-        self.init_from = str(init_from) if init_from else None
-        if init_from and not resume:  # on resume the saved weights already include the fine-tuning start
+    def _build_model(self, init_from: str | Path | None) -> None:
+        """The model (+ optional fine-tuning start), then compile and DDP wrappers around the same
+        parameters. Validation and samples use the plain ``self.model`` through the inference engine."""
+        self.model = build_model(self.config.model_config())
+        if init_from:
             load_init_weights(self.model, init_from)
         self.model.to(self.device, memory_format=self.memory_format)
-        self.net: nn.Module = torch.compile(self.model) if config.compile else self.model
-        # Validation and samples use the plain module: their slice sizes differ from the training crops,
-        # which would make a compiled module recompile.
-        self.eval_net = self.model
+        self.net: nn.Module = torch.compile(self.model) if self.config.compile else self.model
         if self.ctx.distributed:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = nn.parallel.DistributedDataParallel(self.net, device_ids=device_ids)
 
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
-            fused=self.device.type == "cuda",
-        )
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        self.loss_fn = CombinedLoss(config.dice_weight, config.bce_weight, config.focal_weight)
-        self.augment = augment_config(config.augment) if config.augment != "none" else None
-        self.aug_generator = torch.Generator(device=self.device)
-        self.aug_generator.manual_seed(config.seed * 1_000_003 + self.ctx.rank)
-
-        # Data: training slices with brain in them; validation slices sharded over ranks.
+    def _build_data(self) -> None:
+        """Training slices with brain in them and the sampling plan; validation slices and their subset."""
+        config, world = self.config, self.ctx.world_size
         self.load_size = load_size(self.store_path, config.patch_size, 2**config.depth)
-        common = dict(target=config.target, patch_size=self.load_size, neighbours=config.neighbours,
-                      device=self.device, workers=config.workers, in_memory=config.in_memory,
-                      budget_gb=config.memory_budget_gb)
+        common = dict(
+            target=config.target,
+            patch_size=self.load_size,
+            neighbours=config.neighbours,
+            device=self.device,
+            workers=config.workers,
+            in_memory=config.in_memory,
+            budget_gb=config.memory_budget_gb,
+        )
         self.train_slices = make_slices(self.store_path, self.splits["train"], **common)
         self.val_slices = make_slices(self.store_path, self.splits["val"], **common)
         candidates = np.flatnonzero(self.train_slices.brain)
-        world = self.ctx.world_size
         self.steps_per_epoch = config.steps_per_epoch or max(
             1, math.ceil(len(candidates) / (config.batch_size * world))
         )
         self.plan = EpochPlan(
-            candidates, self.train_slices.is_tumour, batch_size=config.batch_size,
-            steps_per_epoch=self.steps_per_epoch, tumour_fraction=config.tumour_fraction,
-            seed=config.seed, rank=self.ctx.rank, world_size=world,
+            candidates,
+            self.train_slices.is_tumour,
+            batch_size=config.batch_size,
+            steps_per_epoch=self.steps_per_epoch,
+            tumour_fraction=config.tumour_fraction,
+            seed=config.seed,
+            rank=self.ctx.rank,
+            world_size=world,
         )
         val_rows = np.flatnonzero(self.val_slices.brain)
         if config.val_max_slices and len(val_rows) > config.val_max_slices:
             val_rows = val_rows[np.linspace(0, len(val_rows) - 1, config.val_max_slices).round().astype(int)]
         self.val_rows_all = val_rows
-        self.val_rows = val_rows[self.ctx.rank :: world]
-        self.sample_rows = self._pick_sample_rows(config.sample_slices)
-        self.scheduler = self._make_scheduler()
-        self.progress = Progress()
-        self._stop_requested = False
-        if resume:
-            self.load_state()
 
-    # Setup helpers ------------------------------------------------------------------------------
     @property
     def total_steps(self) -> int:
         return self.config.epochs * self.steps_per_epoch
@@ -245,7 +276,10 @@ class Trainer:
         cfg = self.config
         if cfg.scheduler == "plateau":
             return torch.optim.lr_scheduler.ReduceLROnPlateau(
-                self.optimizer, mode="max", factor=cfg.plateau_factor, patience=cfg.plateau_patience,
+                self.optimizer,
+                mode="max",
+                factor=cfg.plateau_factor,
+                patience=cfg.plateau_patience,
                 min_lr=cfg.min_lr,
             )
         total, warmup = self.total_steps, min(cfg.warmup_steps, max(self.total_steps - 1, 0))
@@ -314,61 +348,58 @@ class Trainer:
         self.progress.step_in_epoch += 1
         return {"loss": loss.detach(), "lr": lr, "slices": images.shape[0] * self.ctx.world_size}
 
-    @torch.no_grad()
-    def predict_logits(self, images: torch.Tensor) -> torch.Tensor:
-        self.eval_net.eval()
-        with self.autocast():
-            return self.eval_net(images.contiguous(memory_format=self.memory_format)).float()
+    def _make_engine(self) -> SegmentationEngine:
+        """The inference engine around the model being trained (plain module: validation slice sizes
+        differ from the training crops, which would make a compiled module recompile)."""
+        cfg = self.config
+        backend = InferenceBackend(self.model, self.device, self.amp_dtype, memory_format=self.memory_format)
+        spec = ModelSpec(
+            target=cfg.target,
+            regions=cfg.region_names,
+            neighbours=cfg.neighbours,
+            multiple=2**cfg.depth,
+            patch_size=cfg.patch_size,
+        )
+        return SegmentationEngine(backend, spec, batch_size=max(cfg.batch_size, 8) * 2)
+
+    def _make_validation(self) -> Validation:
+        """Validation of every val case; with ``val_max_slices`` only the evenly spaced chosen slices."""
+        subset = None
+        if self.config.val_max_slices and len(self.val_rows_all) < int(self.val_slices.brain.sum()):
+            subset = slice_subset(
+                self.val_slices.case_id, self.val_slices.slice_index, self.val_rows_all, self.splits["val"]
+            )
+        return Validation(
+            self.store_path, self.splits["val"], target=self.config.target, slices=subset, ctx=self.ctx
+        )
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, Any]:
-        """Validation loss and per-region Dice: pixel-pooled (dice, iou, precision, recall, specificity)
-        plus the mean Dice over slices with tumour in truth or prediction ("dice_slice") and over
-        small-tumour slices ("dice_small"); summed over DDP ranks."""
-        channels = len(self.region_names)
-        counts = torch.zeros(channels, 4, dtype=torch.float64, device=self.device)
-        # per channel: slice-dice sum, slice count, small-dice sum, small count; then loss sum, n
-        sums = torch.zeros(4 * channels + 2, dtype=torch.float64, device=self.device)
-        batch = max(self.config.batch_size, 8) * 2
-        plan = [self.val_rows[i : i + batch] for i in range(0, len(self.val_rows), batch)]
-        for images, targets in self.val_slices.iterate(plan):
-            logits = self.predict_logits(images)
-            counts += batch_counts(logits, targets).to(torch.float64)
-            dice, pixels = batch_slice_dice(logits, targets)
-            valid = ~torch.isnan(dice)
-            small = valid & (pixels > 0) & (pixels < SMALL_TUMOUR_PIXELS)
-            zero = torch.zeros_like(dice)
-            sums[0:channels] += torch.where(valid, dice, zero).sum(0)
-            sums[channels : 2 * channels] += valid.sum(0)
-            sums[2 * channels : 3 * channels] += torch.where(small, dice, zero).sum(0)
-            sums[3 * channels : 4 * channels] += small.sum(0)
-            sums[-2] += self.loss_fn(logits, targets).double() * len(images)
-            sums[-1] += len(images)
-        dist_utils.all_reduce_sum(counts, self.ctx)
-        dist_utils.all_reduce_sum(sums, self.ctx)
-        counts_np, sums_np = counts.cpu().numpy(), sums.cpu().numpy()
-        regions = {}
-        for c, name in enumerate(self.region_names):
-            scores = scores_from_counts(*counts_np[c])
-            n_slices, n_small = sums_np[channels + c], sums_np[3 * channels + c]
-            scores["dice_slice"] = float(sums_np[c] / n_slices) if n_slices else math.nan
-            scores["dice_small"] = float(sums_np[2 * channels + c] / n_small) if n_small else math.nan
-            scores.pop("accuracy", None)
-            regions[name] = scores
-        mean_dice = float(np.mean([regions[n]["dice"] for n in self.region_names]))
-        loss = float(sums_np[-2] / sums_np[-1]) if sums_np[-1] else math.nan
-        return {"val_loss": loss, "val": regions, "val_mean_dice": mean_dice, "val_slices": int(sums_np[-1])}
+        """Validation loss and per-region scores of the validation cases, predicted by the inference
+        engine exactly as ``evaluate`` predicts them: per-case means (dice, iou, precision, recall,
+        specificity, with empty-case counts), pixel-pooled scores, slice means; summed over DDP ranks."""
+        self.model.eval()
+        return self.validation.run(self.engine, self.loss_fn)
 
     @torch.no_grad()
     def sample_predictions(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(FLAIR (N, H, W), truth (N, T, H, W) bool, prediction (N, T, H, W) bool) of the sample slices."""
+        """(FLAIR (N, H, W), truth (N, T, H, W) bool, prediction (N, T, H, W) bool) of the sample slices,
+        the prediction made by the inference engine (brain mask, nested label) like every other."""
         if not self.sample_rows:
             empty = np.zeros((0, *self.load_size))
             return empty, empty[:, None].astype(bool), empty[:, None].astype(bool)
         images, targets = self.val_slices.batch(np.asarray(self.sample_rows))
-        logits = self.predict_logits(images)
         flair = images[:, centre_channels(self.config.neighbours)][:, MODALITIES.index("flair")]
-        return flair.cpu().numpy(), (targets > 0.5).cpu().numpy(), (logits > 0).cpu().numpy()
+        self.model.eval()
+        with SliceStore(self.store_path) as store:
+            predicted = np.stack([self._sample_prediction(store, row) for row in self.sample_rows])
+        return flair.cpu().numpy(), (targets > 0.5).cpu().numpy(), predicted
+
+    def _sample_prediction(self, store: SliceStore, row: int) -> np.ndarray:
+        case_id, k = self.val_slices.case_id[row], int(self.val_slices.slice_index[row])
+        prepared = self.engine.prepare_stored(store.read_image(case_id))
+        label = final_label(self.engine.predict_slice(prepared, k), self.engine.regions)
+        return fit_to_patch(label_masks(label, self.engine.regions), self.load_size)
 
     def _call(self, hook: str, *args: Any) -> None:
         for callback in self.callbacks:
@@ -416,6 +447,10 @@ class Trainer:
             slices = len(plan) * self.config.batch_size * self.ctx.world_size
             record = self._end_epoch(epoch, time.perf_counter() - started, slices)
             self._call("on_epoch_end", record)
+            # Saved after the epoch's record is written: a kill in between resumes from the state before,
+            # whose metrics exclude this epoch, and the epoch is done (and recorded) again. Saving first
+            # would leave a finished epoch that no metrics record describes.
+            self.save(best=record["improved"])
         self._call("on_fit_end", state)
         return state
 
@@ -433,18 +468,30 @@ class Trainer:
             self.scheduler.step(score)
         if cfg.early_stop_patience is not None and p.bad_epochs >= cfg.early_stop_patience:
             p.early_stopped = True
-            logger.info("early stopping after epoch %d (no better val Dice for %d epochs)", epoch,
-                        p.bad_epochs)
+            logger.info(
+                "early stopping after epoch %d (no better val Dice for %d epochs)", epoch, p.bad_epochs
+            )
         p.epoch, p.step_in_epoch, p.epoch_loss_sum, p.last_val = epoch, 0, 0.0, result
-        self.save(best=improved)
         logger.info(
-            "epoch %d/%d: train loss %.4f, val loss %.4f, val Dice %s", epoch, cfg.epochs, train_loss,
-            result["val_loss"], ", ".join(f"{k} {v['dice']:.3f}" for k, v in result["val"].items()),
+            "epoch %d/%d: train loss %.4f, val loss %.4f, val Dice %s",
+            epoch,
+            cfg.epochs,
+            train_loss,
+            result["val_loss"],
+            ", ".join(f"{k} {v['dice']:.3f}" for k, v in result["val"].items()),
         )
         return {
-            "epoch": epoch, "step": p.step, "total_steps": self.total_steps, "train_loss": train_loss,
-            "lr": self.lr, **result, "best_val_mean_dice": p.best, "best_epoch": p.best_epoch,
-            "improved": improved, "early_stopped": p.early_stopped, "epoch_time_s": train_time,
+            "epoch": epoch,
+            "step": p.step,
+            "total_steps": self.total_steps,
+            "train_loss": train_loss,
+            "lr": self.lr,
+            **result,
+            "best_val_mean_dice": p.best,
+            "best_epoch": p.best_epoch,
+            "improved": improved,
+            "early_stopped": p.early_stopped,
+            "epoch_time_s": train_time,
             "slices_per_s": slices / max(train_time, 1e-9),
         }
 
@@ -469,28 +516,31 @@ class Trainer:
     # Checkpoints ---------------------------------------------------------------------------------
     def checkpoint_meta(self, kind: str) -> dict[str, Any]:
         cfg, p = self.config, self.progress
-        return json_safe({
-            "kind": kind,
-            "target": cfg.target,
-            "regions": list(self.region_names),
-            "preset": cfg.preset,
-            "modalities": list(MODALITIES),
-            "neighbours": cfg.neighbours,
-            "patch_size": list(cfg.patch_size),
-            "normalisation": NORMALISATION,
-            "data": self.data_info,
-            "split": {"seed": cfg.split_seed, "fractions": list(cfg.split_fractions), **self.splits},
-            "epoch": p.epoch,
-            "step": p.step,
-            "total_steps": self.total_steps,
-            "val": p.last_val.get("val"),
-            "val_loss": p.last_val.get("val_loss"),
-            "val_mean_dice": p.last_val.get("val_mean_dice"),
-            "best_val_mean_dice": p.best if math.isfinite(p.best) else None,
-            "train_config": cfg.to_dict(),
-            "init_from": self.init_from,
-            "created": time.time(),
-        })
+        return json_safe(
+            {
+                "kind": kind,
+                "target": cfg.target,
+                "regions": list(self.region_names),
+                "preset": cfg.preset,
+                "modalities": list(MODALITIES),
+                "neighbours": cfg.neighbours,
+                "patch_size": list(cfg.patch_size),
+                "normalisation": NORMALISATION,
+                "data": self.data_info,
+                "split": {"seed": cfg.split_seed, "fractions": list(cfg.split_fractions), **self.splits},
+                "epoch": p.epoch,
+                "step": p.step,
+                "total_steps": self.total_steps,
+                "val": p.last_val.get("val"),
+                "val_loss": p.last_val.get("val_loss"),
+                "val_mean_dice": p.last_val.get("val_mean_dice"),
+                "best_val_mean_dice": p.best if math.isfinite(p.best) else None,
+                "best_epoch": p.best_epoch or None,
+                "train_config": cfg.to_dict(),
+                "init_from": self.init_from,
+                "created": time.time(),
+            }
+        )
 
     def state_dict(self, rng: list[dict[str, Any]]) -> dict[str, Any]:
         return {
@@ -548,7 +598,10 @@ class Trainer:
         if state["world_size"] == self.ctx.world_size:
             set_rng_state(rngs[self.ctx.rank], self.aug_generator)
         else:
-            logger.warning("resuming with %d processes instead of %d: random streams are re-seeded",
-                           self.ctx.world_size, state["world_size"])
+            logger.warning(
+                "resuming with %d processes instead of %d: random streams are re-seeded",
+                self.ctx.world_size,
+                state["world_size"],
+            )
             seed_everything(self.config.seed + self.ctx.rank + self.progress.step)
         logger.info("resumed from %s at epoch %d, step %d", path, self.progress.epoch, self.progress.step)

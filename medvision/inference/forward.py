@@ -1,0 +1,258 @@
+"""The forward pass over a prepared volume: batches of slices, TTA, MC dropout, the brain mask, the label.
+
+:class:`SegmentationEngine` is the one code path from a :class:`~medvision.inference.geometry.
+PreparedVolume` to probabilities and a label in crop coordinates. ``Predictor`` (predict and the
+viewer), ``evaluate`` and the trainer's validation all call :meth:`SegmentationEngine.predict`, so the
+same checkpoint gives the same numbers everywhere.
+
+Skull-stripped input: nothing outside the brain can be tumour, whatever the network says there, so
+probabilities are zeroed outside the brain mask (slices without brain are not run at all).
+
+Uncertainty (``mc_samples=N > 0``): N passes with dropout sampling and BatchNorm in eval mode, seeded
+(same seed -> same result). The probabilities are the mean of the N passes; the per-voxel uncertainty is
+the standard deviation of the first channel's probability (WT, or NCR for a necrotic model) over the
+passes, in [0, 0.5]; the case score is :func:`~medvision.inference.postprocess.uncertainty_score`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medvision.inference import geometry
+from medvision.inference.backend import InferenceBackend
+from medvision.inference.geometry import PreparedVolume
+from medvision.inference.postprocess import THRESHOLD, final_label, uncertainty_score
+from medvision.inference.spec import ModelSpec
+from medvision.models import mc_dropout_mode
+
+ProgressFn = Callable[[float], None]
+# Called with (crop slice indices (B,), logits (B, R, H', W') on the device) of every plain batch: the
+# trainer's validation loss needs the raw logits of the very pass that is scored.
+LogitsHook = Callable[[np.ndarray, torch.Tensor], None]
+
+
+@dataclass(frozen=True)
+class CropPrediction:
+    """A prediction in crop coordinates: probabilities (R, d, h, w) float32 (zero outside the brain),
+    label (d, h, w) uint8, and with MC dropout the uncertainty (d, h, w) float32 and its case score."""
+
+    probabilities: np.ndarray
+    label: np.ndarray
+    uncertainty: np.ndarray | None = None
+    uncertainty_score: float | None = None
+
+
+@dataclass
+class _MonteCarlo:
+    """Per-voxel MC-dropout accumulators of one volume."""
+
+    uncertainty: np.ndarray
+    any_tumour: np.ndarray
+
+
+def check_volume_options(mc_samples: int, min_component_voxels: int) -> None:
+    """Check the volume options shared by every caller.
+
+    Raises:
+        ValueError: ``mc_samples`` is not 0 or >= 2, or ``min_component_voxels`` is negative.
+    """
+    if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 0:
+        raise ValueError(f"mc_samples must be an int >= 0, got {mc_samples!r}")
+    if mc_samples == 1:
+        raise ValueError("mc_samples must be 0 (off) or at least 2 (a spread needs two passes)")
+    if not isinstance(min_component_voxels, int) or min_component_voxels < 0:
+        raise ValueError(f"min_component_voxels must be an int >= 0, got {min_component_voxels!r}")
+
+
+class SegmentationEngine:
+    """Runs one model over prepared volumes. Thread-safe: model calls are serialised by ``lock``.
+
+    Args:
+        backend: how the network runs (device, precision, ONNX, threads).
+        spec: the model's input/output contract (regions, neighbours, padding multiple, patch size).
+        batch_size: slices per forward pass.
+        pad_to_patch: pad every slice to the training patch size instead of the brain crop rounded up to
+            ``spec.multiple`` (slower; for checking that the margins do not matter).
+    """
+
+    def __init__(
+        self, backend: InferenceBackend, spec: ModelSpec, *, batch_size: int, pad_to_patch: bool = False
+    ) -> None:
+        self.backend = backend
+        self.spec = spec
+        self.batch_size = int(batch_size)
+        self.pad_to_patch = pad_to_patch
+        self.threshold = THRESHOLD
+        self.lock = threading.RLock()
+        self._mc_lock = threading.Lock()
+
+    @property
+    def regions(self) -> tuple[str, ...]:
+        return self.spec.regions
+
+    # -------------------------------------------------------------------------------------- inputs
+
+    def _patch(self) -> tuple[int, int] | None:
+        return self.spec.patch_size if self.pad_to_patch else None
+
+    def prepare_case(self, image: np.ndarray) -> PreparedVolume:
+        """A raw case image (4, D, H, W) -> its normalised, padded brain crop."""
+        return geometry.prepare_case_image(image, self.spec.multiple, self._patch())
+
+    def prepare_stored(self, image: np.ndarray) -> PreparedVolume:
+        """A prepared store's image (4, d, h, w) -> the same structure (no second normalisation)."""
+        return geometry.prepare_stored_image(image, self.spec.multiple, self._patch())
+
+    def batch_input(self, prepared: PreparedVolume, indices: np.ndarray) -> np.ndarray:
+        return geometry.batch_input(prepared, indices, self.spec.neighbours)
+
+    # ------------------------------------------------------------------------------ the volume path
+
+    def predict(
+        self,
+        prepared: PreparedVolume,
+        *,
+        tta: bool = False,
+        mc_samples: int = 0,
+        seed: int = 0,
+        min_component_voxels: int = 0,
+        progress: ProgressFn | None = None,
+        on_logits: LogitsHook | None = None,
+        slices: np.ndarray | None = None,
+    ) -> CropPrediction:
+        """Segment every brain slice of ``prepared``.
+
+        Args:
+            prepared: from :meth:`prepare_case` or :meth:`prepare_stored`.
+            tta: average over the four flips.
+            mc_samples: N >= 2 adds MC-dropout uncertainty (N passes, each with the flips when ``tta``).
+            seed: seed of the dropout draws (the caller's RNG state is left untouched).
+            min_component_voxels: drop smaller 3-D tumour pieces from the label (probabilities stay).
+            progress: called with the fraction done after every batch; an exception raised by it aborts.
+            on_logits: see :data:`LogitsHook`; plain PyTorch passes only (no TTA, no MC dropout).
+            slices: run only these crop slices (the others stay 0); None: every slice with brain.
+        Raises:
+            ValueError: bad ``mc_samples`` / ``min_component_voxels``, or ``on_logits`` with TTA, MC
+                dropout or the ONNX backend.
+        """
+        check_volume_options(mc_samples, min_component_voxels)
+        if on_logits is not None and (tta or mc_samples or self.backend.onnx is not None):
+            raise ValueError("on_logits needs plain PyTorch passes (no TTA, no MC dropout, no ONNX)")
+        probabilities = np.zeros((len(self.regions), *prepared.image.shape[1:]), dtype=np.float32)
+        mc = None
+        if mc_samples:
+            shape = prepared.image.shape[1:]
+            mc = _MonteCarlo(np.zeros(shape, dtype=np.float32), np.zeros(shape, dtype=bool))
+        indices = np.flatnonzero(prepared.has_brain)
+        if slices is not None:
+            indices = np.intersect1d(indices, np.asarray(slices, dtype=np.int64))
+        batches = [indices[i : i + self.batch_size] for i in range(0, len(indices), self.batch_size)]
+        # The model lock is taken per batch, so the viewer's single slices can run between the batches of
+        # a background volume. MC runs hold their own lock throughout: the seeded global RNG is theirs alone.
+        mc_lock = self._mc_lock if mc_samples else contextlib.nullcontext()
+        with mc_lock, self.backend.thread_limit(), torch.inference_mode(), self._seeded(seed, mc_samples):
+            for done, batch_indices in enumerate(batches, start=1):
+                mean = self._batch(prepared, batch_indices, tta, mc_samples, mc, on_logits)
+                probabilities[:, batch_indices] = mean.transpose(1, 0, 2, 3)
+                if progress is not None:
+                    progress(done / len(batches))
+        if progress is not None and not batches:
+            progress(1.0)
+        label = final_label(
+            probabilities, self.regions, threshold=self.threshold, min_component_voxels=min_component_voxels
+        )
+        if mc is None:
+            return CropPrediction(probabilities, label)
+        score = uncertainty_score(mc.uncertainty, label > 0, mc.any_tumour)
+        return CropPrediction(probabilities, label, mc.uncertainty, score)
+
+    def _batch(
+        self,
+        prepared: PreparedVolume,
+        indices: np.ndarray,
+        tta: bool,
+        mc_samples: int,
+        mc: _MonteCarlo | None,
+        on_logits: LogitsHook | None,
+    ) -> np.ndarray:
+        """Mean probabilities (B, R, h, w) of crop slices ``indices``, zero outside the brain."""
+        batch = self.batch_input(prepared, indices)
+        brain = prepared.brain[indices]  # (B, h, w)
+        if mc is None:
+            with self.lock:
+                padded = self._plain(batch, indices, tta, on_logits)
+            return geometry.uncrop(prepared, padded) * brain[:, None]
+        with self.lock, mc_dropout_mode(self.backend.model):
+            samples = np.stack(
+                [self.backend.probabilities(batch, tta=tta, stochastic=True) for _ in range(mc_samples)]
+            )
+        samples = geometry.uncrop(prepared, samples) * brain[None, :, None]  # (N, B, R, h, w)
+        mc.uncertainty[indices] = samples[:, :, 0].std(axis=0)
+        mc.any_tumour[indices] = (samples[:, :, 0] > self.threshold).any(axis=0)
+        return samples.mean(axis=0)
+
+    def _plain(
+        self, batch: np.ndarray, indices: np.ndarray, tta: bool, on_logits: LogitsHook | None
+    ) -> np.ndarray:
+        if on_logits is None:
+            return self.backend.probabilities(batch, tta=tta)
+        logits = self.backend.logits(batch)
+        on_logits(indices, logits)
+        return torch.sigmoid(logits).cpu().numpy()
+
+    @contextlib.contextmanager
+    def _seeded(self, seed: int, mc_samples: int) -> Iterator[None]:
+        """Dropout draws from a fixed seed without disturbing the caller's global RNG state."""
+        if not mc_samples:
+            yield
+            return
+        device = self.backend.device
+        devices = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(int(seed))
+            yield
+
+    # ------------------------------------------------------------------------------ single slices
+
+    def predict_slice(self, prepared: PreparedVolume, local: int) -> np.ndarray:
+        """Probabilities (R, h, w) of crop slice ``local`` with one plain pass (zeros without brain)."""
+        out = np.zeros((len(self.regions), *prepared.image.shape[-2:]), dtype=np.float32)
+        if not (0 <= local < prepared.depth and prepared.brain[local].any()):
+            return out
+        batch = self.batch_input(prepared, np.array([local]))
+        with self.lock, self.backend.thread_limit(), torch.inference_mode():
+            padded = self.backend.probabilities(batch)[0]
+        return geometry.uncrop(prepared, padded) * prepared.brain[local]
+
+    def attention_map(self, prepared: PreparedVolume, local: int) -> np.ndarray:
+        """(h, w) float32 in [0, 1]: the shallowest (full-resolution) attention gate's coefficients of crop
+        slice ``local``, upsampled to the input size if needed (zeros without brain).
+
+        Raises:
+            ValueError: the model has no attention gates, or returned no attention maps.
+        """
+        model = self.backend.model
+        if not getattr(model, "config", {}).get("attention", True):
+            raise ValueError("this checkpoint's model has no attention gates (attention=False)")
+        out = np.zeros(prepared.image.shape[-2:], dtype=np.float32)
+        if not (0 <= local < prepared.depth and prepared.brain[local].any()):
+            return out
+        batch = self.batch_input(prepared, np.array([local]))
+        with self.lock, self.backend.thread_limit(), torch.inference_mode(), self.backend.autocast():
+            _, maps = model(self.backend.to_device(batch), return_attention=True)
+            if not maps:
+                raise ValueError("this checkpoint's model returned no attention maps")
+            shallowest = max(maps, key=lambda m: m.shape[-2] * m.shape[-1]).float()
+            if tuple(shallowest.shape[-2:]) != prepared.padded:
+                shallowest = F.interpolate(
+                    shallowest, size=prepared.padded, mode="bilinear", align_corners=False
+                )
+            padded = shallowest[0, 0].clamp(0.0, 1.0).cpu().numpy()
+        return geometry.uncrop(prepared, padded)
