@@ -64,9 +64,7 @@ def median_rates(samples: dict[str, list[float]]) -> dict[str, float]:
     return {label: statistics.median(values) for label, values in samples.items()}
 
 
-def table(
-    rates: dict[str, float], settings: dict[str, str], unit: str, higher_is_better: bool
-) -> list[str]:
+def table(rates: dict[str, float], settings: dict[str, str], unit: str, higher_is_better: bool) -> list[str]:
     """One line per option (its median and the ratio to the default), then the verdict.
 
     ``settings`` says what each option resolves to on this machine: an option that resolves to the same
@@ -124,17 +122,20 @@ def bench_training(steps: int, rounds: int, report: Callable[[str], None]) -> No
         store, splits = training_store(Path(tmp))
         loops, settings = {}, {}
         for i, (label, overrides) in enumerate(TRAIN_OPTIONS):
-            config = TrainConfig.from_preset("demo", device="cpu", sample_slices=0, in_memory="always",
-                                             **overrides)
+            config = TrainConfig.from_preset(
+                "demo", device="cpu", sample_slices=0, in_memory="always", **overrides
+            )
             loops[label] = train_loop(config, store, Path(tmp) / f"run{i}", splits)
             layout = "channels_last" if config.channels_last else "NCHW"
             settings[label] = f"{AMP_NAMES[autocast_dtype(config.amp, CPU)]}, {layout}"
             loops[label]()  # warm-up: first-call allocations and oneDNN kernel selection
         picked = AMP_NAMES[autocast_dtype("auto", CPU)]
         demo = TrainConfig.from_preset("demo")
-        report(f"- training, demo preset (batch {demo.batch_size}, {demo.patch_size[0]}x{demo.patch_size[1]} "
-               f"crops, base {demo.base_filters}), {steps} steps x {rounds} rounds interleaved; "
-               f"amp auto picks {picked} here")
+        report(
+            f"- training, demo preset (batch {demo.batch_size}, {demo.patch_size[0]}x{demo.patch_size[1]} "
+            f"crops, base {demo.base_filters}), {steps} steps x {rounds} rounds interleaved; "
+            f"amp auto picks {picked} here"
+        )
         samples: dict[str, list[float]] = {label: [] for label in loops}
         for _ in range(rounds):
             for label, step in loops.items():
@@ -157,8 +158,10 @@ def bench_inference(rounds: int, report: Callable[[str], None]) -> None:
                 None, device="cpu", onnx_cache_dir=Path(tmp), cache_bytes=0, **options
             )
         default = predictors[INFER_OPTIONS[0][0]]
-        report(f"- inference, shipped demo model on the {what} {case.shape}; "
-               f"default runs as: {default.describe()}")
+        report(
+            f"- inference, shipped demo model on the {what} {case.shape}; "
+            f"default runs as: {default.describe()}"
+        )
         samples: dict[str, list[float]] = {label: [] for label in predictors}
         once = set()
         for label, predictor in predictors.items():

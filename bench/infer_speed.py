@@ -21,6 +21,7 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_report import Reporter, append_results, device_name, machine_calibration  # noqa: E402
+from bench_report import Reporter, append_results, device_name, machine_calibration, report_machine  # noqa: E402
 
 from medvision.data.case import Case  # noqa: E402
 from medvision.data.preprocess import brain_mask, zscore_in_brain  # noqa: E402
@@ -95,7 +96,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--repeats", type=int, default=3)
@@ -111,36 +112,21 @@ def main() -> int:
     parser.add_argument("--no-baseline", action="store_true", help="skip the slow plain loop")
     parser.add_argument("--no-record", action="store_true", help="do not append to bench/RESULTS.md")
     parser.add_argument("--note", default="", help="a remark recorded with the figures (e.g. how it was run)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(
-        "cuda"
-        if args.device == "auto" and torch.cuda.is_available()
-        else ("cpu" if args.device == "auto" else args.device)
-    )
-    load_before = os.getloadavg()
-    calibration = machine_calibration()
+    return parser.parse_args()
 
-    model, meta, model_desc = load_model(0)
-    case, case_desc = load_bench_case()
-    baseline_model = copy.deepcopy(model).to(device).eval()  # NCHW, fp32: never converted
-    report = Reporter()
-    lines = report.lines
 
-    def make_predictor(**overrides) -> Predictor:
-        options = {
-            "device": str(device),
-            "dtype": args.dtype,
-            "backend": args.backend,
-            "batch_size": args.batch_size,
-        }
-        options.update(overrides)
-        return Predictor.from_model(copy.deepcopy(model), meta, **options)
+def pick_device(choice: str) -> torch.device:
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
 
-    # Time to first slice: a fresh predictor, a case it has never seen (hash + normalise + one forward).
-    k_mid = case.shape[0] // 2
-    predictor = make_predictor()
+
+def median_text(times: list[float]) -> str:
+    return f"median of {len(times)}: {', '.join(f'{t:.2f}' for t in times)}"
+
+
+def time_first_slice(predictor: Predictor, case: Case, k_mid: int, report: Reporter) -> None:
+    """Time to first slice: a fresh predictor, a case it has never seen (hash + normalise + one forward)."""
     first_slice, _ = timed(predictor.predict_slice, case, k_mid)
     predictor.clear_cache()
     again, _ = timed(predictor.predict_slice, case, k_mid + 1)
@@ -150,6 +136,29 @@ def main() -> int:
         f"next unseen case (warm predictor): {again:.3f} s"
     )
 
+
+def report_agreement(base_probs: np.ndarray, result, case: Case, report: Reporter) -> None:
+    """Agreement with the plain fp32 loop (first output channel; the loop has no crop or padding)."""
+    ref = base_probs[:, 0]
+    ours_p = result.probabilities[0]
+    brain = brain_mask(case.image)
+    diff = np.abs(ref - ours_p)[brain]
+    agree = ((ref > 0.5) == (ours_p > 0.5))[brain].mean()
+    report(
+        f"- agreement with the plain fp32 loop inside the brain: mean |dp| {diff.mean():.2e}, "
+        f"max |dp| {diff.max():.2e}, same voxel decision {agree * 100:.3f}%"
+    )
+
+
+def time_volumes(
+    args: argparse.Namespace,
+    predictor: Predictor,
+    baseline_model: torch.nn.Module,
+    case: Case,
+    device: torch.device,
+    report: Reporter,
+):
+    """Interleaved repeats of the plain loop and ours; reports the medians and returns our last result."""
     ours_times, base_times = [], []
     base_probs = None
     for _ in range(max(args.repeats, 1)):
@@ -161,28 +170,16 @@ def main() -> int:
         sync(device)
         ours_times.append(seconds)
     ours = statistics.median(ours_times)
-    report(
-        f"- ours: {ours:.2f} s/volume (median of {len(ours_times)}: "
-        f"{', '.join(f'{t:.2f}' for t in ours_times)})"
-    )
+    report(f"- ours: {ours:.2f} s/volume ({median_text(ours_times)})")
     if base_times:
         base = statistics.median(base_times)
-        report(
-            f"- plain loop: {base:.2f} s/volume (median of {len(base_times)}: "
-            f"{', '.join(f'{t:.2f}' for t in base_times)})"
-        )
+        report(f"- plain loop: {base:.2f} s/volume ({median_text(base_times)})")
         report(f"- speed-up: {base / ours:.1f}x")
-        # Agreement with the plain fp32 loop (first output channel; the loop has no crop or padding).
-        ref = base_probs[:, 0]
-        ours_p = result.probabilities[0]
-        brain = brain_mask(case.image)
-        diff = np.abs(ref - ours_p)[brain]
-        agree = ((ref > 0.5) == (ours_p > 0.5))[brain].mean()
-        report(
-            f"- agreement with the plain fp32 loop inside the brain: mean |dp| {diff.mean():.2e}, "
-            f"max |dp| {diff.max():.2e}, same voxel decision {agree * 100:.3f}%"
-        )
+        report_agreement(base_probs, result, case, report)
+    return result
 
+
+def report_postprocessing(result, report: Reporter) -> None:
     seconds, cleaned = timed(remove_small_components, result.label, 100)
     removed = int((result.label > 0).sum() - (cleaned > 0).sum())
     report(
@@ -190,57 +187,90 @@ def main() -> int:
         f"removed {removed} of {int((result.label > 0).sum())} tumour voxels"
     )
 
-    if args.variants:
-        report("- variants (median s/volume of ours with one option changed):")
-        variants = {
-            "torch float32": {"dtype": "float32", "backend": "torch"},
-            "torch bfloat16": {"dtype": "bfloat16", "backend": "torch"},
-            "onnxruntime float32": {"dtype": "float32", "backend": "onnx"},
-            "torch bfloat16, 1 thread": {"dtype": "bfloat16", "backend": "torch", "threads": 1},
-            "torch bfloat16, all threads always": {"dtype": "bfloat16", "backend": "torch", "threads": None},
-            "torch bfloat16, batch 1": {"dtype": "bfloat16", "backend": "torch", "batch_size": 1},
-            "torch bfloat16, batch 8": {"dtype": "bfloat16", "backend": "torch", "batch_size": 8},
-            "torch bfloat16, batch 16": {"dtype": "bfloat16", "backend": "torch", "batch_size": 16},
-        }
-        if device.type == "cuda":
-            variants = {
-                "torch float32": {"dtype": "float32"},
-                "torch bfloat16": {"dtype": "bfloat16"},
-                "torch bfloat16, batch 64": {"dtype": "bfloat16", "batch_size": 64},
-            }
-        fp32 = None
-        for name, overrides in variants.items():
-            variant = make_predictor(**overrides)
-            if "onnx" in name and variant.backend != "onnx":
-                report(f"  - {name}: not available here (needs the onnx package; fell back to PyTorch)")
-                continue
-            variant.predict_slice(case, k_mid)  # warm the shapes
-            times = []
-            for _ in range(max(args.repeats, 1)):
-                variant.clear_cache()
-                seconds, out = timed(variant.predict_volume, case)
-                times.append(seconds)
-            extra = ""
-            if name == "torch float32":
-                fp32 = out
-            elif fp32 is not None:
-                brain = brain_mask(case.image)
-                d = np.abs(out.probabilities - fp32.probabilities)[:, brain]
-                same = (out.label == fp32.label)[brain].mean()
-                extra = f"; vs fp32: mean |dp| {d.mean():.1e}, max |dp| {d.max():.1e}, same label {same:.4%}"
-            report(
-                f"  - {name}: {statistics.median(times):.2f} ({', '.join(f'{t:.2f}' for t in times)}){extra}"
-            )
 
-    load_after = os.getloadavg()
-    report(
-        f"- machine check: SHA-256 of 142 MB took {calibration:.3f} s before the run, "
-        f"{machine_calibration():.3f} s after (0.09 s when this 2-core VM was idle)"
-    )
-    report(
-        f"- load average before/after: {load_before[0]:.2f} / {load_after[0]:.2f} "
-        f"(other processes on the machine slow every figure)"
-    )
+def variant_options(device: torch.device) -> dict[str, dict]:
+    """Ours with one option changed; the figures behind the Predictor's defaults."""
+    if device.type == "cuda":
+        return {
+            "torch float32": {"dtype": "float32"},
+            "torch bfloat16": {"dtype": "bfloat16"},
+            "torch bfloat16, batch 64": {"dtype": "bfloat16", "batch_size": 64},
+        }
+    return {
+        "torch float32": {"dtype": "float32", "backend": "torch"},
+        "torch bfloat16": {"dtype": "bfloat16", "backend": "torch"},
+        "onnxruntime float32": {"dtype": "float32", "backend": "onnx"},
+        "torch bfloat16, 1 thread": {"dtype": "bfloat16", "backend": "torch", "threads": 1},
+        "torch bfloat16, all threads always": {"dtype": "bfloat16", "backend": "torch", "threads": None},
+        "torch bfloat16, batch 1": {"dtype": "bfloat16", "backend": "torch", "batch_size": 1},
+        "torch bfloat16, batch 8": {"dtype": "bfloat16", "backend": "torch", "batch_size": 8},
+        "torch bfloat16, batch 16": {"dtype": "bfloat16", "backend": "torch", "batch_size": 16},
+    }
+
+
+def time_variants(
+    make_predictor: Callable[..., Predictor],
+    case: Case,
+    device: torch.device,
+    repeats: int,
+    k_mid: int,
+    report: Reporter,
+) -> None:
+    report("- variants (median s/volume of ours with one option changed):")
+    fp32 = None
+    for name, overrides in variant_options(device).items():
+        variant = make_predictor(**overrides)
+        if "onnx" in name and variant.backend != "onnx":
+            report(f"  - {name}: not available here (needs the onnx package; fell back to PyTorch)")
+            continue
+        variant.predict_slice(case, k_mid)  # warm the shapes
+        times = []
+        for _ in range(max(repeats, 1)):
+            variant.clear_cache()
+            seconds, out = timed(variant.predict_volume, case)
+            times.append(seconds)
+        extra = ""
+        if name == "torch float32":
+            fp32 = out
+        elif fp32 is not None:
+            brain = brain_mask(case.image)
+            d = np.abs(out.probabilities - fp32.probabilities)[:, brain]
+            same = (out.label == fp32.label)[brain].mean()
+            extra = f"; vs fp32: mean |dp| {d.mean():.1e}, max |dp| {d.max():.1e}, same label {same:.4%}"
+        report(f"  - {name}: {statistics.median(times):.2f} ({', '.join(f'{t:.2f}' for t in times)}){extra}")
+
+
+def main() -> int:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    load_before = os.getloadavg()
+    calibration = machine_calibration()
+
+    model, meta, model_desc = load_model(0)
+    case, case_desc = load_bench_case()
+    baseline_model = copy.deepcopy(model).to(device).eval()  # NCHW, fp32: never converted
+    report = Reporter()
+
+    def make_predictor(**overrides) -> Predictor:
+        options = {
+            "device": str(device),
+            "dtype": args.dtype,
+            "backend": args.backend,
+            "batch_size": args.batch_size,
+        }
+        options.update(overrides)
+        return Predictor.from_model(copy.deepcopy(model), meta, **options)
+
+    k_mid = case.shape[0] // 2
+    predictor = make_predictor()
+    time_first_slice(predictor, case, k_mid, report)
+    result = time_volumes(args, predictor, baseline_model, case, device, report)
+    report_postprocessing(result, report)
+    if args.variants:
+        time_variants(make_predictor, case, device, args.repeats, k_mid, report)
+    report_machine(calibration, load_before, report)
     if not args.no_record:
         path = append_results(
             "infer_speed",
@@ -248,7 +278,7 @@ def main() -> int:
                 f"- device: {device_name(device)}",
                 f"- torch {torch.__version__}, Python {platform.python_version()}, {onnx_versions()}",
                 f"- model: {model_desc}; case: {case_desc} {case.shape}",
-                *lines,
+                *report.lines,
                 *([f"- note: {args.note}"] if args.note else []),
             ],
         )

@@ -66,8 +66,10 @@ def main() -> int:
                 home = tmp_path / f"home-{len(envs)}"
                 home.mkdir()
                 envs[name] = (tree, {**os.environ, "HOME": str(home), "PYTHONPATH": str(tree)})
-            report(f"- CPU: {cpu_kind()}; load average before {os.getloadavg()[0]:.2f}; "
-                   f"SHA-256 calibration {machine_calibration():.2f} s")
+            report(
+                f"- CPU: {cpu_kind()}; load average before {os.getloadavg()[0]:.2f}; "
+                f"SHA-256 calibration {machine_calibration():.2f} s"
+            )
             report(f"- command: python -m medvision predict {REAL_CASE.name} -o pred.nii.gz (the demo model)")
             samples: dict[str, list[float]] = {name: [] for name in envs}
             for name, (tree, env) in envs.items():
@@ -80,15 +82,20 @@ def main() -> int:
             medians = {name: statistics.median(values) for name, values in samples.items()}
             ours, base = medians.values()
             for name, values in samples.items():
-                report(f"- {name}: median {medians[name]:.2f} s whole process "
-                       f"(runs: {', '.join(f'{v:.2f}' for v in values)})")
+                report(
+                    f"- {name}: median {medians[name]:.2f} s whole process "
+                    f"(runs: {', '.join(f'{v:.2f}' for v in values)})"
+                )
             report(f"- ratio: this tree is {base / ours:.2f}x the baseline's speed")
             report(f"- load average after {os.getloadavg()[0]:.2f}")
             if args.note:
                 report(f"- note: {args.note}")
         finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(baseline)],
-                           check=False, capture_output=True)
+            subprocess.run(
+                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(baseline)],
+                check=False,
+                capture_output=True,
+            )
     if not args.no_record:
         append_results("predict_process (bench/predict_process.py)", lines)
     return 0

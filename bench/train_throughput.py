@@ -37,6 +37,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -45,7 +46,7 @@ from torch.utils.data import DataLoader
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_report import Reporter, append_results, device_name, machine_calibration  # noqa: E402
+from bench_report import Reporter, append_results, device_name, machine_calibration, report_machine  # noqa: E402
 
 from medvision.cpu_threads import auto_threads  # noqa: E402
 from medvision.data.augment import augment_batch  # noqa: E402
@@ -58,8 +59,14 @@ from medvision.train.batches import augment_config, random_crop  # noqa: E402
 from medvision.train.config import TrainConfig  # noqa: E402
 from medvision.train.trainer import Trainer  # noqa: E402
 
-SEED_MODEL = {"in_channels": 4, "out_channels": 1, "base_filters": 32, "depth": 4, "dropout": 0.2,
-              "attention": True}
+SEED_MODEL = {
+    "in_channels": 4,
+    "out_channels": 1,
+    "base_filters": 32,
+    "depth": 4,
+    "dropout": 0.2,
+    "attention": True,
+}
 ORIGINAL_SLICE = (240, 240)
 ORIGINAL_BATCH = 4
 # Goals (one H100, end to end) and the original loop's figure measured there (DESIGN.md).
@@ -115,8 +122,14 @@ def our_flags(device: torch.device) -> None:
 class PlainLoop:
     """The original project's training loop: DataLoader -> .to(device) -> fp16 autocast -> GradScaler."""
 
-    def __init__(self, model: torch.nn.Module, dataset: SliceDataset, device: torch.device,
-                 batch_size: int, workers: int) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        dataset: SliceDataset,
+        device: torch.device,
+        batch_size: int,
+        workers: int,
+    ) -> None:
         self.device = device
         self.model = model.to(device)  # NCHW, fp32 weights
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, weight_decay=1e-5)
@@ -125,8 +138,13 @@ class PlainLoop:
         self.loss_fn = CombinedLoss(0.5, 0.3, 0.2)
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         self.loader = DataLoader(
-            dataset, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=workers,
-            pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+            dataset,
+            batch_size=batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=workers,
+            pin_memory=device.type == "cuda",
+            persistent_workers=workers > 0,
             generator=torch.Generator().manual_seed(0),
         )
         self.batches = self._cycle()
@@ -212,192 +230,337 @@ def reset_peak(device: torch.device) -> None:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--small", action="store_true",
-                        help="CPU-friendly: 3 synthetic cases, ours at batch 8, few steps and rounds")
+    parser.add_argument(
+        "--small",
+        action="store_true",
+        help="CPU-friendly: 3 synthetic cases, ours at batch 8, few steps and rounds",
+    )
     parser.add_argument("--store", type=Path, default=None, help="a prepared store (default: synthetic)")
-    parser.add_argument("--cases", type=int, default=None,
-                        help="cases to synthesise or to take from --store (default 4, --small 3; store: 16)")
+    parser.add_argument(
+        "--cases",
+        type=int,
+        default=None,
+        help="cases to synthesise or to take from --store (default 4, --small 3; store: 16)",
+    )
     parser.add_argument("--steps", type=int, default=None, help="timed steps of ours per round")
     parser.add_argument("--baseline-steps", type=int, default=None, help="timed steps of the plain loop")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps of each side before timing")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (median)")
     parser.add_argument("--batch-size", type=int, default=None, help="ours (default: brats preset's 64)")
     parser.add_argument("--baseline-batch-size", type=int, default=ORIGINAL_BATCH)
-    parser.add_argument("--patch", type=int, nargs=2, default=None, metavar=("H", "W"),
-                        help="ours: training crop (default: brats preset's 160 192)")
-    parser.add_argument("--amp", default="bf16", choices=("auto", "bf16", "fp16", "off"),
-                        help="ours (default bf16: the preset's choice on an H100, and 3x fp32 on these CPUs)")
+    parser.add_argument(
+        "--patch",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("H", "W"),
+        help="ours: training crop (default: brats preset's 160 192)",
+    )
+    parser.add_argument(
+        "--amp",
+        default="bf16",
+        choices=("auto", "bf16", "fp16", "off"),
+        help="ours (default bf16: the preset's choice on an H100, and 3x fp32 on these CPUs)",
+    )
     parser.add_argument("--compile", action="store_true", help="ours: torch.compile (as the brats preset)")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="plain loop's DataLoader workers (default: 4 on CUDA, 0 on CPU)")
-    parser.add_argument("--baseline-augment", default="none", choices=("none", "light"),
-                        help="per-item augmentation in the plain loop's Dataset (default none)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (default: CPU cores not busy with other work; GPU: torch's)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="plain loop's DataLoader workers (default: 4 on CUDA, 0 on CPU)",
+    )
+    parser.add_argument(
+        "--baseline-augment",
+        default="none",
+        choices=("none", "light"),
+        help="per-item augmentation in the plain loop's Dataset (default none)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: CPU cores not busy with other work; GPU: torch's)",
+    )
     parser.add_argument("--no-record", action="store_true", help="do not append to bench/RESULTS.md")
     parser.add_argument("--note", default="", help="a remark recorded with the figures")
     return parser.parse_args()
 
 
+def pick_device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA GPU available")
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The run's sizes: the given options, else defaults for a GPU, a CPU or ``--small``."""
+
+    threads: int | None
+    steps: int  # timed steps of ours per round
+    base_steps: int  # timed steps of the plain loop per round
+    warmup: int
+    rounds: int
+    batch: int  # ours
+    workers: int  # the plain loop's DataLoader workers
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, gpu: bool) -> Settings:
+        small = args.small
+        cores = os.cpu_count() or 1
+        return cls(
+            threads=args.threads or (None if gpu else auto_threads(cores)),
+            steps=args.steps or (8 if small else (50 if gpu else 10)),
+            base_steps=args.baseline_steps or (6 if small else (200 if gpu else 10)),
+            warmup=args.warmup if args.warmup is not None else (2 if small else (10 if gpu else 2)),
+            rounds=args.rounds or (2 if small else 3),
+            batch=args.batch_size or (8 if small else 64),
+            workers=args.workers if args.workers is not None else (min(4, cores) if gpu else 0),
+        )
+
+
+def bench_data(args: argparse.Namespace, tmp_path: Path) -> tuple[Path, dict[str, list[str]], str]:
+    """(store, case splits, description): ``--store``, else a synthetic store made in ``tmp_path``."""
+    if args.store is None:
+        n_cases = args.cases or (3 if args.small else 4)
+        start = time.perf_counter()
+        store_path = synthetic_store(tmp_path / "data", n_cases, workers=min(4, os.cpu_count() or 1))
+        data_desc = (
+            f"synthetic store of {n_cases} full-size phantoms (155x240x240), made in "
+            f"{time.perf_counter() - start:.0f} s"
+        )
+    else:
+        store_path = args.store
+        n_cases = args.cases or 16
+        data_desc = f"store {store_path}"
+    splits = pick_cases(store_path, n_cases)
+    data_desc += f"; {len(splits['train'])} training cases, validation case {splits['val'][0]}"
+    return store_path, splits, data_desc
+
+
+def build_trainer(
+    args: argparse.Namespace,
+    settings: Settings,
+    device: torch.device,
+    store_path: Path,
+    splits: dict[str, list[str]],
+    run_dir: Path,
+) -> tuple[Trainer, float]:
+    """Ours: the brats preset's speed settings on the seed-size model, through the real Trainer.
+
+    Returns the trainer and its setup time (model + store into memory)."""
+    overrides = {
+        "target": "necrotic",
+        "dropout": SEED_MODEL["dropout"],
+        "batch_size": settings.batch,
+        "amp": args.amp,
+        "compile": args.compile,
+        "device": device.type,
+        "threads": settings.threads,
+        "in_memory": "always",
+        "sample_slices": 0,
+        "workers": 0,
+    }
+    if args.patch:
+        overrides["patch_size"] = tuple(args.patch)
+    config = TrainConfig.from_preset("brats", **overrides)
+    our_flags(device)
+    start = time.perf_counter()
+    trainer = Trainer(config, store_path, run_dir, splits=splits, data_info={"path": str(store_path)})
+    sync(device)
+    setup_s = time.perf_counter() - start
+    if trainer.model.config != SEED_MODEL:
+        raise SystemExit(f"ours is not the seed-size model: {trainer.model.config}")
+    return trainer, setup_s
+
+
+def build_plain_loop(
+    args: argparse.Namespace,
+    trainer: Trainer,
+    store_path: Path,
+    splits: dict[str, list[str]],
+    device: torch.device,
+    workers: int,
+) -> PlainLoop:
+    """The plain loop: a copy of the same initial weights, NCHW."""
+    base_model = AttentionUNet(**SEED_MODEL)
+    base_model.load_state_dict(copy.deepcopy(trainer.model.state_dict()))
+    base_model = base_model.to(memory_format=torch.contiguous_format)
+    base_augment = None if args.baseline_augment == "none" else augment_config(args.baseline_augment)
+    dataset = SliceDataset(
+        store_path,
+        splits["train"],
+        target="necrotic",
+        patch_size=ORIGINAL_SLICE,
+        neighbours=0,
+        tumour_fraction=None,
+        augment=base_augment,
+    )
+    return PlainLoop(base_model, dataset, device, args.baseline_batch_size, workers)
+
+
+def report_setup(
+    args: argparse.Namespace,
+    settings: Settings,
+    trainer: Trainer,
+    setup_s: float,
+    gpu: bool,
+    report: Reporter,
+) -> None:
+    config = trainer.config
+    n_params = sum(p.numel() for p in trainer.model.parameters())
+    report(f"- model: AttentionUNet(4, 1, 32, 4, 0.2), {n_params:,} parameters, same initial weights")
+    report(
+        f"- plain loop: batch {args.baseline_batch_size}, whole {ORIGINAL_SLICE[0]}x{ORIGINAL_SLICE[1]} "
+        f"slices, NCHW, {'fp16 autocast + GradScaler' if gpu else 'fp32'}, cudnn deterministic, "
+        f"DataLoader over SliceDataset ({settings.workers} workers, shuffled, augmentation "
+        f"{args.baseline_augment}), CombinedLoss, AdamW(1e-4, wd 1e-5)"
+    )
+    amp_name = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[trainer.amp_dtype]
+    report(
+        f"- ours: Trainer.train_step, brats preset speed settings: batch {settings.batch}, "
+        f"{config.patch_size[0]}x{config.patch_size[1]} crops of slices held at "
+        f"{trainer.load_size[0]}x{trainer.load_size[1]} (brain-cropped) in memory "
+        f"({type(trainer.train_slices).__name__}), tumour fraction {config.tumour_fraction}, "
+        f"augmentation {config.augment}, {amp_name} autocast, channels_last, "
+        f"{'fused ' if gpu else ''}AdamW, grad clip {config.grad_clip}, "
+        f"{'torch.compile' if config.compile else 'no compile'}; setup (model + store into memory) "
+        f"{setup_s:.1f} s"
+    )
+    chosen = "given" if args.threads else ("torch's default" if gpu else "auto: cores not busy elsewhere")
+    report(
+        f"- timing: {settings.warmup} warm-up steps per side, then {settings.rounds} interleaved rounds of "
+        f"{settings.base_steps} plain-loop steps and {settings.steps} steps of ours; torch threads "
+        f"{torch.get_num_threads()} ({chosen}), both sides"
+    )
+
+
+@dataclass
+class Rates:
+    """Slices/s per timed round, and peak GPU memory (GiB) of each side."""
+
+    base: list[float] = field(default_factory=list)
+    ours: list[float] = field(default_factory=list)
+    data: list[float] = field(default_factory=list)
+    base_peak: float = 0.0
+    our_peak: float = 0.0
+
+
+def time_both(
+    plain: PlainLoop, ours: OurLoop, settings: Settings, device: torch.device, report: Reporter
+) -> Rates:
+    """Warm-up, then interleaved rounds (plain, ours, plain, ...), then ours' data path alone."""
+    # Warm-up (DataLoader workers, cudnn autotuning, oneDNN kernels, compilation).
+    original_flags(device)
+    warm_base, _ = timed_steps(plain.step, settings.warmup, device)
+    our_flags(device)
+    warm_ours, _ = timed_steps(ours.step, settings.warmup, device)
+    report(f"- warm-up: plain loop {warm_base:.1f} s, ours {warm_ours:.1f} s")
+
+    rates = Rates()
+    for _ in range(settings.rounds):
+        original_flags(device)
+        reset_peak(device)
+        seconds, slices = timed_steps(plain.step, settings.base_steps, device)
+        rates.base.append(slices / seconds)
+        rates.base_peak = max(rates.base_peak, peak_memory_gib(device) or 0.0)
+        our_flags(device)
+        reset_peak(device)
+        seconds, slices = timed_steps(ours.step, settings.steps, device)
+        rates.ours.append(slices / seconds)
+        rates.our_peak = max(rates.our_peak, peak_memory_gib(device) or 0.0)
+    seconds, slices = timed_steps(ours.data_only, settings.steps, device)
+    rates.data.append(slices / seconds)
+    for loop in (plain, ours):
+        if not torch.isfinite(loop.loss_sum):
+            raise SystemExit("a loss was not finite")
+    return rates
+
+
+def rates_text(values: list[float]) -> str:
+    return ", ".join(f"{v:.1f}" for v in values)
+
+
+def report_rates(
+    args: argparse.Namespace, settings: Settings, rates: Rates, gpu: bool, report: Reporter
+) -> tuple[float, float]:
+    """Reports the medians; returns (ours, plain loop) in slices/s."""
+    base, our = statistics.median(rates.base), statistics.median(rates.ours)
+    report(
+        f"- plain loop (original settings): {base:.1f} slices/s (median of {len(rates.base)}: "
+        f"{rates_text(rates.base)}); {1000 * args.baseline_batch_size / base:.0f} ms/step"
+    )
+    report(
+        f"- ours: {our:.1f} slices/s (median of {len(rates.ours)}: {rates_text(rates.ours)}); "
+        f"{1000 * settings.batch / our:.0f} ms/step"
+    )
+    report(f"- ratio ours / plain loop: {our / base:.1f}x")
+    report(
+        f"- ours, data path alone (gather + crop + augmentation, no network): {rates.data[0]:.0f} slices/s"
+    )
+    if gpu:
+        report(f"- peak GPU memory: plain loop {rates.base_peak:.2f} GiB, ours {rates.our_peak:.2f} GiB")
+    return our, base
+
+
+def report_goals(our: float, base: float, name: str, gpu: bool, report: Reporter) -> None:
+    """The goals are set for one H100; elsewhere they are stated as not measured."""
+    ratio = our / base
+    if gpu and "H100" in name:
+        goal_1 = "meets" if our >= GOAL_SLICES_PER_S else "misses"
+        goal_2 = "meets" if ratio >= GOAL_RATIO else "misses"
+        report(
+            f"- goal on one H100, ours >= {GOAL_SLICES_PER_S:,.0f} slices/s end to end: {our:.0f} ({goal_1})"
+        )
+        report(
+            f"- goal on one H100, >= {GOAL_RATIO:.0f}x the original settings: {ratio:.1f}x ({goal_2}); "
+            f"the original loop measured {ORIGINAL_H100_SLICES_PER_S:.0f} slices/s there, here {base:.0f}"
+        )
+        return
+    where = f"this run is on {name}" if gpu else "this run is on the CPU"
+    report(
+        f"- goal on one H100, ours >= {GOAL_SLICES_PER_S:,.0f} slices/s end to end: not measured ({where})"
+    )
+    report(
+        f"- goal on one H100, >= {GOAL_RATIO:.0f}x the original settings (original loop measured "
+        f"{ORIGINAL_H100_SLICES_PER_S:.0f} slices/s there): not measured ({where})"
+    )
+
+
 def main() -> int:
     args = parse_args()
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA GPU available")
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else ("cpu" if args.device == "auto" else args.device))
+    device = pick_device(args.device)
     gpu = device.type == "cuda"
-    small = args.small
-    threads = args.threads or (None if gpu else auto_threads(os.cpu_count() or 1))
-    if threads:
-        torch.set_num_threads(threads)
-    steps = args.steps or (8 if small else (50 if gpu else 10))
-    base_steps = args.baseline_steps or (6 if small else (200 if gpu else 10))
-    warmup = args.warmup if args.warmup is not None else (2 if small else (10 if gpu else 2))
-    rounds = args.rounds or (2 if small else 3)
-    batch = args.batch_size or (8 if small else 64)
-    workers = args.workers if args.workers is not None else (min(4, os.cpu_count() or 1) if gpu else 0)
+    settings = Settings.from_args(args, gpu)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
     load_before = os.getloadavg()
     calibration = machine_calibration()
     report = Reporter()
-    lines = report.lines
 
     with tempfile.TemporaryDirectory(prefix="mv_train_bench_") as tmp:
         tmp_path = Path(tmp)
-        if args.store is None:
-            n_cases = args.cases or (3 if small else 4)
-            start = time.perf_counter()
-            store_path = synthetic_store(tmp_path / "data", n_cases, workers=min(4, os.cpu_count() or 1))
-            data_desc = (f"synthetic store of {n_cases} full-size phantoms (155x240x240), made in "
-                         f"{time.perf_counter() - start:.0f} s")
-        else:
-            store_path = args.store
-            n_cases = args.cases or 16
-            data_desc = f"store {store_path}"
-        splits = pick_cases(store_path, n_cases)
-        data_desc += f"; {len(splits['train'])} training cases, validation case {splits['val'][0]}"
-
-        # Ours: the brats preset's speed settings on the seed-size model, through the real Trainer.
-        overrides = {"target": "necrotic", "dropout": SEED_MODEL["dropout"], "batch_size": batch,
-                     "amp": args.amp, "compile": args.compile, "device": device.type, "threads": threads,
-                     "in_memory": "always", "sample_slices": 0, "workers": 0}
-        if args.patch:
-            overrides["patch_size"] = tuple(args.patch)
-        config = TrainConfig.from_preset("brats", **overrides)
-        our_flags(device)
-        start = time.perf_counter()
-        trainer = Trainer(config, store_path, tmp_path / "run", splits=splits,
-                          data_info={"path": str(store_path)})
-        sync(device)
-        setup_s = time.perf_counter() - start
-        if trainer.model.config != SEED_MODEL:
-            raise SystemExit(f"ours is not the seed-size model: {trainer.model.config}")
-        n_params = sum(p.numel() for p in trainer.model.parameters())
+        store_path, splits, data_desc = bench_data(args, tmp_path)
+        trainer, setup_s = build_trainer(args, settings, device, store_path, splits, tmp_path / "run")
         ours = OurLoop(trainer)
-
-        # The plain loop: a copy of the same initial weights, NCHW.
-        base_model = AttentionUNet(**SEED_MODEL)
-        base_model.load_state_dict(copy.deepcopy(trainer.model.state_dict()))
-        base_model = base_model.to(memory_format=torch.contiguous_format)
-        base_augment = None if args.baseline_augment == "none" else augment_config(args.baseline_augment)
-        dataset = SliceDataset(
-            store_path, splits["train"], target="necrotic", patch_size=ORIGINAL_SLICE, neighbours=0,
-            tumour_fraction=None, augment=base_augment,
-        )
-        plain = PlainLoop(base_model, dataset, device, args.baseline_batch_size, workers)
-
+        plain = build_plain_loop(args, trainer, store_path, splits, device, settings.workers)
         report(f"- data: {data_desc}")
-        report(f"- model: AttentionUNet(4, 1, 32, 4, 0.2), {n_params:,} parameters, same initial weights")
-        report(
-            f"- plain loop: batch {args.baseline_batch_size}, whole {ORIGINAL_SLICE[0]}x{ORIGINAL_SLICE[1]} "
-            f"slices, NCHW, {'fp16 autocast + GradScaler' if gpu else 'fp32'}, cudnn deterministic, "
-            f"DataLoader over SliceDataset ({workers} workers, shuffled, augmentation "
-            f"{args.baseline_augment}), CombinedLoss, AdamW(1e-4, wd 1e-5)"
-        )
-        amp_name = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[trainer.amp_dtype]
-        report(
-            f"- ours: Trainer.train_step, brats preset speed settings: batch {batch}, "
-            f"{config.patch_size[0]}x{config.patch_size[1]} crops of slices held at "
-            f"{trainer.load_size[0]}x{trainer.load_size[1]} (brain-cropped) in memory "
-            f"({type(trainer.train_slices).__name__}), tumour fraction {config.tumour_fraction}, "
-            f"augmentation {config.augment}, {amp_name} autocast, channels_last, "
-            f"{'fused ' if gpu else ''}AdamW, grad clip {config.grad_clip}, "
-            f"{'torch.compile' if config.compile else 'no compile'}; setup (model + store into memory) "
-            f"{setup_s:.1f} s"
-        )
-        chosen = "given" if args.threads else ("torch's default" if gpu else "auto: cores not busy elsewhere")
-        report(f"- timing: {warmup} warm-up steps per side, then {rounds} interleaved rounds of "
-               f"{base_steps} plain-loop steps and {steps} steps of ours; torch threads "
-               f"{torch.get_num_threads()} ({chosen}), both sides")
+        report_setup(args, settings, trainer, setup_s, gpu, report)
+        rates = time_both(plain, ours, settings, device, report)
 
-        # Warm-up (DataLoader workers, cudnn autotuning, oneDNN kernels, compilation).
-        original_flags(device)
-        warm_base, _ = timed_steps(plain.step, warmup, device)
-        our_flags(device)
-        warm_ours, _ = timed_steps(ours.step, warmup, device)
-        report(f"- warm-up: plain loop {warm_base:.1f} s, ours {warm_ours:.1f} s")
-
-        base_rates, our_rates, data_rates = [], [], []
-        base_peak = our_peak = 0.0
-        for _ in range(rounds):
-            original_flags(device)
-            reset_peak(device)
-            seconds, slices = timed_steps(plain.step, base_steps, device)
-            base_rates.append(slices / seconds)
-            base_peak = max(base_peak, peak_memory_gib(device) or 0.0)
-            our_flags(device)
-            reset_peak(device)
-            seconds, slices = timed_steps(ours.step, steps, device)
-            our_rates.append(slices / seconds)
-            our_peak = max(our_peak, peak_memory_gib(device) or 0.0)
-        seconds, slices = timed_steps(ours.data_only, steps, device)
-        data_rates.append(slices / seconds)
-        for loop in (plain, ours):
-            if not torch.isfinite(loop.loss_sum):
-                raise SystemExit("a loss was not finite")
-
-    base, our = statistics.median(base_rates), statistics.median(our_rates)
-    ratio = our / base
-
-    def rates(values: list[float]) -> str:
-        return ", ".join(f"{v:.1f}" for v in values)
-
-    report(f"- plain loop (original settings): {base:.1f} slices/s (median of {len(base_rates)}: "
-           f"{rates(base_rates)}); {1000 * args.baseline_batch_size / base:.0f} ms/step")
-    report(f"- ours: {our:.1f} slices/s (median of {len(our_rates)}: {rates(our_rates)}); "
-           f"{1000 * batch / our:.0f} ms/step")
-    report(f"- ratio ours / plain loop: {ratio:.1f}x")
-    report(f"- ours, data path alone (gather + crop + augmentation, no network): "
-           f"{data_rates[0]:.0f} slices/s")
-    if gpu:
-        report(f"- peak GPU memory: plain loop {base_peak:.2f} GiB, ours {our_peak:.2f} GiB")
+    our, base = report_rates(args, settings, rates, gpu, report)
     name = device_name(device)
-    on_h100 = gpu and "H100" in name
-    if on_h100:
-        goal_1 = "meets" if our >= GOAL_SLICES_PER_S else "misses"
-        goal_2 = "meets" if ratio >= GOAL_RATIO else "misses"
-        report(f"- goal on one H100, ours >= {GOAL_SLICES_PER_S:,.0f} slices/s end to end: "
-               f"{our:.0f} ({goal_1})")
-        report(f"- goal on one H100, >= {GOAL_RATIO:.0f}x the original settings: {ratio:.1f}x ({goal_2}); "
-               f"the original loop measured {ORIGINAL_H100_SLICES_PER_S:.0f} slices/s there, here {base:.0f}")
-    else:
-        where = f"this run is on {name}" if gpu else "this run is on the CPU"
-        report(f"- goal on one H100, ours >= {GOAL_SLICES_PER_S:,.0f} slices/s end to end: "
-               f"not measured ({where})")
-        report(f"- goal on one H100, >= {GOAL_RATIO:.0f}x the original settings (original loop measured "
-               f"{ORIGINAL_H100_SLICES_PER_S:.0f} slices/s there): not measured ({where})")
-    load_after = os.getloadavg()
-    report(f"- machine check: SHA-256 of 142 MB took {calibration:.3f} s before the run, "
-           f"{machine_calibration():.3f} s after (0.09 s when this 2-core VM was idle)")
-    report(f"- load average before/after: {load_before[0]:.2f} / {load_after[0]:.2f} "
-           f"(other processes on the machine slow every figure)")
-
+    report_goals(our, base, name, gpu, report)
+    report_machine(calibration, load_before, report)
     if not args.no_record:
         path = append_results(
             "train_throughput",
             [
                 f"- device: {name}",
                 f"- torch {torch.__version__}, Python {platform.python_version()}",
-                *lines,
+                *report.lines,
                 *([f"- note: {args.note}"] if args.note else []),
             ],
         )

@@ -174,8 +174,11 @@ class CombinedLoss(nn.Module):
         gamma: float = 2.0,
     ) -> None:
         super().__init__()
-        for name, value in (("dice_weight", dice_weight), ("bce_weight", bce_weight),
-                            ("focal_weight", focal_weight)):
+        for name, value in (
+            ("dice_weight", dice_weight),
+            ("bce_weight", bce_weight),
+            ("focal_weight", focal_weight),
+        ):
             _check_number(name, value, minimum=0.0)
         if dice_weight + bce_weight + focal_weight <= 0:
             raise ValueError("at least one of dice_weight, bce_weight, focal_weight must be > 0")

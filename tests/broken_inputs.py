@@ -34,13 +34,12 @@ import numpy as np
 CASE_ID = "Case_001"
 SHAPE = (16, 16, 8)  # NIfTI (i, j, k) -> Case (D, H, W) = (8, 16, 16)
 ZOOMS = (1.0, 1.0, 1.5)
-AFFINE = np.array(
-    [[-1.0, 0, 0, 15.0], [0, -1.0, 0, 15.0], [0, 0, 1.5, -6.0], [0, 0, 0, 1]], dtype=np.float64
-)
+AFFINE = np.array([[-1.0, 0, 0, 15.0], [0, -1.0, 0, 15.0], [0, 0, 1.5, -6.0], [0, 0, 0, 1]], dtype=np.float64)
 MODALITY_NAMES = ("flair", "t1", "t1ce", "t2")
 ENTRY_POINTS = ("load_case", "reader", "prepare", "predict", "upload")
 # safe_zip refuses more than this many uncompressed bytes by default; the honest bomb inflates past it.
 ZIP_LIMIT = 2_000_000_000
+
 
 @dataclass(frozen=True)
 class BrokenInput:
@@ -230,13 +229,39 @@ def write_raw_zip(path: Path, members: list[RawMember]) -> Path:
         flags = m.flags | 0x800  # names are UTF-8
         offset = len(body)
         body += struct.pack(
-            "<IHHHHHIIIHH", 0x04034B50, 20, flags, m.method, 0, 0x21, m.crc, len(m.data), m.file_size,
-            len(name), 0,
+            "<IHHHHHIIIHH",
+            0x04034B50,
+            20,
+            flags,
+            m.method,
+            0,
+            0x21,
+            m.crc,
+            len(m.data),
+            m.file_size,
+            len(name),
+            0,
         )
         body += name + m.data
         central += struct.pack(
-            "<IHHHHHHIIIHHHHHII", 0x02014B50, (3 << 8) | 20, 20, flags, m.method, 0, 0x21, m.crc, len(m.data),
-            m.file_size, len(name), 0, 0, 0, 0, (m.mode & 0xFFFF) << 16, offset,
+            "<IHHHHHHIIIHHHHHII",
+            0x02014B50,
+            (3 << 8) | 20,
+            20,
+            flags,
+            m.method,
+            0,
+            0x21,
+            m.crc,
+            len(m.data),
+            m.file_size,
+            len(name),
+            0,
+            0,
+            0,
+            0,
+            (m.mode & 0xFFFF) << 16,
+            offset,
         )
         central += name
     end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(members), len(members), len(central), len(body), 0)
@@ -353,7 +378,10 @@ def _wrong_extension_txt(root: Path) -> BrokenInput:
     renamed = files["flair"].with_name(f"{CASE_ID}_flair.txt")
     files["flair"].rename(renamed)
     return _folder_item(
-        "wrong_extension_txt", folder, "wrong extension", renamed.name,
+        "wrong_extension_txt",
+        folder,
+        "wrong extension",
+        renamed.name,
         upload_expected="unsupported file type",
     )
 
@@ -529,7 +557,11 @@ def _duplicate_modality(root: Path) -> BrokenInput:
     folder, files = _case(root)
     save(modality_volumes()["flair"], folder / f"{CASE_ID}_flair.nii")
     return _folder_item(
-        "duplicate_modality", folder, "more than one flair", CASE_ID, upload_expected="second flair",
+        "duplicate_modality",
+        folder,
+        "more than one flair",
+        CASE_ID,
+        upload_expected="second flair",
         skip=("reader",),  # read_nifti_files takes one path per modality: a duplicate cannot be expressed
     )
 
@@ -629,16 +661,19 @@ def _decathlon_label_shape(root: Path) -> BrokenInput:
 @_spec()
 def _single_3d_nifti(root: Path) -> BrokenInput:
     path = save(modality_volumes()["flair"], root / f"{CASE_ID}_flair.nii.gz")
-    return BrokenInput(
-        "single_3d_nifti", path, "nifti4d", "expected a 4-d image", path.name, uploads=(path,)
-    )
+    return BrokenInput("single_3d_nifti", path, "nifti4d", "expected a 4-d image", path.name, uploads=(path,))
 
 
 @_spec(memory=True)
 def _decathlon_header_larger_than_file(root: Path) -> BrokenInput:
     image, _ = _decathlon(root, header_only_nifti((512, 512, 512, 4), np.float64))
     return BrokenInput(
-        "decathlon_header_larger_than_file", image, "nifti4d", "truncated", image.name, uploads=(image,),
+        "decathlon_header_larger_than_file",
+        image,
+        "nifti4d",
+        "truncated",
+        image.name,
+        uploads=(image,),
         memory=True,
     )
 
@@ -666,7 +701,13 @@ def _kaggle_item(name: str, folder: Path, expected: str, blame: str) -> BrokenIn
     # The Predict page takes NIfTI and zip uploads only; .h5 slices are refused by type.
     uploads = tuple(sorted(folder.iterdir()))
     return BrokenInput(
-        name, folder, "kaggle", expected, blame, uploads=uploads, upload_expected="unsupported file type",
+        name,
+        folder,
+        "kaggle",
+        expected,
+        blame,
+        uploads=uploads,
+        upload_expected="unsupported file type",
         upload_blame=uploads[0].name,
     )
 
@@ -900,8 +941,14 @@ def _folder_without_nifti(root: Path) -> BrokenInput:
     (folder / "notes.txt").write_text("no images here\n")
     (folder / "scan.dcm").write_bytes(b"DICM" + bytes(200))
     return BrokenInput(
-        "folder_without_nifti", folder, "folder", "no cases found", folder.name,
-        uploads=(folder / "notes.txt",), upload_expected="unsupported file type", upload_blame="notes.txt",
+        "folder_without_nifti",
+        folder,
+        "folder",
+        "no cases found",
+        folder.name,
+        uploads=(folder / "notes.txt",),
+        upload_expected="unsupported file type",
+        upload_blame="notes.txt",
     )
 
 
@@ -923,7 +970,12 @@ def _png_file_input(root: Path) -> BrokenInput:
     path = root / "scan.png"
     path.write_bytes(png_bytes())
     return BrokenInput(
-        "png_file_input", path, "file", "wrong extension", path.name, uploads=(path,),
+        "png_file_input",
+        path,
+        "file",
+        "wrong extension",
+        path.name,
+        uploads=(path,),
         upload_expected="unsupported file type",
     )
 
@@ -932,6 +984,11 @@ def _png_file_input(root: Path) -> BrokenInput:
 def _single_h5_file_input(root: Path) -> BrokenInput:
     _, paths = _kaggle(root, n_slices=1)
     return BrokenInput(
-        "single_h5_file_input", paths[0], "file", "not a case", paths[0].name, uploads=(paths[0],),
+        "single_h5_file_input",
+        paths[0],
+        "file",
+        "not a case",
+        paths[0].name,
+        uploads=(paths[0],),
         upload_expected="unsupported file type",
     )

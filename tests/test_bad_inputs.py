@@ -262,11 +262,17 @@ def results(corpus, tmp_path_factory) -> dict[tuple[str, str], dict[str, Any]]:
     for item in [*corpus["items"].values(), valid]:
         for entry in bi.ENTRY_POINTS:
             if _entry_applies(item, entry):
-                jobs.append({
-                    "name": item.name, "entry": entry, "path": str(item.path), "kind": item.kind,
-                    "uploads": [str(p) for p in item.uploads], "checkpoint": str(checkpoint),
-                    "memory": item.memory,
-                })
+                jobs.append(
+                    {
+                        "name": item.name,
+                        "entry": entry,
+                        "path": str(item.path),
+                        "kind": item.kind,
+                        "uploads": [str(p) for p in item.uploads],
+                        "checkpoint": str(checkpoint),
+                        "memory": item.memory,
+                    }
+                )
     env = {**os.environ, "HOME": str(root / "home")}  # the ONNX cache, if any, goes here
     procs = []
     for mode in ("light", "cli"):
@@ -413,8 +419,19 @@ def test_python_m_medvision_predict_in_a_real_process(corpus, tmp_path) -> None:
     item = corpus["items"]["zip_broken_case_inside"]
     out = tmp_path / "out" / "pred.nii.gz"
     out.parent.mkdir()
-    cmd = [sys.executable, "-m", "medvision", "predict", str(item.path), "-o", str(out), "--checkpoint",
-           str(checkpoint), "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "medvision",
+        "predict",
+        str(item.path),
+        "-o",
+        str(out),
+        "--checkpoint",
+        str(checkpoint),
+        "--device",
+        "cpu",
+    ]
     env = {**os.environ, "HOME": str(tmp_path / "home")}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=100)
     assert proc.returncode == 2, proc.stderr

@@ -131,6 +131,7 @@ def test_meta_validation_on_save(tmp_path: Path) -> None:
 
 # ---- refusals ----
 
+
 def rewrite_meta(path: Path, **changes) -> None:
     meta_path = path.with_suffix(".json")
     meta = json.loads(meta_path.read_text())
@@ -197,8 +198,12 @@ def test_weights_from_another_save_are_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("config_change", "match"),
-    [({"base_filters": 8}, "do not fit the model"), ({"depth": 3}, "do not fit the model"),
-     ({"depth": 0}, "invalid model config"), ({"layers": 5}, "invalid model config")],
+    [
+        ({"base_filters": 8}, "do not fit the model"),
+        ({"depth": 3}, "do not fit the model"),
+        ({"depth": 0}, "invalid model config"),
+        ({"layers": 5}, "invalid model config"),
+    ],
 )
 def test_wrong_shapes_or_config(saved: tuple[Path, AttentionUNet], config_change: dict, match: str) -> None:
     path, _ = saved
@@ -208,6 +213,7 @@ def test_wrong_shapes_or_config(saved: tuple[Path, AttentionUNet], config_change
 
 
 # ---- atomic replacement ----
+
 
 def test_failed_write_never_replaces_good_checkpoint(
     saved: tuple[Path, AttentionUNet], monkeypatch: pytest.MonkeyPatch

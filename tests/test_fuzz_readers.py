@@ -156,8 +156,9 @@ def _mutate(raw: bytes, edits: list[tuple[float, int]], cut: float | None) -> by
 
 @pytest.mark.timeout(TIMEOUT_S)
 @FUZZ
-@given(raw=st.binary(min_size=0, max_size=2048), suffix=st.sampled_from([".nii", ".nii.gz"]),
-       wrap=st.booleans())
+@given(
+    raw=st.binary(min_size=0, max_size=2048), suffix=st.sampled_from([".nii", ".nii.gz"]), wrap=st.booleans()
+)
 def test_random_bytes_as_a_nifti_file(raw: bytes, suffix: str, wrap: bool) -> None:
     if wrap:  # random content inside a valid gzip stream, so it reaches the NIfTI parser
         raw = gzip.compress(raw, mtime=0)
@@ -171,8 +172,9 @@ def test_random_bytes_as_a_nifti_file(raw: bytes, suffix: str, wrap: bool) -> No
 
 @pytest.mark.timeout(TIMEOUT_S)
 @FUZZ
-@given(edits=st.lists(mutation, min_size=1, max_size=8),
-       cut=st.none() | st.floats(0.0, 1.0, exclude_max=True))
+@given(
+    edits=st.lists(mutation, min_size=1, max_size=8), cut=st.none() | st.floats(0.0, 1.0, exclude_max=True)
+)
 def test_mutated_gzipped_nifti(edits: list[tuple[float, int]], cut: float | None) -> None:
     raw = _mutate(VALID_GZ, edits, cut)
     _skip_big_claims(raw)
@@ -182,9 +184,13 @@ def test_mutated_gzipped_nifti(edits: list[tuple[float, int]], cut: float | None
 
 @pytest.mark.timeout(TIMEOUT_S)
 @FUZZ
-@given(edits=st.lists(st.tuples(st.floats(0.0, 1.0, exclude_max=True), st.integers(0, 255)), min_size=1,
-                      max_size=12),
-       cut=st.none() | st.floats(0.3, 1.0, exclude_max=True), compress=st.booleans())
+@given(
+    edits=st.lists(
+        st.tuples(st.floats(0.0, 1.0, exclude_max=True), st.integers(0, 255)), min_size=1, max_size=12
+    ),
+    cut=st.none() | st.floats(0.3, 1.0, exclude_max=True),
+    compress=st.booleans(),
+)
 def test_mutated_nifti_header_bytes(
     edits: list[tuple[float, int]], cut: float | None, compress: bool
 ) -> None:
@@ -213,19 +219,35 @@ odd_float = st.floats(allow_nan=True, allow_infinity=True, width=32)
 @given(
     ndim=_mostly(3, 4, 2, 5, 0, -1, 8),
     dims=st.lists(_mostly(8, 4, 1, 0, -2, 3, 12, 32767, 4096), min_size=7, max_size=7),
-    dtype_bits=_mostly((4, 16), (16, 32), (2, 8), (64, 64), (512, 16), (2, 16), (32, 64), (128, 24),
-                       (1536, 128), (1, 1), (2304, 32), (0, 0), (77, 16)),
+    dtype_bits=_mostly(
+        (4, 16),
+        (16, 32),
+        (2, 8),
+        (64, 64),
+        (512, 16),
+        (2, 16),
+        (32, 64),
+        (128, 24),
+        (1536, 128),
+        (1, 1),
+        (2304, 32),
+        (0, 0),
+        (77, 16),
+    ),
     vox_offset=_mostly(352.0, 0.0, 351.0, 1e9, -4.0, float("nan"), 4000.0),
-    pixdim=st.lists(_mostly(1.0, 0.0, -1.5, 1e-30, float("nan"), float("inf")) | odd_float, min_size=3,
-                    max_size=3),
-    scaling=_mostly((1.0, 0.0), (0.0, 0.0), (float("nan"), 0.0), (1e38, 1e38), (float("inf"), 1.0),
-                    (-1.0, float("nan"))),
+    pixdim=st.lists(
+        _mostly(1.0, 0.0, -1.5, 1e-30, float("nan"), float("inf")) | odd_float, min_size=3, max_size=3
+    ),
+    scaling=_mostly(
+        (1.0, 0.0), (0.0, 0.0), (float("nan"), 0.0), (1e38, 1e38), (float("inf"), 1.0), (-1.0, float("nan"))
+    ),
     codes=st.tuples(st.integers(-1, 5), st.integers(-1, 5)),
     srow=st.none() | st.lists(odd_float, min_size=12, max_size=12),
     payload=st.integers(0, 4096),
 )
-def test_random_nifti_header_fields(ndim, dims, dtype_bits, vox_offset, pixdim, scaling, codes, srow,
-                                    payload) -> None:
+def test_random_nifti_header_fields(
+    ndim, dims, dtype_bits, vox_offset, pixdim, scaling, codes, srow, payload
+) -> None:
     header = nib.Nifti1Header()
     fields = header.structarr
     fields["dim"] = [ndim, *dims]
@@ -287,8 +309,9 @@ def test_random_bytes_as_a_zip(raw: bytes) -> None:
 
 @pytest.mark.timeout(TIMEOUT_S)
 @FUZZ
-@given(edits=st.lists(mutation, min_size=1, max_size=8),
-       cut=st.none() | st.floats(0.0, 1.0, exclude_max=True))
+@given(
+    edits=st.lists(mutation, min_size=1, max_size=8), cut=st.none() | st.floats(0.0, 1.0, exclude_max=True)
+)
 def test_mutated_case_zip(edits: list[tuple[float, int]], cut: float | None) -> None:
     with scratch() as folder:
         (folder / "sandbox").mkdir()
@@ -303,16 +326,40 @@ CASE_NAMES = [f"Zc_001/Zc_001_{m}.nii.gz" for m in bi.MODALITY_NAMES]
 member_name = st.one_of(
     st.sampled_from(CASE_NAMES + ["Zc_001/", "Zc_001/Zc_001_seg.nii.gz", "Zc_001_t2.nii.gz"]),
     st.text(min_size=0, max_size=40),
-    st.lists(st.sampled_from(["..", ".", "", "Zc_001", "Zc_001_flair.nii.gz", "Zc_001_t1.nii.gz", "a\\..\\b",
-                              "C:", "/", "__MACOSX", "._x", "x\x00y", "\u00e9\u4e2d"]),
-             min_size=1, max_size=5).map("/".join),
+    st.lists(
+        st.sampled_from(
+            [
+                "..",
+                ".",
+                "",
+                "Zc_001",
+                "Zc_001_flair.nii.gz",
+                "Zc_001_t1.nii.gz",
+                "a\\..\\b",
+                "C:",
+                "/",
+                "__MACOSX",
+                "._x",
+                "x\x00y",
+                "\u00e9\u4e2d",
+            ]
+        ),
+        min_size=1,
+        max_size=5,
+    ).map("/".join),
 )
 member = st.tuples(
     member_name,
     st.sampled_from(_modality_payloads()) | st.binary(max_size=300),
     _mostly(zipfile.ZIP_DEFLATED, zipfile.ZIP_STORED, 12, 14, 99),  # 12 bzip2, 14 lzma, 99 unknown
-    _mostly(stat.S_IFREG | 0o644, 0, stat.S_IFLNK | 0o777, stat.S_IFDIR | 0o755, stat.S_IFIFO | 0o644,
-            stat.S_IFCHR | 0o644),
+    _mostly(
+        stat.S_IFREG | 0o644,
+        0,
+        stat.S_IFLNK | 0o777,
+        stat.S_IFDIR | 0o755,
+        stat.S_IFIFO | 0o644,
+        stat.S_IFCHR | 0o644,
+    ),
     _mostly(0, 0x1, 0x8, 0x40),  # encrypted, data descriptor, strong encryption
     st.none() | st.none() | st.integers(0, 2**32 - 1),  # declared size (None: the true one)
 )
@@ -320,8 +367,12 @@ member = st.tuples(
 
 @pytest.mark.timeout(TIMEOUT_S)
 @FUZZ
-@given(members=st.lists(member, min_size=0, max_size=6) | st.permutations(CASE_NAMES).flatmap(
-    lambda names: st.tuples(*[member.map(lambda m, n=n: (n, *m[1:])) for n in names]).map(list)))
+@given(
+    members=st.lists(member, min_size=0, max_size=6)
+    | st.permutations(CASE_NAMES).flatmap(
+        lambda names: st.tuples(*[member.map(lambda m, n=n: (n, *m[1:])) for n in names]).map(list)
+    )
+)
 def test_zip_with_random_members(members) -> None:
     raws = []
     for name, payload, method, mode, flags, declared in members:

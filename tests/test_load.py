@@ -38,8 +38,9 @@ def _harness():
 def figures(tmp_path_factory):
     harness = _harness()
     work = tmp_path_factory.mktemp("load")
-    result = harness.measure(sessions=SESSIONS, clicks=CLICKS, size=SIZE, cache_mb=CACHE_MB, think_s=0.05,
-                             work=work)
+    result = harness.measure(
+        sessions=SESSIONS, clicks=CLICKS, size=SIZE, cache_mb=CACHE_MB, think_s=0.05, work=work
+    )
     print("\n".join(harness.summary_lines(result, "tests/test_load.py")))
     target = os.environ.get("MEDVISION_LOAD_REPORT")
     if target:

@@ -50,6 +50,7 @@ def random_target(seed: int = 0, shape: tuple[int, ...] = (2, 3, 32, 32)) -> tor
 
 # ---- hand-computed values ----
 
+
 @pytest.mark.parametrize("smooth", [0.0, 1.0, 2.5])
 def test_dice_loss_hand_computed(smooth: float) -> None:
     loss = DiceLoss(smooth=smooth)(LOGITS_2X2, TARGET_2X2)
@@ -89,6 +90,7 @@ def test_combined_hand_computed_with_small_tumour_weight() -> None:
 
 # ---- ideal and worst cases ----
 
+
 @pytest.mark.parametrize("loss_fn", ALL_LOSSES, ids=lambda f: type(f).__name__)
 def test_ideal_case_is_zero(loss_fn: torch.nn.Module) -> None:
     target = random_target()
@@ -118,6 +120,7 @@ def test_worst_case_bce_and_focal_are_large_but_finite() -> None:
 
 
 # ---- weighting ----
+
 
 def test_pos_weight_affects_only_positives() -> None:
     logits = torch.randn(2, 3, 8, 8)
@@ -159,6 +162,7 @@ def test_small_tumour_weight_applies_per_sample_and_channel() -> None:
 
 
 # ---- reductions, functional core, dtype safety ----
+
 
 def test_reductions() -> None:
     logits, target = torch.randn(2, 3, 8, 8), random_target(1, (2, 3, 8, 8))

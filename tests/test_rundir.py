@@ -67,7 +67,9 @@ def test_lock_refuses_second_user_in_process(tmp_path):
 def test_lock_held_by_other_process(tmp_path):
     child = subprocess.Popen(
         [sys.executable, "-c", HOLD_LOCK, str(tmp_path)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert child.stdout.readline().strip() == "locked"

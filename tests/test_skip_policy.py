@@ -18,10 +18,13 @@ def test_gpu():
 def test_ok():
     assert True
 """
-OTHER_SKIP = CUDA_SKIP + """
+OTHER_SKIP = (
+    CUDA_SKIP
+    + """
 def test_browser():
     pytest.skip("/usr/bin/chromium is not installed")
 """
+)
 
 
 @pytest.fixture

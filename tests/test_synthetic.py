@@ -255,6 +255,7 @@ def test_write_cohort_layouts_and_independence_of_n(tmp_path: Path) -> None:
 
 def test_readers_load_what_the_writers_wrote(tmp_path: Path, small_case: Case) -> None:
     from medvision.data import readers
+
     loaded = readers.load_case(write_brats_folder(small_case, tmp_path / "brats"))
     np.testing.assert_array_equal(loaded.image, small_case.image)
     np.testing.assert_array_equal(loaded.label, small_case.label)
@@ -290,6 +291,7 @@ def test_synth_command_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 
 def test_cli_main_synth(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from medvision.cli import main
+
     code = main(
         ["synth", "--cases", "1", "--size", "16", "32", "32", "--no-progress", "--out", str(tmp_path)]
     )

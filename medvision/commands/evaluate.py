@@ -23,12 +23,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--checkpoint", required=True, help="a .safetensors checkpoint (with its .json)")
     parser.add_argument("--data", required=True, help="a prepared store or any dataset source")
-    parser.add_argument("--split", default="test", choices=("train", "val", "test", "all"),
-                        help="cases to score: the checkpoint's split lists, or all labelled cases")
+    parser.add_argument(
+        "--split",
+        default="test",
+        choices=("train", "val", "test", "all"),
+        help="cases to score: the checkpoint's split lists, or all labelled cases",
+    )
     parser.add_argument("--out", help="write the full results (incl. per case) as JSON here")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"),
-                        help="autocast precision; auto: bf16 on GPUs and on CPUs with native bf16, else fp32")
+    parser.add_argument(
+        "--amp",
+        default="auto",
+        choices=("auto", "bf16", "fp16", "off"),
+        help="autocast precision; auto: bf16 on GPUs and on CPUs with native bf16, else fp32",
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--no-hd95", action="store_true", help="skip the (slow) HD95 distance")
     parser.set_defaults(func=run)
@@ -47,9 +55,14 @@ def run(args: argparse.Namespace) -> int:
         if not is_store(store):
             store = prepare_store(args.data, Path(tmp) / "store.h5", progress=False)
         result = evaluate_checkpoint(
-            args.checkpoint, store, split=args.split, device=args.device, amp=args.amp,
+            args.checkpoint,
+            store,
+            split=args.split,
+            device=args.device,
+            amp=args.amp,
             batch_size=args.batch_size,
-            with_hd95=not args.no_hd95, progress=progress,
+            with_hd95=not args.no_hd95,
+            progress=progress,
         )
     print(file=sys.stderr)
     print(format_table(result))

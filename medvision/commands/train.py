@@ -52,11 +52,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train an Attention U-Net. Writes config.json, status.json, metrics.jsonl, "
         "checkpoints/{last,best}.safetensors, samples/ and train.log into --run-dir.",
     )
-    parser.add_argument("--data", help="a prepared store (.h5) or any dataset source "
-                        "(prepared into <run-dir>/store.h5 first); optional with --resume")
+    parser.add_argument(
+        "--data",
+        help="a prepared store (.h5) or any dataset source "
+        "(prepared into <run-dir>/store.h5 first); optional with --resume",
+    )
     parser.add_argument("--run-dir", required=True, help="folder for this run's outputs")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="demo",
-                        help="starting settings: seed (original recipe), demo (CPU minutes), brats (GPU)")
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="demo",
+        help="starting settings: seed (original recipe), demo (CPU minutes), brats (GPU)",
+    )
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--steps-per-epoch", type=int)
     parser.add_argument("--batch-size", type=int)
@@ -70,20 +77,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--scheduler", choices=("plateau", "cosine"))
     parser.add_argument("--tumour-fraction", type=float, help="share of draws from tumour slices")
     parser.add_argument("--augment", choices=("none", "light", "strong"))
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                        help="torch.compile the model")
+    parser.add_argument(
+        "--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the model"
+    )
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--device", choices=DEVICES)
     parser.add_argument("--threads", type=int, help="torch CPU threads (1 helps on a busy shared machine)")
     parser.add_argument("--workers", type=int, help="DataLoader workers when slices are streamed")
-    parser.add_argument("--in-memory", choices=("auto", "always", "never"),
-                        help="hold the slices as tensors on the device (auto: when they fit)")
+    parser.add_argument(
+        "--in-memory",
+        choices=("auto", "always", "never"),
+        help="hold the slices as tensors on the device (auto: when they fit)",
+    )
     parser.add_argument("--val-max-slices", type=int)
     parser.add_argument("--log-every", type=int)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir exactly")
-    parser.add_argument("--init-from", metavar="CKPT",
-                        help="start from this checkpoint's weights (fine-tune)")
+    parser.add_argument(
+        "--init-from", metavar="CKPT", help="start from this checkpoint's weights (fine-tune)"
+    )
     parser.add_argument("--prepare-workers", type=int, default=2, help="processes preparing a raw source")
     parser.set_defaults(func=run)
 
@@ -110,7 +122,11 @@ def run(args: argparse.Namespace) -> int:
         raise MedVisionError(f"invalid training settings: {error}") from error
     try:
         state = run_training(
-            config, args.run_dir, args.data, resume=args.resume, init_from=args.init_from,
+            config,
+            args.run_dir,
+            args.data,
+            resume=args.resume,
+            init_from=args.init_from,
             prepare_workers=args.prepare_workers,
         )
     except OSError as error:  # a full disk, a folder without permission: the run's status says failed

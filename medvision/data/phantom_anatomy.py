@@ -22,6 +22,8 @@ from medvision.data.phantom_fields import ellipsoid_depth, noise_at_points, smoo
 FULL_EXTENT_MM: tuple[float, float, float] = (155.0, 240.0, 240.0)
 
 Axes = tuple[np.ndarray, np.ndarray, np.ndarray]
+Centre = tuple[float, float, float]
+Part = tuple[tuple[float, float, float], tuple[float, float, float]]  # (centre, semi-axes) in mm
 
 
 @dataclass(frozen=True)
@@ -184,60 +186,94 @@ def _vessels(
     return np.maximum(tubes, sinus * np.float32(rng.uniform(0.3, 1.0)))
 
 
-def make_anatomy(rng: np.random.Generator, shape: tuple[int, int, int]) -> Anatomy:
-    """Draw a random healthy brain on a (D, H, W) grid spanning the BraTS field of view."""
-    spacing = np.asarray(FULL_EXTENT_MM) / np.asarray(shape)
+@dataclass(frozen=True)
+class _BrainShape:
+    """The random outline of one brain: the cerebrum and the smaller parts that bulge from it."""
+
+    centre: Centre
+    size: float  # whole-brain scale
+    cerebrum_semi: tuple[float, float, float]
+    cerebrum_below: float  # the cerebrum's D semi-axis below its equator
+    parts: list[Part]  # cerebrum first, then temporal lobes, cerebellum, brainstem
+
+
+@dataclass(frozen=True)
+class _Sulci:
+    """Sulcal sheets: the field whose zero set they are, how far in they reach, and their CSF."""
+
+    field: np.ndarray  # |field|: small on a sheet
+    depth: np.ndarray  # mm below the surface where a sulcus ends
+    width: float
+    csf: np.ndarray
+
+
+def _draw_brain_shape(rng: np.random.Generator) -> _BrainShape:
+    """Centre, scale and semi-axes of the brain and its parts (mm, in the BraTS frame)."""
     u = rng.uniform
     ck, ci, cj = 74.0 + u(-5, 5), 119.5 + u(-4, 4), 122.0 + u(-6, 6)
-    size = u(0.9, 1.06)  # whole-brain scale
+    size = u(0.9, 1.06)
     cerebrum_semi = (60.0 * size * u(0.95, 1.05), 66.0 * size * u(0.93, 1.07), 85.0 * size * u(0.94, 1.06))
     cerebrum_below = cerebrum_semi[0] * u(0.78, 0.9)  # the cerebrum is flatter below its equator
-    parts = [
+    parts: list[Part] = [
         ((ck, ci, cj), cerebrum_semi),
         ((ck - 33 * size, ci - 44 * size, cj - 18 * size), (20 * size, 21 * size, 40 * size)),  # temporal
         ((ck - 33 * size, ci + 44 * size, cj - 18 * size), (20 * size, 21 * size, 40 * size)),
         ((ck - 52 * size, ci, cj + 44 * size), (21 * size, 50 * size, 30 * size)),  # cerebellum
         ((ck - 50 * size, ci, cj + 6 * size), (34 * size, 13 * size, 14 * size)),  # brainstem
     ]
-    # Crop to the union of the parts' boxes so the full-resolution maths runs on a fraction of the voxels.
+    return _BrainShape((ck, ci, cj), size, cerebrum_semi, cerebrum_below, parts)
+
+
+def _crop_to_parts(
+    parts: list[Part], spacing: np.ndarray, shape: tuple[int, int, int]
+) -> tuple[tuple[slice, slice, slice], Axes]:
+    """Crop to the union of the parts' boxes so the full-resolution maths runs on a fraction of the voxels."""
     corners = np.concatenate([_part_box(c, s, 1.08) for c, s in parts])
     lo = np.clip(np.floor(corners.min(axis=0) / spacing).astype(int), 0, shape)
     hi = np.clip(np.ceil(corners.max(axis=0) / spacing).astype(int) + 1, 0, shape)
     box = (slice(int(lo[0]), int(hi[0])), slice(int(lo[1]), int(hi[1])), slice(int(lo[2]), int(hi[2])))
     axes: Axes = tuple((np.arange(b.start, b.stop) + 0.5) * sp for b, sp in zip(box, spacing, strict=True))  # type: ignore[assignment]
+    return box, axes
 
-    wobble = smooth_noise(rng, axes, 38.0) * np.float32(u(0.03, 0.06))
+
+def _crop_depth(rng: np.random.Generator, axes: Axes, outline: _BrainShape) -> tuple[np.ndarray, np.ndarray]:
+    """(mm below the brain surface, weight where the cerebellum dominates) on the crop."""
+    wobble = smooth_noise(rng, axes, 38.0) * np.float32(rng.uniform(0.03, 0.06))
     # Depth below the surface of the union of the parts = max of the parts' depths. The smaller parts
     # are evaluated only on their own boxes inside the crop.
-    cerebrum = (np.where(axes[0] < ck, cerebrum_below, cerebrum_semi[0]), cerebrum_semi[1], cerebrum_semi[2])
-    crop_depth = ellipsoid_depth(axes, parts[0][0], cerebrum, wobble)
+    ck = outline.centre[0]
+    semi = outline.cerebrum_semi
+    cerebrum = (np.where(axes[0] < ck, outline.cerebrum_below, semi[0]), semi[1], semi[2])
+    crop_depth = ellipsoid_depth(axes, outline.parts[0][0], cerebrum, wobble)
     cerebellum_crop = np.zeros_like(crop_depth)
-    for number, (centre, semi) in enumerate(parts[1:], start=1):
-        corner = _part_box(centre, semi, 1.08)
+    for number, (centre, part_semi) in enumerate(outline.parts[1:], start=1):
+        corner = _part_box(centre, part_semi, 1.08)
         sub = tuple(
             slice(int(np.searchsorted(ax, c0)), int(np.searchsorted(ax, c1)))
             for ax, c0, c1 in zip(axes, corner[0], corner[1], strict=True)
         )
         sub_axes: Axes = tuple(ax[b] for ax, b in zip(axes, sub, strict=True))  # type: ignore[assignment]
-        part_depth = ellipsoid_depth(sub_axes, centre, semi, wobble[sub])
+        part_depth = ellipsoid_depth(sub_axes, centre, part_semi, wobble[sub])
         if number == 3:  # cerebellum: remember where it dominates (for its grey-matter texture)
             cerebellum_crop[sub] = smoothstep(part_depth - crop_depth[sub], -2.0, 2.0)
         np.maximum(crop_depth[sub], part_depth, out=crop_depth[sub])
-    brain = crop_depth > 0
-    index = np.flatnonzero(brain)
-    depth = crop_depth.ravel()[index]
-    cerebellum = cerebellum_crop.ravel()[index]
-    del crop_depth, cerebellum_crop
-    voxel = np.unravel_index(index, brain.shape)
-    coords: Axes = tuple(ax.astype(np.float32)[v] for ax, v in zip(axes, voxel, strict=True))  # type: ignore[assignment]
-    z, h, j = coords
-    field = _VoxelSampler(rng, axes, index)
+    return crop_depth, cerebellum_crop
 
-    # Sulci: sheets running inward from the surface. A field on the sphere of directions from the
-    # cerebrum's centre is constant along each ray, so its zero set gives radial sheets (sulci between
-    # gyri); a little 3-D noise bends them, and they stop at a varying sulcal depth.
+
+def _sulci(
+    rng: np.random.Generator, field: _VoxelSampler, coords: Axes, depth: np.ndarray, outline: _BrainShape
+) -> _Sulci:
+    """Sheets running inward from the surface, filled with CSF.
+
+    A field on the sphere of directions from the cerebrum's centre is constant along each ray, so its
+    zero set gives radial sheets (sulci between gyri); a little 3-D noise bends them, and they stop at a
+    varying sulcal depth.
+    """
+    u = rng.uniform
     sphere_mm = 70.0
-    ellipsoidal = [(c - c0) / s0 for c, c0, s0 in zip(coords, (ck, ci, cj), cerebrum_semi, strict=True)]
+    ellipsoidal = [
+        (c - c0) / s0 for c, c0, s0 in zip(coords, outline.centre, outline.cerebrum_semi, strict=True)
+    ]
     norm = np.sqrt(sum(e * e for e in ellipsoidal)) + np.float32(1e-3)
     directions = tuple(np.float32(sphere_mm) * e / norm for e in ellipsoidal)
     sulcus_field = noise_at_points(rng, directions, u(5.0, 7.5))  # type: ignore[arg-type]
@@ -245,39 +281,82 @@ def make_anatomy(rng: np.random.Generator, shape: tuple[int, int, int]) -> Anato
     np.abs(sulcus_field, out=sulcus_field)
     sulcal_depth = u(12.0, 24.0) + 4.0 * field.noise(25.0)
     width = u(0.06, 0.14)
-    csf_sulci = smoothstep(sulcus_field, width, 0.4 * width) * smoothstep(
-        depth, sulcal_depth, sulcal_depth - 3.0
-    )
+    csf = smoothstep(sulcus_field, width, 0.4 * width) * smoothstep(depth, sulcal_depth, sulcal_depth - 3.0)
+    return _Sulci(sulcus_field, sulcal_depth, width, csf)
 
-    # Interhemispheric fissure: a wobbly CSF sheet at the midline above the corpus callosum and at the poles.
+
+def _fissure(
+    rng: np.random.Generator, field: _VoxelSampler, coords: Axes, centre: Centre, cerebellum: np.ndarray
+) -> np.ndarray:
+    """Interhemispheric fissure: a wobbly CSF sheet at the midline, above the corpus callosum and at
+    the poles."""
+    ck, ci, cj = centre
+    z, h, j = coords
     fissure_wobble = 1.5 * field.noise(30.0)
-    half_width = u(0.7, 1.8)
+    half_width = rng.uniform(0.7, 1.8)
     fissure_zone = np.maximum(smoothstep(z, ck + 14, ck + 22), smoothstep(np.abs(j - cj), 40.0, 48.0))
     fissure_zone *= 1.0 - cerebellum
-    csf_fissure = (
-        smoothstep(np.abs(h - ci - fissure_wobble), half_width + 0.5, half_width - 0.5) * fissure_zone
-    )
+    return smoothstep(np.abs(h - ci - fissure_wobble), half_width + 0.5, half_width - 0.5) * fissure_zone
 
-    # Subarachnoid CSF left on the surface by skull stripping: 0-2 mm, patchy.
-    outer = u(-0.5, 1.8) + 0.8 * field.noise(20.0)
-    csf_outer = smoothstep(depth, outer + 0.6, outer - 0.6)
 
-    ventricle, periventricular = _ventricles(rng, field, coords, (ck, ci, cj), size)
-    csf = np.maximum.reduce([csf_outer, csf_sulci, csf_fissure, ventricle])
+def _outer_csf(rng: np.random.Generator, field: _VoxelSampler, depth: np.ndarray) -> np.ndarray:
+    """Subarachnoid CSF left on the surface by skull stripping: 0-2 mm, patchy."""
+    outer = rng.uniform(-0.5, 1.8) + 0.8 * field.noise(20.0)
+    return smoothstep(depth, outer + 0.6, outer - 0.6)
 
-    gm_thickness = u(2.5, 4.0) + 0.7 * field.noise(15.0)
+
+def _cortex(
+    rng: np.random.Generator,
+    field: _VoxelSampler,
+    depth: np.ndarray,
+    sulci: _Sulci,
+    cerebellum: np.ndarray,
+    csf: np.ndarray,
+) -> np.ndarray:
+    """Cortical grey matter: a surface layer, the banks of the sulci and the cerebellar cortex."""
+    gm_thickness = rng.uniform(2.5, 4.0) + 0.7 * field.noise(15.0)
     gm_surface = smoothstep(depth, gm_thickness + 0.7, gm_thickness - 0.7)
-    gm_sulci = smoothstep(sulcus_field, width + 0.5, width + 0.35) * smoothstep(
-        depth, sulcal_depth + 3.5, sulcal_depth + 1.5
+    gm_sulci = smoothstep(sulci.field, sulci.width + 0.5, sulci.width + 0.35) * smoothstep(
+        depth, sulci.depth + 3.5, sulci.depth + 1.5
     )
     # The cerebellar cortex is finely folded: mostly grey matter at this resolution.
     gm_cerebellum = cerebellum * smoothstep(field.noise(3.0), -0.9, -0.3)
-    gm = np.maximum.reduce([gm_surface, gm_sulci, gm_cerebellum]) * (1.0 - csf)
-    deep_gm = _deep_grey(field, coords, (ck, ci, cj), size) * (1.0 - csf) * (1.0 - gm)
+    return np.maximum.reduce([gm_surface, gm_sulci, gm_cerebellum]) * (1.0 - csf)
+
+
+def make_anatomy(rng: np.random.Generator, shape: tuple[int, int, int]) -> Anatomy:
+    """Draw a random healthy brain on a (D, H, W) grid spanning the BraTS field of view."""
+    # The order of the random draws below fixes every phantom of a seed: keep it when editing.
+    spacing = np.asarray(FULL_EXTENT_MM) / np.asarray(shape)
+    outline = _draw_brain_shape(rng)
+    centre = outline.centre
+    box, axes = _crop_to_parts(outline.parts, spacing, shape)
+    crop_depth, cerebellum_crop = _crop_depth(rng, axes, outline)
+    brain = crop_depth > 0
+    index = np.flatnonzero(brain)
+    depth = crop_depth.ravel()[index]
+    cerebellum = cerebellum_crop.ravel()[index]
+    del crop_depth, cerebellum_crop
+    voxel = np.unravel_index(index, brain.shape)
+    coords: Axes = tuple(ax.astype(np.float32)[v] for ax, v in zip(axes, voxel, strict=True))  # type: ignore[assignment]
+    field = _VoxelSampler(rng, axes, index)
+
+    sulci = _sulci(rng, field, coords, depth, outline)
+    csf_fissure = _fissure(rng, field, coords, centre, cerebellum)
+    csf_outer = _outer_csf(rng, field, depth)
+    ventricle, periventricular = _ventricles(rng, field, coords, centre, outline.size)
+    csf = np.maximum.reduce([csf_outer, sulci.csf, csf_fissure, ventricle])
+
+    gm = _cortex(rng, field, depth, sulci, cerebellum, csf)
+    deep_gm = _deep_grey(field, coords, centre, outline.size) * (1.0 - csf) * (1.0 - gm)
     wm = np.clip(1.0 - csf - gm - deep_gm, 0.0, 1.0)
 
-    vessel = _vessels(rng, field, coords, depth, (ck, ci, cj))
-    choroid = ventricle * smoothstep(field.noise(5.0), 0.6, 1.2) * smoothstep(j, cj - 5, cj + 8)
+    vessel = _vessels(rng, field, coords, depth, centre)
+    choroid = (
+        ventricle
+        * smoothstep(field.noise(5.0), 0.6, 1.2)
+        * smoothstep(coords[2], centre[2] - 5, centre[2] + 8)
+    )
 
     return Anatomy(
         box=box,
@@ -294,5 +373,5 @@ def make_anatomy(rng: np.random.Generator, shape: tuple[int, int, int]) -> Anato
         vessel=vessel,
         choroid=choroid,
         periventricular=periventricular,
-        midline_mm=ci,
+        midline_mm=centre[1],
     )

@@ -27,7 +27,13 @@ DEFAULT_MAX_COMPRESSION_RATIO: float = 1100.0
 DEFAULT_MAX_MEMBERS: int = 1000
 _CHUNK = 1 << 20
 _EXTRACT_ERRORS = (
-    zipfile.BadZipFile, zlib.error, lzma.LZMAError, OSError, EOFError, ValueError, NotImplementedError
+    zipfile.BadZipFile,
+    zlib.error,
+    lzma.LZMAError,
+    OSError,
+    EOFError,
+    ValueError,
+    NotImplementedError,
 )
 
 
@@ -72,6 +78,79 @@ def _check_member(zip_path: Path, info: zipfile.ZipInfo, max_ratio: float) -> No
         )
 
 
+def _open_archive(zip_path: Path) -> zipfile.ZipFile:
+    if zip_path.suffix.lower() != ".zip":
+        raise InputDataError(zip_path, f"wrong extension: expected a .zip file, got {zip_path.name!r}")
+    if not zip_path.is_file():
+        raise InputDataError(zip_path, "file does not exist")
+    if zip_path.stat().st_size == 0:
+        raise InputDataError(zip_path, "file is empty (0 bytes)")
+    try:
+        return zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
+        raise InputDataError(zip_path, f"not a readable zip archive: {exc}") from exc
+
+
+Plan = list[tuple[zipfile.ZipInfo, PurePosixPath]]  # the files to write and where, relative to dest
+
+
+def _plan_extraction(
+    zip_path: Path, archive: zipfile.ZipFile, max_bytes: int, max_ratio: float, max_members: int
+) -> Plan:
+    """Check every member from the central directory before anything is written."""
+    infos = archive.infolist()
+    if len(infos) > max_members:
+        raise InputDataError(zip_path, f"archive has {len(infos):,} members (limit {max_members:,})")
+    plan: Plan = []
+    seen: set[PurePosixPath] = set()
+    total = 0
+    for info in infos:
+        rel = _safe_member_path(zip_path, info)
+        _check_member(zip_path, info, max_ratio)
+        if info.is_dir() or _is_ignorable(info.filename):
+            continue
+        if rel in seen:
+            raise InputDataError(zip_path, f"member {info.filename!r} appears twice")
+        seen.add(rel)
+        total += info.file_size
+        if total > max_bytes:
+            raise InputDataError(
+                zip_path, f"uncompressed size exceeds the limit of {max_bytes:,} bytes (zip bomb?)"
+            )
+        plan.append((info, rel))
+    return plan
+
+
+def _copy_member(
+    zip_path: Path,
+    archive: zipfile.ZipFile,
+    info: zipfile.ZipInfo,
+    target: Path,
+    written: int,
+    max_bytes: int,
+) -> int:
+    """Stream one member to ``target``; returns ``written`` plus its bytes (the running archive total)."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with archive.open(info) as src, open(target, "wb") as out:
+            member_bytes = 0
+            while chunk := src.read(_CHUNK):
+                member_bytes += len(chunk)
+                written += len(chunk)
+                # Declared sizes are only claims: stop as soon as the real stream exceeds them.
+                if member_bytes > info.file_size or written > max_bytes:
+                    raise InputDataError(
+                        zip_path, f"member {info.filename!r} inflates beyond its declared size (zip bomb?)"
+                    )
+                out.write(chunk)
+    except InputDataError:
+        raise
+    except _EXTRACT_ERRORS as exc:
+        problem = f"member {info.filename!r} cannot be extracted: {exc}"
+        raise InputDataError(zip_path, problem) from exc
+    return written
+
+
 def safe_extract(
     zip_path: str | Path,
     dest: str | Path,
@@ -88,63 +167,13 @@ def safe_extract(
     """
     zip_path = Path(zip_path)
     dest = Path(dest)
-    if zip_path.suffix.lower() != ".zip":
-        raise InputDataError(zip_path, f"wrong extension: expected a .zip file, got {zip_path.name!r}")
-    if not zip_path.is_file():
-        raise InputDataError(zip_path, "file does not exist")
-    if zip_path.stat().st_size == 0:
-        raise InputDataError(zip_path, "file is empty (0 bytes)")
-    try:
-        archive = zipfile.ZipFile(zip_path)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
-        raise InputDataError(zip_path, f"not a readable zip archive: {exc}") from exc
-
-    with archive:
-        infos = archive.infolist()
-        if len(infos) > max_members:
-            raise InputDataError(zip_path, f"archive has {len(infos):,} members (limit {max_members:,})")
-        plan: list[tuple[zipfile.ZipInfo, PurePosixPath]] = []
-        seen: set[PurePosixPath] = set()
-        total = 0
-        for info in infos:
-            rel = _safe_member_path(zip_path, info)
-            _check_member(zip_path, info, max_compression_ratio)
-            if info.is_dir() or _is_ignorable(info.filename):
-                continue
-            if rel in seen:
-                raise InputDataError(zip_path, f"member {info.filename!r} appears twice")
-            seen.add(rel)
-            total += info.file_size
-            if total > max_uncompressed_bytes:
-                raise InputDataError(
-                    zip_path,
-                    f"uncompressed size exceeds the limit of {max_uncompressed_bytes:,} bytes (zip bomb?)",
-                )
-            plan.append((info, rel))
-
+    with _open_archive(zip_path) as archive:
+        plan = _plan_extraction(zip_path, archive, max_uncompressed_bytes, max_compression_ratio, max_members)
         written = 0
         extracted: list[Path] = []
         for info, rel in plan:
             target = dest.joinpath(*rel.parts)
-            try:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with archive.open(info) as src, open(target, "wb") as out:
-                    member_bytes = 0
-                    while chunk := src.read(_CHUNK):
-                        member_bytes += len(chunk)
-                        written += len(chunk)
-                        # Declared sizes are only claims: stop as soon as the real stream exceeds them.
-                        if member_bytes > info.file_size or written > max_uncompressed_bytes:
-                            raise InputDataError(
-                                zip_path,
-                                f"member {info.filename!r} inflates beyond its declared size (zip bomb?)",
-                            )
-                        out.write(chunk)
-            except InputDataError:
-                raise
-            except _EXTRACT_ERRORS as exc:
-                problem = f"member {info.filename!r} cannot be extracted: {exc}"
-                raise InputDataError(zip_path, problem) from exc
+            written = _copy_member(zip_path, archive, info, target, written, max_uncompressed_bytes)
             extracted.append(target)
         logger.debug("extracted %d files (%d bytes) from %s", len(extracted), written, zip_path)
         return extracted
