@@ -8,9 +8,13 @@ Research demo: not for clinical use.
 
 from __future__ import annotations
 
+import os
+
 import streamlit as st
 
 from medvision.app_support import catalog
+from medvision.app_support.job_limits import limits_from_env
+from medvision.app_support.plain_text import code, plain
 from medvision.app_support.workspace import PathNotAllowedError, settings_from_env
 from medvision.errors import MedVisionError
 
@@ -21,10 +25,13 @@ SOURCE_SERVER = "Folder or store on the server"
 
 try:
     settings = settings_from_env()
+    job_limits = limits_from_env(os.environ, settings.workspace.home)
 except ValueError as error:  # a mistyped MEDVISION_* variable: say which, do not show a traceback
-    st.error(f"MedVision settings are invalid: {error}")
+    st.error(f"MedVision settings are invalid: {plain(error)}")
     st.stop()
 st.session_state["mv_settings"] = settings
+# Shared by every session: how many training runs and prepares may run at once on this workspace.
+st.session_state["mv_job_limits"] = job_limits
 
 
 def _demo_source() -> catalog.DataSource:
@@ -45,29 +52,34 @@ def _demo_source() -> catalog.DataSource:
 def _server_source(path_text: str) -> catalog.DataSource | None:
     """A confined server folder or store; a folder is prepared into a store by a background process."""
     from medvision.app_support import launcher
+    from medvision.app_support.failure_summary import failure_summary, shorten_paths
     from medvision.app_support.workspace import confine
 
     try:
         path = confine(path_text, settings.data_roots)
         source = catalog.server_source(path, settings.workspace.ensure())
     except PathNotAllowedError as error:
-        st.sidebar.error(f"Path refused: {error}")
+        st.sidebar.error(f"Path refused: {plain(error)}")
         return None
     if catalog.is_ready(source):
         return source
     job_dir = launcher.prepare_dir(source.store)
     if not launcher.is_busy(job_dir):
         if st.session_state.get("mv_prepare_started") == str(source.store):
-            # The process ended without a store: show why, offer another try.
-            st.sidebar.error(f"Preparing {path.name} failed:\n\n{launcher.launch_log_tail(job_dir, 6)}")
+            # The process ended without a store: say why in one line, the output on request.
+            output = launcher.launch_log_tail(job_dir, 20)
+            reason = failure_summary(output, settings.workspace.home)
+            st.sidebar.error(f"Preparing {plain(path.name)} failed: {plain(reason)}")
+            with st.sidebar.expander("Output of the prepare process"):
+                st.code(shorten_paths(output, settings.workspace.home), language="text")
             if st.sidebar.button("Try again", key="prepare_retry"):
                 st.session_state.pop("mv_prepare_started", None)
                 st.rerun()
             return None
         try:
-            launcher.start_prepare(path, source.store)
+            launcher.start_prepare(path, source.store, limits=job_limits)
         except MedVisionError as error:
-            st.sidebar.error(f"Cannot prepare {path}: {error}")
+            st.sidebar.error(f"Cannot prepare {plain(path.name)}: {plain(error)}")
             return None
         st.session_state["mv_prepare_started"] = str(source.store)
 
@@ -76,7 +88,7 @@ def _server_source(path_text: str) -> catalog.DataSource | None:
         if not launcher.is_busy(job_dir):
             st.rerun()
         st.info(
-            f"Preparing {path.name} into a slice store (crop to brain, z-score)… this runs in the "
+            f"Preparing {plain(path.name)} into a slice store (crop to brain, z-score)… this runs in the "
             "background; large datasets take minutes.",
             icon=":material/hourglass_top:",
         )
@@ -91,7 +103,7 @@ with st.sidebar:
     kind = st.radio("Data source", (SOURCE_DEMO, SOURCE_SERVER), key="source_kind")
     source: catalog.DataSource | None
     if kind == SOURCE_SERVER:
-        roots = ", ".join(str(r) for r in settings.data_roots)
+        roots = plain(", ".join(str(r) for r in settings.data_roots))
         st.text_input(
             "Server path (BraTS folder, case folder or prepared store)",
             key="server_path",
@@ -112,7 +124,7 @@ with st.sidebar:
     else:
         st.caption("No model yet: train one on the Train page.")
         model = None
-    st.caption(f"Workspace: `{settings.workspace.home}`")
+    st.caption(f"Workspace: {code(settings.workspace.home)}")
 
 if kind == SOURCE_DEMO:
     source = _demo_source()

@@ -4,6 +4,11 @@ No pickle is involved anywhere, so loading a checkpoint cannot run code. Writes 
 written to a temporary file in the same folder and moved into place with ``os.replace``; the weights go
 first and the metadata last, and the metadata records the weights' SHA-256, so a pair left mismatched by a
 crash between the two moves (or by copying files around) is detected on load instead of used silently.
+
+The metadata may come from anyone (a file dropped into the workspace), so its model config is held to
+``MODEL_LIMITS`` when read, and on load the model is first built on PyTorch's ``meta`` device (shapes only,
+no memory) and compared with the tensors in the weights file: a forged ``"base_filters": 2048`` is refused
+before the gigabytes it asks for are allocated.
 """
 
 from __future__ import annotations
@@ -37,6 +42,14 @@ RESERVED_KEYS: tuple[str, ...] = ("format", "version", "model", "weights_file", 
 WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "_orig_mod.")
 # The weights the metadata on disk describes, kept while a new pair is moved into place (see save_checkpoint).
 PREVIOUS_SUFFIX = ".prev"
+# Sane bounds (inclusive) for the architecture numbers of a checkpoint's model config. The presets use 16-32
+# base filters and depth 4; 128 and 6 leave room for bigger models (~300 M parameters at most).
+MODEL_LIMITS: dict[str, tuple[int, int]] = {
+    "in_channels": (1, 16),
+    "out_channels": (1, 16),
+    "base_filters": (1, 128),
+    "depth": (1, 6),
+}
 
 
 def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
@@ -67,7 +80,7 @@ def strip_wrapper_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Te
             changed = False
             for prefix in WRAPPER_PREFIXES:
                 if key.startswith(prefix):
-                    key, changed = key[len(prefix):], True
+                    key, changed = key[len(prefix) :], True
         cleaned[key] = value
     return cleaned
 
@@ -170,7 +183,7 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(meta_path, f"cannot read checkpoint metadata as JSON ({exc})") from exc
     if not isinstance(record, dict) or record.get("format") != FORMAT:
-        raise CheckpointError(meta_path, f"not a MedVision checkpoint (no \"format\": \"{FORMAT}\")")
+        raise CheckpointError(meta_path, f'not a MedVision checkpoint (no "format": "{FORMAT}")')
     version = record.get("version")
     if version != VERSION:
         raise CheckpointError(
@@ -178,7 +191,35 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
         )
     if not isinstance(record.get("model"), dict) or not isinstance(record.get("weights_sha256"), str):
         raise CheckpointError(meta_path, "checkpoint metadata lacks the model config or the weights checksum")
+    _check_model_limits(meta_path, record["model"])
     return record
+
+
+def _check_model_limits(meta_path: Path, config: dict[str, Any]) -> None:
+    """Refuse architecture numbers outside ``MODEL_LIMITS`` (the model's own checks cover the rest)."""
+    for key, (low, high) in MODEL_LIMITS.items():
+        if key not in config:
+            continue
+        value = config[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise CheckpointError(
+                meta_path, f"invalid model config in metadata: {key}={value!r} is outside {low}..{high}"
+            )
+
+
+def _check_weights_fit(weights_path: Path, config: dict[str, Any], state: dict[str, torch.Tensor]) -> None:
+    """Compare the tensors with the model ``config`` describes, built on the meta device (no memory)."""
+    try:
+        with torch.device("meta"):
+            shapes = {k: tuple(v.shape) for k, v in build_model(config).state_dict().items()}
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(weights_path, f"invalid model config in metadata ({exc})") from exc
+    stored = {k: tuple(v.shape) for k, v in state.items()}
+    if stored != shapes:
+        missing, extra = sorted(set(shapes) - set(stored)), sorted(set(stored) - set(shapes))
+        wrong = sorted(k for k in set(shapes) & set(stored) if shapes[k] != stored[k])
+        detail = f"missing {missing[:3]}, unexpected {extra[:3]}, other shapes for {wrong[:3]}"
+        raise CheckpointError(weights_path, f"weights do not fit the model {config} ({detail})")
 
 
 def load_checkpoint(
@@ -201,24 +242,30 @@ def load_checkpoint(
         previous = _previous_path(weights_path)
         older = previous.read_bytes() if previous.is_file() else b""
         if older and hashlib.sha256(older).hexdigest() == record["weights_sha256"]:
-            logger.warning("%s: its last save was interrupted; loading the earlier weights its metadata "
-                           "describes (%s)", weights_path, previous.name)
+            logger.warning(
+                "%s: its last save was interrupted; loading the earlier weights its metadata describes (%s)",
+                weights_path,
+                previous.name,
+            )
             data = older
     if hashlib.sha256(data).hexdigest() != record["weights_sha256"]:
         raise CheckpointError(
-            weights_path, "weights do not match their metadata (checksum differs: truncated, corrupt, or "
-            "from another save)"
+            weights_path,
+            "weights do not match their metadata (checksum differs: truncated, corrupt, or "
+            "from another save)",
         )
     try:
         state = load_safetensors_bytes(data)
     except Exception as exc:  # safetensors raises its own SafetensorError (and others) on corrupt input
         raise CheckpointError(weights_path, f"corrupt safetensors file ({exc})") from exc
+    state = strip_wrapper_prefixes(state)
+    _check_weights_fit(weights_path, record["model"], state)
     try:
         model = build_model(record["model"])
     except (TypeError, ValueError) as exc:
         raise CheckpointError(weights_path, f"invalid model config in metadata ({exc})") from exc
     try:
-        model.load_state_dict(strip_wrapper_prefixes(state), strict=True)
+        model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         problem = f"weights do not fit the model {record['model']} ({exc})"
         raise CheckpointError(weights_path, problem) from exc

@@ -21,6 +21,23 @@ class InputDataError(MedVisionError, ValueError):
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
 
+    def __reduce__(self) -> tuple:
+        # Rebuilt from (path, problem), so the error survives the trip back from a worker process.
+        return (type(self), (self.path, self.problem))
+
+
+class PathNotAllowedError(InputDataError):
+    """A path lies outside the folders MedVision may read, or cannot be checked; the message names the path
+    as it was typed or listed, never where a symbolic link in it leads."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        super().__init__(path, problem)
+        if not self.path:  # nothing was typed: the problem alone is the message
+            self.args = (problem,)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
 
 class CheckpointError(MedVisionError):
     """A checkpoint is missing, corrupt, or not a MedVision checkpoint."""
@@ -29,6 +46,9 @@ class CheckpointError(MedVisionError):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.path, self.problem))
 
 
 class RunBusyError(MedVisionError):

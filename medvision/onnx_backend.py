@@ -7,6 +7,12 @@ memory and nothing is written to disk.
 Export needs the ``onnx`` package and running needs ``onnxruntime``; :func:`load_onnx_runner` returns
 None (with one log line) when either is missing or anything fails, and the caller stays on PyTorch.
 Only plain deterministic forward passes go through here: MC dropout and attention maps need PyTorch.
+
+ONNX Runtime's telemetry is switched off before the library is first imported (:func:`_import_onnxruntime`):
+besides sending usage events, its Linux builds write a device id and an event cache to
+``~/.cache/Microsoft/DeveloperTools/.onnxruntime/`` when a session starts, outside the app's workspace. The
+library reads ``ORT_DISABLE_TELEMETRY`` once, when it loads; ``disable_telemetry_events()`` afterwards
+comes too late to stop those files.
 """
 
 from __future__ import annotations
@@ -14,9 +20,11 @@ from __future__ import annotations
 import io
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,6 +34,17 @@ from medvision.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
+
+def _import_onnxruntime() -> Any:
+    """``onnxruntime``, imported with its telemetry off (see the module docstring)."""
+    if "onnxruntime" not in sys.modules:
+        os.environ["ORT_DISABLE_TELEMETRY"] = "1"
+    elif os.environ.get("ORT_DISABLE_TELEMETRY") != "1":
+        logger.debug("onnxruntime was imported before its telemetry could be switched off")
+    import onnxruntime as ort  # optional dependency: imported only when this backend is used
+
+    ort.disable_telemetry_events()
+    return ort
 
 
 def user_cache_dir(env: Mapping[str, str] | None = None) -> Path:
@@ -55,8 +74,7 @@ class OnnxRunner:
     """Runs an exported model: ``runner(x (B, C, H, W) float32 ndarray) -> logits (B, T, H, W) ndarray``."""
 
     def __init__(self, onnx_model: Path | bytes, threads: int) -> None:
-        import onnxruntime as ort  # optional dependency: imported only when this backend is used
-
+        ort = _import_onnxruntime()
         options = ort.SessionOptions()
         options.intra_op_num_threads = max(int(threads), 1)
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from medvision.app_support import explore
+from medvision.app_support.plain_text import code, plain, plotly_text
 from medvision.data.store import SliceStore
 from medvision.eda import compute_eda, load_sample
 
@@ -42,7 +43,8 @@ table = _frame(store_path, fingerprint)
 report = _report(store_path, fingerprint, str(settings.workspace.cache / "eda"))
 
 st.caption(
-    f"{source.label} · {report['n_cases']} cases · {report['n_slices']} brain slices · store `{store_path}`"
+    f"{plain(source.label)} · {report['n_cases']} cases · {report['n_slices']} brain slices · "
+    f"store {code(store_path)}"
 )
 
 left, right = st.columns(2)
@@ -75,6 +77,8 @@ if view.empty:
     st.stop()
 
 numbers = explore.headline(view, region)
+# Case ids become tick and hover labels, where Plotly renders HTML tags: the figures get escaped ids.
+shown = view.assign(case_id=view["case_id"].map(plotly_text))
 c1, c2, c3, c4 = st.columns(4)
 c1.metric("Patients", numbers["cases"])
 c2.metric("Brain slices", numbers["slices"])
@@ -82,14 +86,14 @@ c3.metric(f"Slices with {region}", numbers["tumour_slices"])
 c4.metric(f"Small {region} slices (< {explore.SMALL_TUMOUR_PIXELS} px)", numbers["small_slices"])
 
 a, b = st.columns(2)
-a.plotly_chart(explore.tumour_vs_healthy_figure(view, region), key="eda_fig_balance_slices")
-b.plotly_chart(explore.size_figure(view, region), key="eda_fig_sizes")
+a.plotly_chart(explore.tumour_vs_healthy_figure(shown, region), key="eda_fig_balance_slices")
+b.plotly_chart(explore.size_figure(shown, region), key="eda_fig_sizes")
 a, b = st.columns(2)
-a.plotly_chart(explore.probability_figure(view, region), key="eda_fig_probability")
-b.plotly_chart(explore.slices_per_patient_figure(view, region), key="eda_fig_per_patient")
+a.plotly_chart(explore.probability_figure(shown, region), key="eda_fig_probability")
+b.plotly_chart(explore.slices_per_patient_figure(shown, region), key="eda_fig_per_patient")
 a, b = st.columns(2)
-a.plotly_chart(explore.volume_figure(view), key="eda_fig_volumes")
-b.plotly_chart(explore.class_balance_figure(view), key="eda_fig_class_balance")
+a.plotly_chart(explore.volume_figure(shown), key="eda_fig_volumes")
+b.plotly_chart(explore.class_balance_figure(shown), key="eda_fig_class_balance")
 st.plotly_chart(explore.intensity_figure(report), key="eda_fig_intensity")
 st.caption(
     "Intensity histograms cover all cases. If a channel's shape does not match its name (FLAIR and T2 bright "
@@ -109,7 +113,7 @@ else:
     for i, (case_id, k) in enumerate(picks):
         columns[i % len(columns)].image(
             _tile(store_path, fingerprint, case_id, k, modality),
-            caption=f"{case_id} · slice {k}",
+            caption=f"{plain(case_id)} · slice {k}",
             width="stretch",
         )
     st.caption("Overlay colours: NCR/NET red, ED yellow, ET blue.")

@@ -6,8 +6,9 @@ import pandas as pd
 import streamlit as st
 
 from medvision.app_support import catalog, figures
+from medvision.app_support.plain_text import code, plain
 from medvision.errors import MedVisionError
-from medvision.train.rundir import read_metrics
+from medvision.train.rundir import epochs_summary, read_metrics
 
 st.title("Models")
 settings = st.session_state.get("mv_settings")
@@ -19,17 +20,19 @@ if settings is None or model is None:
 try:
     meta = catalog.model_meta(model)
 except MedVisionError as error:
-    st.error(f"Cannot read the checkpoint {model.checkpoint}: {error}")
+    st.error(f"Cannot read the checkpoint {plain(model.checkpoint.name)}: {plain(error)}")
     st.stop()
 
-st.subheader(model.label)
-st.caption(f"`{model.checkpoint}`")
+# Labels, metadata values and keys come from checkpoint files in the workspace: shown as plain text.
+st.subheader(plain(model.label))
+st.caption(code(model.checkpoint))
 summary = catalog.summary_fields(meta)
 architecture = meta.get("model", {})
 c1, c2, c3, c4 = st.columns(4)
-c1.metric("Target", str(meta.get("target", "–")))
-c2.metric("Preset", str(meta.get("preset") or meta.get("train_config", {}).get("preset", "–")))
-c3.metric("Epochs trained", str(meta.get("epoch", "–")))
+train_config = meta.get("train_config") if isinstance(meta.get("train_config"), dict) else {}
+c1.metric("Target", plain(meta.get("target", "–")))
+c2.metric("Preset", plain(meta.get("preset") or train_config.get("preset", "–")))
+c3.metric("Epochs trained", plain(epochs_summary(meta)))
 best = meta.get("best_val_mean_dice")
 val = meta.get("val") if isinstance(meta.get("val"), dict) else None
 # The best mean is this checkpoint's own validation only when it is the best checkpoint.
@@ -41,14 +44,17 @@ c4.metric(
 )
 if best_empty:
     st.caption(
-        f"The best mean includes {', '.join(best_empty)} at 1.000 without any such tumour in the "
+        f"The best mean includes {plain(', '.join(best_empty))} at 1.000 without any such tumour in the "
         "validation data: see Metrics below."
     )
 
 card = catalog.model_card_text(model, settings)
 if card:
     with st.expander("Model card", expanded=True):
-        st.markdown(card)
+        if model.checkpoint == settings.demo_checkpoint:
+            st.markdown(card)  # the card shipped with the repository's demo checkpoint
+        else:  # any other card is the workspace's: its text, never its links or images
+            st.code(card, language="markdown", wrap_lines=True)
 
 tables = catalog.metric_tables(meta)
 note = catalog.validation_note(meta)
@@ -59,9 +65,9 @@ if tables:
         pretty = " / ".join(
             names.get(part, part.replace("_", " ").capitalize()) for part in title.split(" / ")
         )
-        st.markdown(f"**{pretty}**")
+        st.markdown(f"**{plain(pretty)}**")
         if title == "val" and note:
-            st.caption(note)
+            st.caption(note)  # built from integers of the metadata only
         st.dataframe(pd.DataFrame(rows).T.style.format(precision=3, na_rep="–"))
         empty = figures.empty_regions(rows)
         if empty:
@@ -90,7 +96,7 @@ if run_dir is None:
     st.stop()
 metrics = read_metrics(run_dir)
 st.subheader("Training curves")
-st.caption(f"From `{run_dir}/metrics.jsonl`")
+st.caption(f"From {code(run_dir / 'metrics.jsonl')}")
 a, b = st.columns(2)
 a.plotly_chart(figures.loss_figure(metrics), key="models_fig_loss")
 b.plotly_chart(figures.dice_figure(metrics), key="models_fig_dice")

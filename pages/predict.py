@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 import pandas as pd
 import streamlit as st
 
 from medvision.app_support import figures, mesh, render, viewer
 from medvision.app_support.catalog import CaseChoice, case_choices
-from medvision.app_support.uploads import UploadedFile, case_from_uploads
+from medvision.app_support.plain_text import plain
+from medvision.app_support.session_life import current_session_alive
+from medvision.app_support.uploads import case_from_uploads, streamed_upload
 from medvision.data.case import MODALITIES
 from medvision.errors import MedVisionError
 from medvision.inference import Predictor
@@ -76,12 +79,12 @@ if mode == INPUT_UPLOAD:
         try:
             with st.spinner("Reading the upload…"):
                 uploaded_case = case_from_uploads(
-                    [UploadedFile(f.name, f.getvalue()) for f in uploads],
+                    [streamed_upload(f) for f in uploads],  # sizes checked before any byte is copied
                     settings.workspace.uploads,
                     max_bytes=settings.max_upload_mb * 1_000_000,
                 )
         except MedVisionError as error:
-            st.error(f"Cannot use this upload — {error}")
+            st.error(f"Cannot use this upload — {plain(error)}")
             st.stop()
         st.session_state["predict_upload_case"] = (upload_key, uploaded_case)
     case_key, case = st.session_state["predict_upload_case"]
@@ -92,7 +95,7 @@ else:
     try:
         choices = _choices(source.label, str(source.store), str(source.cases_root), source)
     except MedVisionError as error:
-        st.error(f"Cannot list the cases of {source.label}: {error}")
+        st.error(f"Cannot list the cases of {plain(source.label)}: {plain(error)}")
         st.stop()
     if not choices:
         st.info("This data source has no cases.")
@@ -104,7 +107,7 @@ else:
     try:
         case = _case(chosen.key, chosen)
     except MedVisionError as error:
-        st.error(f"Cannot read case {chosen.case_id}: {error}")
+        st.error(f"Cannot read case {plain(chosen.case_id)}: {plain(error)}")
         st.stop()
     case_key = chosen.key
 
@@ -113,7 +116,7 @@ try:
         str(model.checkpoint), model.checkpoint.stat().st_mtime_ns, str(settings.workspace.cache / "onnx")
     )
 except (MedVisionError, OSError) as error:
-    st.error(f"Cannot load the model {model.label}: {error}")
+    st.error(f"Cannot load the model {plain(model.label)}: {plain(error)}")
     st.stop()
 model_key = f"{model.checkpoint}:{predictor.checkpoint_hash[:12]}"
 
@@ -126,7 +129,7 @@ if st.session_state.get("predict_active") != active:
     for stale in ("predict_mc_job", "predict_derived"):
         st.session_state.pop(stale, None)
     st.session_state["predict_active"] = active
-    st.session_state["predict_job"] = VolumeJob(predictor, case).start()
+    st.session_state["predict_job"] = VolumeJob(predictor, case, still_wanted=current_session_alive()).start()
     st.session_state["predict_derived"] = {}
     start = (case.shape[0] // 2, case.shape[2] // 2, case.shape[1] // 2)
     if case.label is not None and (case.label > 0).any():
@@ -136,6 +139,9 @@ if st.session_state.get("predict_active") != active:
         st.session_state[f"view_slice_{view}"] = index
 derived: dict = st.session_state["predict_derived"]
 job: VolumeJob = st.session_state["predict_job"]
+if job.state == "cancelled":  # its session went away (a closed tab) and has come back: predict again
+    job = VolumeJob(predictor, case, still_wanted=current_session_alive()).start()
+    st.session_state["predict_job"] = job
 if "windows" not in derived:
     derived["windows"] = viewer.auto_windows(case)
 windows = derived["windows"]
@@ -143,9 +149,9 @@ windows = derived["windows"]
 spacing_text = " × ".join(f"{s:.2f}" for s in case.spacing)
 truth_text = "with" if case.label is not None else "no"
 st.caption(
-    f"Case **{case.case_id}** · {case.shape[0]}×{case.shape[1]}×{case.shape[2]} voxels · spacing "
+    f"Case **{plain(case.case_id)}** · {case.shape[0]}×{case.shape[1]}×{case.shape[2]} voxels · spacing "
     f"{spacing_text} mm · {truth_text} ground truth · "
-    f"model: {model.label} ({predictor.target}, {predictor.device})"
+    f"model: {plain(model.label)} ({predictor.target}, {predictor.device})"
 )
 
 if not job.finished:
@@ -162,7 +168,7 @@ if not job.finished:
 
     _volume_progress()
 elif job.state == "failed":
-    st.error(f"Whole-volume prediction failed: {job.error}")
+    st.error(f"Whole-volume prediction failed: {plain(job.error)}")
 result = job.result if job.state == "done" else None
 
 
@@ -178,12 +184,27 @@ def _auto_window() -> None:
     st.session_state["view_level"], st.session_state["view_width"] = float(w.level), float(w.width)
 
 
-@st.fragment
-def _viewer() -> None:
+@dataclass(frozen=True)
+class _Shown:
+    """What the viewer draws: one slice of one view, in one modality and window, with these labels."""
+
+    view: str
+    index: int
+    modality: str
+    window: render.Window
+    labels: list[int]
+    opacity: float
+
+
+def _keep_slice_state() -> None:
     for name in render.VIEWS:
         # Keep each view's slice while another view's slider is shown (unrendered widget state is dropped).
         if f"view_slice_{name}" in st.session_state:
             st.session_state[f"view_slice_{name}"] = st.session_state[f"view_slice_{name}"]
+
+
+def _plane_and_overlay() -> tuple[str, str, list[int], float]:
+    """(view, modality, labels shown, overlay opacity) from the viewer's top row."""
     c1, c2, c3 = st.columns([2, 2, 3])
     view = c1.radio("View", render.VIEWS, key="view_plane", horizontal=True, format_func=str.capitalize)
     modality = c2.selectbox("Modality", MODALITIES, key="view_modality", format_func=str.upper)
@@ -194,6 +215,10 @@ def _viewer() -> None:
             if col.checkbox(text, value=True, key=key, help=meaning):
                 shown.append(value)
         opacity = float(toggles[3].slider("Opacity", 0.0, 1.0, value=0.45, key="view_opacity", step=0.05))
+    return view, modality, shown, opacity
+
+
+def _window_controls(modality: str) -> render.Window:
     if st.session_state.get("wl_for") != (case_key, modality) or "view_level" not in st.session_state:
         st.session_state["wl_for"] = (case_key, modality)
         _auto_window()
@@ -203,63 +228,83 @@ def _viewer() -> None:
         level = w1.slider("Level", lo, max(hi, lo + 1.0), key="view_level")
         width = w2.slider("Width", 1e-3, max(hi - lo, 1.0), key="view_width")
         w3.button("Auto", key="view_auto_window", on_click=_auto_window)
-    window = render.Window(level=float(level), width=float(width))
+    return render.Window(level=float(level), width=float(width))
 
-    n = render.view_shape(case.shape, view)
+
+def _slice_controls(view: str, n: int) -> int:
     s1, s2, s3 = st.columns([1, 12, 1])
     s1.button("◀", key="view_prev", on_click=_step, args=(view, -1), help="previous slice")
     index = s2.slider("Slice", 0, n - 1, key=f"view_slice_{view}", label_visibility="collapsed")
     s3.button("▶", key="view_next", on_click=_step, args=(view, 1), help="next slice")
+    return index
 
-    pixel_mm = render.pixel_spacing(case.spacing, view)
-    panels: list[tuple[str, object]] = []
+
+def _prediction_panel(s: _Shown) -> tuple[str, object]:
+    # Until the whole volume is done only the axial slice on screen can be predicted on its own.
     if result is not None:
-        pred_rgb = viewer.render_plane(
-            case, view, index, modality, window, result.label, labels_shown=shown, opacity=opacity
+        rgb = viewer.render_plane(
+            case,
+            s.view,
+            s.index,
+            s.modality,
+            s.window,
+            result.label,
+            labels_shown=s.labels,
+            opacity=s.opacity,
         )
-    elif view == "axial":
-        slice_pred = predictor.predict_slice(case, index)
-        pred_rgb = viewer.render_slice_label(
-            case, index, modality, window, slice_pred.label, labels_shown=shown, opacity=opacity
+    elif s.view == "axial":
+        slice_pred = predictor.predict_slice(case, s.index)
+        rgb = viewer.render_slice_label(
+            case, s.index, s.modality, s.window, slice_pred.label, labels_shown=s.labels, opacity=s.opacity
         )
     else:
-        pred_rgb = viewer.render_plane(case, view, index, modality, window, None)
+        rgb = viewer.render_plane(case, s.view, s.index, s.modality, s.window, None)
         st.caption("The overlay on coronal and sagittal views appears when the whole volume is predicted.")
-    panels.append(("Prediction", pred_rgb))
-    if case.label is not None:
-        panels.append(
-            (
-                "Ground truth",
-                viewer.render_plane(
-                    case, view, index, modality, window, case.label, labels_shown=shown, opacity=opacity
-                ),
-            )
+    return "Prediction", rgb
+
+
+def _truth_panels(s: _Shown) -> list[tuple[str, object]]:
+    """Ground truth and, once the volume is predicted, the error map (none for a case without truth)."""
+    if case.label is None:
+        return []
+    truth = viewer.render_plane(
+        case, s.view, s.index, s.modality, s.window, case.label, labels_shown=s.labels, opacity=s.opacity
+    )
+    panels: list[tuple[str, object]] = [("Ground truth", truth)]
+    if result is not None:
+        region = st.session_state.get("view_error_region", "WT")
+        error_rgb, counts = viewer.render_error(
+            case, s.view, s.index, s.modality, s.window, result.label, case.label, region
         )
-        if result is not None:
-            region = st.session_state.get("view_error_region", "WT")
-            error_rgb, counts = viewer.render_error(
-                case, view, index, modality, window, result.label, case.label, region
-            )
-            panels.append((f"Errors ({region}): FP {counts['FP']} · FN {counts['FN']}", error_rgb))
-    if st.session_state.get("view_attention"):
-        if view == "axial":
-            try:
-                attention = predictor.attention_map(case, index)
-                panels.append(
-                    ("Attention gate", viewer.render_attention(case, index, modality, window, attention))
-                )
-            except ValueError as error:
-                st.caption(f"No attention map: {error}")
-        else:
-            st.caption("The attention-gate map is shown on axial slices.")
+        panels.append((f"Errors ({region}): FP {counts['FP']} · FN {counts['FN']}", error_rgb))
+    return panels
+
+
+def _attention_panels(s: _Shown) -> list[tuple[str, object]]:
+    if not st.session_state.get("view_attention"):
+        return []
+    if s.view != "axial":
+        st.caption("The attention-gate map is shown on axial slices.")
+        return []
+    try:
+        attention = predictor.attention_map(case, s.index)
+        return [("Attention gate", viewer.render_attention(case, s.index, s.modality, s.window, attention))]
+    except ValueError as error:
+        st.caption(f"No attention map: {plain(error)}")
+        return []
+
+
+def _uncertainty_panels(s: _Shown) -> list[tuple[str, object]]:
     mc_job = st.session_state.get("predict_mc_job")
-    if st.session_state.get("view_uncertainty") and mc_job is not None and mc_job.state == "done":
-        panels.append(
-            (
-                "Uncertainty (MC dropout)",
-                viewer.render_map(case, view, index, modality, window, mc_job.result.uncertainty, vmax=0.5),
-            )
-        )
+    if not (st.session_state.get("view_uncertainty") and mc_job is not None and mc_job.state == "done"):
+        return []
+    uncertainty = viewer.render_map(
+        case, s.view, s.index, s.modality, s.window, mc_job.result.uncertainty, vmax=0.5
+    )
+    return [("Uncertainty (MC dropout)", uncertainty)]
+
+
+def _show_panels(panels: list[tuple[str, object]], pixel_mm: tuple[float, float]) -> None:
     columns = st.columns(len(panels))
     height = {1: 560, 2: 480, 3: 380}.get(len(panels), 300)  # panels get narrower as they multiply
     for column, (title, rgb) in zip(columns, panels, strict=True):
@@ -268,17 +313,38 @@ def _viewer() -> None:
             key=f"view_fig_{title.split()[0].lower()}",
             config={"displaylogo": False, "scrollZoom": True},
         )
+
+
+def _dice_strip(view: str, index: int) -> None:
+    if result is None or case.label is None:
+        return
+    key = ("dice_strip", view, st.session_state.get("view_error_region", "WT"))
+    if key not in derived:
+        derived[key] = viewer.per_slice_dice(result.label, case.label, view, key[2])
+    st.plotly_chart(
+        figures.dice_strip(derived[key], index), key="view_dice_strip", config={"displayModeBar": False}
+    )
+
+
+@st.fragment
+def _viewer() -> None:
+    _keep_slice_state()
+    view, modality, labels, opacity = _plane_and_overlay()
+    window = _window_controls(modality)
+    n = render.view_shape(case.shape, view)
+    index = _slice_controls(view, n)
+    shown = _Shown(view, index, modality, window, labels, opacity)
+
+    panels = [_prediction_panel(shown)]
+    panels += _truth_panels(shown)
+    panels += _attention_panels(shown)
+    panels += _uncertainty_panels(shown)
+    _show_panels(panels, render.pixel_spacing(case.spacing, view))
     st.caption(
         f"{view.capitalize()} slice {index} of {n - 1} · overlay: NCR/NET red, ED yellow, ET blue · "
         "errors: true positive green, false positive magenta, false negative cyan"
     )
-    if result is not None and case.label is not None:
-        key = ("dice_strip", view, st.session_state.get("view_error_region", "WT"))
-        if key not in derived:
-            derived[key] = viewer.per_slice_dice(result.label, case.label, view, key[2])
-        st.plotly_chart(
-            figures.dice_strip(derived[key], index), key="view_dice_strip", config={"displayModeBar": False}
-        )
+    _dice_strip(view, index)
 
 
 o1, o2, o3 = st.columns(3)
@@ -291,12 +357,15 @@ _viewer()
 # ------------------------------------------------------------------------------------- uncertainty
 if st.session_state.get("view_uncertainty"):
     mc_job = st.session_state.get("predict_mc_job")
+    if mc_job is not None and mc_job.state == "cancelled":  # its session went away: offer it again
+        st.session_state.pop("predict_mc_job")
+        mc_job = None
     u1, u2 = st.columns([1, 3])
     samples = u1.number_input("MC samples", min_value=2, max_value=30, value=6, key="predict_mc_samples")
     if mc_job is None:
         if u2.button("Estimate uncertainty", key="predict_mc_start"):
             st.session_state["predict_mc_job"] = VolumeJob(
-                predictor, case, mc_samples=int(samples), seed=0
+                predictor, case, mc_samples=int(samples), seed=0, still_wanted=current_session_alive()
             ).start()
             st.rerun()
     elif not mc_job.finished:
@@ -312,7 +381,7 @@ if st.session_state.get("view_uncertainty"):
 
         _mc_progress()
     elif mc_job.state == "failed":
-        st.error(f"Uncertainty estimation failed: {mc_job.error}")
+        st.error(f"Uncertainty estimation failed: {plain(mc_job.error)}")
     else:
         score = mc_job.result.uncertainty_score
         u2.metric(

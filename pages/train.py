@@ -8,6 +8,8 @@ import pandas as pd
 import streamlit as st
 
 from medvision.app_support import figures, launcher
+from medvision.app_support.failure_summary import failure_summary, shorten_paths
+from medvision.app_support.plain_text import code, plain
 from medvision.errors import MedVisionError
 from medvision.train.config import AMP_MODES, DEVICES, PRESETS, TARGETS, TrainConfig
 from medvision.train.rundir import read_metrics, read_status
@@ -19,6 +21,8 @@ if settings is None or source is None:
     st.info("Choose a data source in the sidebar to train on it.")
     st.stop()
 RUNS = settings.workspace.runs
+HOME = settings.workspace.home  # paths in logs and errors are shown relative to it
+LIMITS = st.session_state.get("mv_job_limits")  # shared caps on concurrent jobs (set by app.py)
 FIELDS = launcher.FORM_FIELDS
 OPTIONAL_ZERO = ("steps_per_epoch", "val_max_slices")  # 0 in the form means "not set" (None)
 
@@ -49,13 +53,13 @@ def _launch() -> None:
     name = st.session_state["train_run_name"]
     try:
         config = _form_config()
-        started = launcher.start_training(source.store, RUNS, name, config)
+        started = launcher.start_training(source.store, RUNS, name, config, limits=LIMITS)
     except ValueError as error:
-        st.session_state["train_flash"] = ("error", f"Invalid settings: {error}")
+        st.session_state["train_flash"] = ("error", f"Invalid settings: {plain(error)}")
     except MedVisionError as error:
-        st.session_state["train_flash"] = ("error", f"Not launched: {error}")
+        st.session_state["train_flash"] = ("error", f"Not launched: {plain(error)}")
     else:
-        st.session_state["train_flash"] = ("success", f"Started run {name} (process {started.pid}).")
+        st.session_state["train_flash"] = ("success", f"Started run {plain(name)} (process {started.pid}).")
         st.session_state["train_selected_run"] = name
         st.session_state["train_run_name"] = launcher.new_run_name()
 
@@ -66,29 +70,32 @@ def _stop(run_dir) -> None:
     starting = launcher.run_state(run_dir) == "starting"
     stopped = launcher.stop_training(run_dir)
     if not stopped:
-        st.session_state["train_run_flash"] = ("warning", f"{run_dir.name} is not running.")
+        st.session_state["train_run_flash"] = ("warning", f"{plain(run_dir.name)} is not running.")
     elif starting:
-        st.session_state["train_run_flash"] = ("info", f"Asked {run_dir.name} to stop while it was starting.")
+        st.session_state["train_run_flash"] = (
+            "info",
+            f"Asked {plain(run_dir.name)} to stop while it was starting.",
+        )
     else:
         st.session_state["train_run_flash"] = (
             "info",
-            f"Asked {run_dir.name} to stop: it finishes its step and saves a checkpoint.",
+            f"Asked {plain(run_dir.name)} to stop: it finishes its step and saves a checkpoint.",
         )
 
 
 def _resume(run_dir) -> None:
     try:
-        started = launcher.resume_training(run_dir)
+        started = launcher.resume_training(run_dir, limits=LIMITS)
     except MedVisionError as error:
-        st.session_state["train_run_flash"] = ("error", f"Not resumed: {error}")
+        st.session_state["train_run_flash"] = ("error", f"Not resumed: {plain(error)}")
     else:
         st.session_state["train_run_flash"] = (
             "success",
-            f"Resumed {run_dir.name} (process {started.pid}).",
+            f"Resumed {plain(run_dir.name)} (process {started.pid}).",
         )
 
 
-st.caption(f"Training data: {source.label} (`{source.store}`). Runs are saved in `{RUNS}`.")
+st.caption(f"Training data: {plain(source.label)} ({code(source.store)}). Runs are saved in {code(RUNS)}.")
 st.selectbox(
     "Preset",
     list(PRESETS),
@@ -152,27 +159,35 @@ def _best_text(run: launcher.AppRun) -> str:
 
 
 def _state_message(run: launcher.AppRun) -> None:
-    """What the user should know about how the run ended, and its output where that explains it."""
+    """What the user should know about how the run ended: one line, and its log behind an expander.
+
+    The trainer's message and log name server paths and end in a traceback: the line shows the
+    exception with paths relative to the workspace, the expander the log as plain text.
+    """
+    log_text = (
+        launcher.train_log_tail(run.path) if run.state in ("failed", "interrupted", "did not start") else ""
+    )
     if run.state == "failed":
-        st.error(f"Run failed: {run.error or 'see the log below'}")
+        reason = shorten_paths(run.error, HOME) if run.error else failure_summary(log_text, HOME)
+        st.error(f"Run failed: {plain(reason or 'see the log below')}")
     elif run.state == "interrupted":
         st.warning("The training process ended without saying why (killed?). Resume to continue.")
     elif run.state == "did not start":
-        code = launcher.exit_code(run.path)
+        exit_status = launcher.exit_code(run.path)
+        reason = failure_summary(launcher.launch_log_tail(run.path), HOME)
         st.error(
             "The training process ended before it started training"
-            + (f" (exit status {code})" if code is not None else "")
-            + ". Its output:"
+            + (f" (exit status {exit_status})" if exit_status is not None else "")
+            + (f": {plain(reason)}" if reason else ".")
         )
     elif run.state == "stopped":
         if launcher.can_resume(run.path):
             st.info(f"Stopped at step {run.step or 0}; Resume continues from its last checkpoint.")
         elif not launcher.has_checkpoint(run.path):
             st.info("Stopped before its first checkpoint; start a new run.")
-    if run.state in ("failed", "interrupted", "did not start"):
-        log_text = launcher.train_log_tail(run.path)
-        if log_text:
-            st.code(log_text, language="text")
+    if log_text:
+        with st.expander("Log of the run"):
+            st.code(shorten_paths(log_text, HOME), language="text")
 
 
 @st.fragment(run_every=2 if live_at_start else None)
@@ -205,8 +220,10 @@ def _monitor() -> None:
     status = read_status(run_dir) or {}
     metrics = read_metrics(run_dir)
     progress = figures.latest_progress(metrics, status)
-    device = f" · device `{status['device']}`" if status.get("device") and run.state != "starting" else ""
-    st.markdown(f"**Status:** {BADGES.get(run.state, ':material/hourglass_empty:')} `{run.label}`{device}")
+    device = f" · device {code(status['device'])}" if status.get("device") and run.state != "starting" else ""
+    st.markdown(
+        f"**Status:** {BADGES.get(run.state, ':material/hourglass_empty:')} {code(run.label)}{device}"
+    )
     text = run.label
     if run.state == "running":
         text += f" · ETA {figures.format_duration(progress['eta_s'])}"
@@ -219,12 +236,14 @@ def _monitor() -> None:
     m4.metric(
         "Best mean val Dice",
         f"{best_mean:.3f}" if best_mean is not None else "–",
-        help="best per region: " + ", ".join(f"{k} {v:.3f}" for k, v in best.items()) if best else None,
+        help="best per region: " + ", ".join(f"{plain(k)} {v:.3f}" for k, v in best.items())
+        if best
+        else None,
     )
     if progress["best_val"]:
         st.caption(
             f"Best validation (epoch {progress['best_epoch']}): "
-            + " · ".join(f"{k} {v:.3f}" for k, v in progress["best_val"].items())
+            + " · ".join(f"{plain(k)} {v:.3f}" for k, v in progress["best_val"].items())
         )
     if progress["best_empty"]:
         st.info(figures.empty_regions_note(progress["best_empty"]), icon=":material/info:")
@@ -240,13 +259,14 @@ def _monitor() -> None:
     if samples:
         st.image(
             str(samples[-1]),
-            caption=f"Sample predictions after {samples[-1].stem.replace('_', ' ')} (truth | prediction)",
+            caption=f"Sample predictions after {plain(samples[-1].stem.replace('_', ' '))} "
+            "(truth | prediction)",
             width=900,
         )
         if len(samples) > 1:
             with st.expander(f"Sample predictions of all {len(samples)} epochs"):
                 for path in reversed(samples):
-                    st.image(str(path), caption=path.stem.replace("_", " "), width=900)
+                    st.image(str(path), caption=plain(path.stem.replace("_", " ")), width=900)
 
     # Inside the fragment, so the list follows the runs live too.
     st.subheader("All runs")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,25 @@ def _keep_main_module():
     yield
     if main is not None:
         sys.modules["__main__"] = main
+
+
+@pytest.fixture()
+def slow_start(monkeypatch):
+    """Training launches start a process that writes nothing for a minute (a trainer still importing);
+    yields a list the test adds its run folders to, and stops those processes afterwards."""
+    from medvision.app_support import launcher
+
+    def command(store, run_dir, config, *, resume=False, python=sys.executable):
+        return [python, "-c", "import time; time.sleep(60)"]
+
+    monkeypatch.setattr(launcher, "train_command", command)
+    started: list[Path] = []
+    yield started
+    for run_dir in started:
+        deadline = time.time() + 20
+        while launcher.is_busy(run_dir) and time.time() < deadline:
+            launcher.stop_training(run_dir)
+            time.sleep(0.2)
 
 
 # Skip policy --------------------------------------------------------------------------------------------

@@ -607,11 +607,24 @@ def test_empty_vs_empty_regions_are_named_where_the_best_dice_is_shown():
         "counted as 1.000 by the BraTS convention."
     )
     metrics = [
-        {"kind": "epoch", "epoch": 1, "step": 1, "val_mean_dice": 2 / 3,
-         "val": {k: val[k] for k in ("WT", "TC", "ET")}},
-        {"kind": "epoch", "epoch": 2, "step": 2, "val_mean_dice": 0.5,
-         "val": {"WT": {"dice": 0.5, "dice_slice": 0.4}, "TC": {"dice": 0.5, "dice_slice": 0.5},
-                 "ET": {"dice": 0.5, "dice_slice": 0.5}}},
+        {
+            "kind": "epoch",
+            "epoch": 1,
+            "step": 1,
+            "val_mean_dice": 2 / 3,
+            "val": {k: val[k] for k in ("WT", "TC", "ET")},
+        },
+        {
+            "kind": "epoch",
+            "epoch": 2,
+            "step": 2,
+            "val_mean_dice": 0.5,
+            "val": {
+                "WT": {"dice": 0.5, "dice_slice": 0.4},
+                "TC": {"dice": 0.5, "dice_slice": 0.5},
+                "ET": {"dice": 0.5, "dice_slice": 0.5},
+            },
+        },
     ]
     progress = figures.latest_progress(metrics, {"state": "finished", "step": 2, "total_steps": 2})
     assert progress["best_epoch"] == 1 and progress["best_mean_dice"] == pytest.approx(2 / 3)

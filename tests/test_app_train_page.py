@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 import time
 from pathlib import Path
 
-import pytest
 import test_app
 from streamlit.testing.v1 import AppTest
 from test_app import _open, _values
@@ -33,23 +31,6 @@ NOTE = (
     "TC, ET: no tumour of this kind in the validation data and none predicted; "
     "counted as 1.000 by the BraTS convention."
 )
-
-
-@pytest.fixture()
-def slow_start(monkeypatch):
-    """Launches from the page start a process that writes nothing for a minute (a trainer importing)."""
-
-    def command(store, run_dir, config, *, resume=False, python=sys.executable):
-        return [python, "-c", "import time; time.sleep(60)"]
-
-    monkeypatch.setattr(launcher, "train_command", command)
-    started: list[Path] = []
-    yield started
-    for run_dir in started:
-        deadline = time.time() + 20
-        while launcher.is_busy(run_dir) and time.time() < deadline:
-            launcher.stop_training(run_dir)
-            time.sleep(0.2)
 
 
 def _runs(at: AppTest) -> Path:
@@ -138,8 +119,18 @@ def test_a_run_stopped_before_its_first_validation(app):
     _checkpoint(run_dir, "last", epoch=0, step=40, total_steps=1600, val=None, train_config={"epochs": 16})
     rundir.write_status(run_dir, "stopped", epoch=0, step=40, total_steps=1600)
     # One logged step: the curves must still show it.
-    rundir.append_metrics(run_dir, {"kind": "step", "epoch": 1, "step": 40, "total_steps": 1600,
-                                    "loss": 0.8, "lr": 1e-3, "slices_per_s": 4.0})
+    rundir.append_metrics(
+        run_dir,
+        {
+            "kind": "step",
+            "epoch": 1,
+            "step": 40,
+            "total_steps": 1600,
+            "loss": 0.8,
+            "lr": 1e-3,
+            "slices_per_s": 4.0,
+        },
+    )
 
     _select_model(app, "Run stopped-at-40 (stopped)")
     _open(app, "pages/models.py")
@@ -169,13 +160,31 @@ def test_a_best_dice_made_of_empty_regions_says_so(app):
         "TC": {"dice": 1.0, "iou": 1.0, "dice_slice": None, "dice_small": None},
         "ET": {"dice": 1.0, "iou": 1.0, "dice_slice": None, "dice_small": None},
     }
-    meta = dict(epoch=1, step=1, total_steps=1, val=val, val_mean_dice=2 / 3, best_val_mean_dice=2 / 3,
-                train_config={"epochs": 1})
+    meta = dict(
+        epoch=1,
+        step=1,
+        total_steps=1,
+        val=val,
+        val_mean_dice=2 / 3,
+        best_val_mean_dice=2 / 3,
+        train_config={"epochs": 1},
+    )
     rundir.write_json_atomic(run_dir / rundir.CONFIG_FILE, {"train": {"preset": "demo", "epochs": 1}})
     _checkpoint(run_dir, "best", **meta)
     _checkpoint(run_dir, "last", **meta)
-    rundir.append_metrics(run_dir, {"kind": "epoch", "epoch": 1, "step": 1, "total_steps": 1, "val_loss": 0.8,
-                                    "val": val, "val_mean_dice": 2 / 3, "best_val_mean_dice": 2 / 3})
+    rundir.append_metrics(
+        run_dir,
+        {
+            "kind": "epoch",
+            "epoch": 1,
+            "step": 1,
+            "total_steps": 1,
+            "val_loss": 0.8,
+            "val": val,
+            "val_mean_dice": 2 / 3,
+            "best_val_mean_dice": 2 / 3,
+        },
+    )
     rundir.write_status(run_dir, "finished", epoch=1, step=1, total_steps=1, best_val_mean_dice=2 / 3)
 
     _open(app, "pages/train.py")
@@ -202,8 +211,13 @@ def test_the_smallest_settings_train_and_show_per_region_validation(app):
     any that are 1.000 only because there was nothing to find."""
     _open(app, "pages/train.py")
     app.text_input(key="train_run_name").set_value("smallest")
-    for key, value in {"epochs": 1, "batch_size": 1, "base_filters": 2, "steps_per_epoch": 1,
-                       "val_max_slices": 4}.items():
+    for key, value in {
+        "epochs": 1,
+        "batch_size": 1,
+        "base_filters": 2,
+        "steps_per_epoch": 1,
+        "val_max_slices": 4,
+    }.items():
         app.number_input(key=f"train_{key}").set_value(value)
     app.button(key="train_launch").click().run()
     assert any("Started run smallest" in s for s in _values(app.success)), _values(app.error)

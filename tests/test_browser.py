@@ -41,6 +41,7 @@ pytestmark = [
     pytest.mark.skipif(not REAL_CASE.is_dir(), reason="real BraTS case not available in ../shared/data"),
 ]
 
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -137,14 +138,16 @@ def _chart_png(page, index: int, attempts: int = 8) -> bytes:
     """A screenshot of the ``index``-th Plotly chart once it holds still.
 
     A chart the page re-renders is replaced in the DOM; capturing it at that moment fails with "Element is
-    not attached to the DOM". So settle, take the freshly located element, and retry on a detach.
+    not attached to the DOM", and the copy being replaced can sit hidden ("element is not visible") while
+    a loaded machine renders the new one. So settle, take the freshly located visible chart, and retry.
     """
     for attempt in range(attempts):
         _settle(page)
         try:
-            return page.locator(".stPlotlyChart").nth(index).screenshot(timeout=15_000)
+            return page.locator(".stPlotlyChart:visible").nth(index).screenshot(timeout=15_000)
         except sync_api.Error as error:
-            if "not attached" not in str(error) or attempt == attempts - 1:
+            passing = "not attached" in str(error) or "not visible" in str(error)
+            if not passing or attempt == attempts - 1:
                 raise
             page.wait_for_timeout(500)
     raise AssertionError("unreachable")

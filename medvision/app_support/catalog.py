@@ -3,6 +3,12 @@
 A data source always ends up as a prepared store (for EDA and training) plus a list of cases the
 Predict page can open. The synthetic demo cohort is made on first start inside the workspace, so a new
 user has something to look at without downloading anything.
+
+What is read stays where it belongs (:mod:`medvision.confinement`): a server folder's cases are listed
+and read with the folder itself as the root (a symbolic link leading out of it is refused, as in the
+background prepare, which is given the same folder), its case zips are extracted in the workspace, and a
+model's checkpoint files and training log must really lie in the workspace (or, for the shipped model,
+beside it) whatever its metadata says.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from medvision.app_support.workspace import AppSettings, Workspace
+from medvision.confinement import Confinement
 from medvision.data.case import Case
 from medvision.errors import CheckpointError
 
@@ -31,6 +38,7 @@ class DataSource:
     store: Path
     cases_root: Path | None = None  # a folder readers understand; None when only the store is known
     kind: str = "server"  # "synthetic" | "server" | "store"
+    scratch: Path | None = None  # where case zips are extracted while read (inside the workspace)
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,7 @@ class ModelChoice:
     label: str
     checkpoint: Path
     run_dir: Path | None = None
+    home: Path | None = None  # where its training log must lie; None = beside the checkpoint
 
 
 # ------------------------------------------------------------------------------------------------
@@ -71,6 +80,7 @@ def demo_source(workspace: Workspace) -> DataSource:
         store=workspace.data / "synthetic.h5",
         cases_root=workspace.data / "synthetic",
         kind="synthetic",
+        scratch=workspace.scratch,
     )
 
 
@@ -115,7 +125,11 @@ def server_source(path: Path, workspace: Workspace) -> DataSource:
     if is_store(path):
         return DataSource(label=f"Store {path.name}", store=path, cases_root=None, kind="store")
     return DataSource(
-        label=f"Folder {path.name}", store=store_path_for(path, workspace), cases_root=path, kind="server"
+        label=f"Folder {path.name}",
+        store=store_path_for(path, workspace),
+        cases_root=path,
+        kind="server",
+        scratch=workspace.scratch,
     )
 
 
@@ -132,7 +146,7 @@ def case_choices(source: DataSource) -> list[CaseChoice]:
 
         return [
             CaseChoice(case_id=ref.case_id, key=f"{ref.kind}:{ref.path}:{ref.case_id}", ref=ref)
-            for ref in list_case_sources(source.cases_root)
+            for ref in list_case_sources(source.cases_root, scratch_dir=source.scratch)
         ]
     from medvision.data.store import SliceStore
 
@@ -154,24 +168,38 @@ def model_choices(settings: AppSettings) -> list[ModelChoice]:
     from medvision.train.rundir import checkpoint_path, list_runs
 
     choices: list[ModelChoice] = []
-    if settings.demo_checkpoint.is_file() and settings.demo_checkpoint.with_suffix(".json").is_file():
-        choices.append(ModelChoice(label="Shipped demo model", checkpoint=settings.demo_checkpoint))
+    shipped = settings.demo_checkpoint
+    if _checkpoint_files_in(shipped, Confinement.of([shipped.parent])):
+        choices.append(ModelChoice(label="Shipped demo model", checkpoint=shipped, home=shipped.parent))
+    home = settings.workspace.home
+    workspace = Confinement.of([home])
     for run in list_runs(settings.workspace.runs):
         if run.state not in ("finished", "stopped"):
             continue
         for name in ("best", "last"):
             path = checkpoint_path(run.path, name)
-            if path.is_file() and path.with_suffix(".json").is_file():
+            if _checkpoint_files_in(path, workspace):
                 suffix = "" if run.state == "finished" else f" ({run.state})"
                 choices.append(
-                    ModelChoice(label=f"Run {run.name}{suffix}", checkpoint=path, run_dir=run.path)
+                    ModelChoice(label=f"Run {run.name}{suffix}", checkpoint=path, run_dir=run.path, home=home)
                 )
                 break
     if settings.workspace.models.is_dir():
         for path in sorted(settings.workspace.models.glob("*.safetensors")):
-            if path.with_suffix(".json").is_file():
-                choices.append(ModelChoice(label=f"Model {path.stem}", checkpoint=path))
+            if _checkpoint_files_in(path, workspace):
+                choices.append(ModelChoice(label=f"Model {path.stem}", checkpoint=path, home=home))
     return choices
+
+
+def _checkpoint_files_in(weights: Path, allowed: Confinement) -> bool:
+    """Both files of a checkpoint exist and really lie in ``allowed`` (a link to elsewhere is skipped)."""
+    pair = (weights, weights.with_suffix(".json"))
+    if not all(p.is_file() for p in pair):
+        return False
+    if not all(allowed.allows(p) for p in pair):
+        log.warning("skipping checkpoint %s: it links outside %s", weights, allowed.describe())
+        return False
+    return True
 
 
 def model_meta(choice: ModelChoice) -> dict[str, Any]:
@@ -194,8 +222,17 @@ def run_dir_of(choice: ModelChoice, meta: dict[str, Any]) -> Path | None:
 
     Looked for in order: the run the model was picked from, ``meta["run_dir"]``, the folder above a
     ``<run>/checkpoints/x.safetensors``, and ``<name>_run/`` beside a shipped checkpoint (where a model
-    card can keep its training log).
+    card can keep its training log). A candidate (or its ``metrics.jsonl``) that really lies outside
+    ``choice.home`` (the workspace; by default the checkpoint's own folder, or its run folder) is skipped
+    with a warning: a metadata file must not make the app read logs from elsewhere on the server.
     """
+    checkpoint_dir = choice.checkpoint.parent
+    if choice.home is not None:
+        allowed = Confinement.of([choice.home])
+    elif checkpoint_dir.name == "checkpoints":
+        allowed = Confinement.of([checkpoint_dir.parent])
+    else:
+        allowed = Confinement.of([checkpoint_dir])
     candidates: list[Path] = []
     if choice.run_dir is not None:
         candidates.append(choice.run_dir)
@@ -206,8 +243,15 @@ def run_dir_of(choice: ModelChoice, meta: dict[str, Any]) -> Path | None:
         candidates.append(choice.checkpoint.parent.parent)
     candidates.append(choice.checkpoint.with_name(choice.checkpoint.stem + "_run"))
     for candidate in candidates:
-        if (candidate / "metrics.jsonl").is_file():
-            return candidate
+        log_file = candidate / "metrics.jsonl"
+        if not log_file.is_file():
+            continue
+        if not (allowed.allows(candidate) and allowed.allows(log_file)):
+            log.warning(
+                "ignoring run folder %s of %s: outside %s", candidate, choice.label, allowed.describe()
+            )
+            continue
+        return candidate
     return None
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
+from medvision.app_support.plain_text import plain, plotly_text
 from medvision.app_support.render import png_data_uri
 
 REGION_LINE_COLOURS = {"WT": "#d4a800", "TC": "#e62828", "ET": "#1e78ff", "NCR": "#e62828"}
@@ -109,9 +110,10 @@ def empty_regions(val: dict[str, Any] | None) -> list[str]:
 
 
 def empty_regions_note(regions: Sequence[str]) -> str:
-    """The sentence shown beside a Dice that contains empty-vs-empty regions."""
+    """The sentence shown beside a Dice that contains empty-vs-empty regions (Markdown-safe: the region
+    names come from checkpoint metadata and metrics files)."""
     return (
-        f"{', '.join(regions)}: no tumour of this kind in the validation data and none predicted; "
+        f"{plain(', '.join(regions))}: no tumour of this kind in the validation data and none predicted; "
         "counted as 1.000 by the BraTS convention."
     )
 
@@ -152,7 +154,7 @@ def dice_figure(metrics: Sequence[dict[str, Any]], *, height: int = 300) -> go.F
         fig.add_scatter(
             x=[p[0] for p in points],
             y=[p[1] for p in points],
-            name=f"{region} Dice",
+            name=f"{plotly_text(region)} Dice",  # region names come from the run's metrics file
             **_MARKERS,
             line=dict(color=REGION_LINE_COLOURS.get(region)),
         )

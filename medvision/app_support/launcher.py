@@ -10,6 +10,12 @@ The page shows a run's state as :func:`run_state` works it out, which adds to th
 what only the launcher knows: a process that has not written its status yet is "starting", and one the
 user asked to stop (``stop_request.json``, written by :func:`stop_training`) is "stopping" and then
 "stopped", even when SIGTERM reached it before the trainer could say so itself.
+
+Each launch leaves ``launch.json`` (pid and kernel start time) in its folder, so every session and every
+server process (or the same one after Streamlit reloaded this module) knows the process is there from
+its first moment, before the trainer takes the folder's lock. Launches given :class:`JobLimits` are
+counted against them across sessions (see job_limits.py), and training launches are refused when their
+memory estimate exceeds what the machine has free (memory_estimate.py).
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from medvision.app_support import processes
+from medvision.app_support.job_limits import JobLimits, admission
 from medvision.app_support.workspace import REPO_ROOT
 from medvision.errors import RunBusyError
 from medvision.train import rundir
@@ -35,7 +43,9 @@ from medvision.train.rundir import RunSummary, is_run_busy, list_runs, read_json
 log = logging.getLogger(__name__)
 
 LAUNCH_LOG = "launcher.log"
+LAUNCH_RECORD = "launch.json"
 STOP_FILE = "stop_request.json"
+SCRATCH_DIR = "tmp"  # the child process's TMPDIR, inside its run folder
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 # Processes started by this server, so a run that dies before writing its status still reports why,
@@ -111,22 +121,49 @@ def _overrides(config: TrainConfig) -> dict[str, object]:
     return {f: getattr(config, f) for f in FORM_FIELDS if getattr(config, f) is not None}
 
 
+def _recorded_pid(run_dir: Path) -> int | None:
+    """The pid in ``launch.json`` while that very process lives (whichever server process started it)."""
+    record = read_json(Path(run_dir) / LAUNCH_RECORD)
+    if not isinstance(record, dict) or not isinstance(record.get("pid"), int):
+        return None
+    pid, start = record["pid"], record.get("start")
+    alive = processes.is_alive(pid, start if isinstance(start, int) else None)
+    return pid if alive else None
+
+
 def is_busy(run_dir: Path) -> bool:
-    """A live process uses ``run_dir``: the trainer holds its lock, or our child is still starting up."""
+    """A live process uses ``run_dir``: the trainer holds its lock, or the process launched into it (by
+    any session or server process) is still starting up."""
     with _children_lock:
         child = _children.get(str(run_dir))
     if child is not None and child.poll() is None:
         return True
-    return is_run_busy(run_dir)
+    return is_run_busy(run_dir) or _recorded_pid(run_dir) is not None
 
 
 def launch(
-    command: list[str], run_dir: Path, *, cwd: Path = REPO_ROOT, env: dict[str, str] | None = None
+    command: list[str],
+    run_dir: Path,
+    *,
+    cwd: Path = REPO_ROOT,
+    env: dict[str, str] | None = None,
+    kind: str = "training",
+    limits: JobLimits | None = None,
 ) -> Launch:
     """Start ``command`` in its own session, output appended to ``run_dir/launcher.log``.
 
-    Refuses (RunBusyError) when a live process already uses ``run_dir``.
+    Refuses (RunBusyError) when a live process already uses ``run_dir``, and (JobLimitError) when
+    ``limits`` allow no more jobs of ``kind`` at the moment.
     """
+    if limits is None:
+        return _launch(command, run_dir, cwd=cwd, env=env)
+    with admission(limits, kind, Path(run_dir)) as record:
+        launched = _launch(command, run_dir, cwd=cwd, env=env)
+        record(launched.pid)
+    return launched
+
+
+def _launch(command: list[str], run_dir: Path, *, cwd: Path, env: dict[str, str] | None) -> Launch:
     run_dir = Path(run_dir)
     if is_busy(run_dir):
         with _children_lock:
@@ -142,6 +179,11 @@ def launch(
     child_env = dict(os.environ if env is None else env)
     # The package is imported from the repository even when the app was started from elsewhere.
     child_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(cwd), child_env.get("PYTHONPATH", "")) if p)
+    # Temporary files of the child (zip extraction while preparing, compiler caches) stay in the workspace,
+    # beside the job that made them, not in the machine's shared /tmp.
+    scratch = run_dir / SCRATCH_DIR
+    scratch.mkdir(exist_ok=True)
+    child_env["TMPDIR"] = str(scratch)
     with open(run_dir / LAUNCH_LOG, "ab") as out:
         out.write(f"$ {' '.join(command)}\n".encode())
         out.flush()
@@ -156,26 +198,57 @@ def launch(
         )
     with _children_lock:
         _children[str(run_dir)] = process
+    rundir.write_json_atomic(
+        run_dir / LAUNCH_RECORD,
+        {"pid": process.pid, "start": processes.start_time(process.pid), "time": time.time()},
+    )
     # Reap the child when it ends so it does not linger as a zombie that looks alive to os.kill(pid, 0).
     threading.Thread(target=process.wait, name=f"reap-{process.pid}", daemon=True).start()
-    log.info("started training pid %d in %s", process.pid, run_dir)
+    log.info("started pid %d in %s", process.pid, run_dir)
     return Launch(run_dir=run_dir, pid=process.pid, command=tuple(command))
 
 
 def start_training(
-    store: Path, runs_root: Path, name: str, config: TrainConfig, *, env: dict[str, str] | None = None
+    store: Path,
+    runs_root: Path,
+    name: str,
+    config: TrainConfig,
+    *,
+    env: dict[str, str] | None = None,
+    limits: JobLimits | None = None,
 ) -> Launch:
-    """Launch a new run ``runs_root/name``; refuses a busy folder and one that already holds a run."""
+    """Launch a new run ``runs_root/name``; refuses a busy folder and one that already holds a run, and
+    with ``limits`` a run too many or one whose memory estimate exceeds the free memory."""
     run_dir = Path(runs_root) / check_run_name(name)
     if is_busy(run_dir):
         return launch([], run_dir)  # raises RunBusyError with the message users see
     if (run_dir / "config.json").exists() or (run_dir / "status.json").exists():
         raise RunBusyError(f"run folder {run_dir.name} already holds a run; resume it or choose another name")
-    return launch(train_command(store, run_dir, config), run_dir, env=env)
+    if limits is not None and limits.check_memory:
+        from medvision.app_support.memory_estimate import check_fits
+
+        check_fits(config)
+    return launch(train_command(store, run_dir, config), run_dir, env=env, kind="training", limits=limits)
 
 
-def resume_training(run_dir: Path, *, env: dict[str, str] | None = None) -> Launch:
-    return launch(train_command(Path(), run_dir, TrainConfig(), resume=True), run_dir, env=env)
+def resume_training(
+    run_dir: Path, *, env: dict[str, str] | None = None, limits: JobLimits | None = None
+) -> Launch:
+    """Relaunch a run with ``--resume``; with ``limits``, counted and memory-checked like a new run."""
+    if limits is not None and limits.check_memory:
+        saved = read_json(Path(run_dir) / rundir.CONFIG_FILE)
+        train = saved.get("train") if isinstance(saved, dict) else None
+        if isinstance(train, dict):
+            from medvision.app_support.memory_estimate import check_fits
+
+            try:
+                config = TrainConfig.from_dict(train)
+            except (TypeError, ValueError):
+                config = None  # the trainer itself reports a config it cannot read
+            if config is not None:
+                check_fits(config)
+    command = train_command(Path(), run_dir, TrainConfig(), resume=True)
+    return launch(command, run_dir, env=env, kind="training", limits=limits)
 
 
 def stop_training(run_dir: Path) -> bool:
@@ -190,6 +263,8 @@ def stop_training(run_dir: Path) -> bool:
         child = _children.get(str(run_dir))
     if child is not None and child.poll() is None:
         pid = child.pid
+    elif _recorded_pid(run_dir) is not None:
+        pid = _recorded_pid(run_dir)  # started by another server process, or before a module reload
     elif is_run_busy(run_dir):
         pid = (read_status(run_dir) or {}).get("pid")
     if not pid:
@@ -247,9 +322,12 @@ def has_checkpoint(run_dir: Path) -> bool:
 
 
 def _child_pid(run_dir: Path) -> int | None:
+    """The live process launched into ``run_dir``: this server's child, else the one in launch.json."""
     with _children_lock:
         child = _children.get(str(run_dir))
-    return child.pid if child is not None and child.poll() is None else None
+    if child is not None and child.poll() is None:
+        return child.pid
+    return _recorded_pid(run_dir)
 
 
 def run_state(run_dir: Path) -> str:
@@ -396,7 +474,14 @@ def prepare_dir(store: Path) -> Path:
     return Path(store).with_name(Path(store).name + ".prepare")
 
 
-def start_prepare(source: Path, store: Path, *, workers: int = 2, python: str = sys.executable) -> Launch:
+def start_prepare(
+    source: Path,
+    store: Path,
+    *,
+    workers: int = 2,
+    python: str = sys.executable,
+    limits: JobLimits | None = None,
+) -> Launch:
     """Prepare ``source`` into ``store`` in a background process (``python -m medvision prepare``).
 
     A separate process, not a pool inside the Streamlit server: worker processes started from the
@@ -414,4 +499,4 @@ def start_prepare(source: Path, store: Path, *, workers: int = 2, python: str = 
         str(workers),
         "--no-progress",
     ]
-    return launch(command, prepare_dir(store))
+    return launch(command, prepare_dir(store), kind="prepare", limits=limits)

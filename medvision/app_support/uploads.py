@@ -2,21 +2,30 @@
 
 Accepted: the four modality NIfTI files of one case (+ optional ``seg``), a ``.zip`` of one case folder,
 or one 4-D NIfTI (Decathlon layout, channels FLAIR, T1w, T1gd, T2w). Uploaded bytes are written to a
-fresh temporary folder under the workspace (never elsewhere), read by ``medvision.data.readers`` and
-the folder is removed again; every refusal is a MedVisionError whose message names the file.
+fresh temporary folder under the workspace (never elsewhere; a zip is extracted inside that folder too),
+read by ``medvision.data.readers`` confined to that folder, and the folder is removed again; every
+refusal is a MedVisionError whose message names the file.
+
+Sizes come first: the total is checked from the sizes the browser reported before a byte is copied, and
+the copy stops as soon as a file turns out longer than it said. The page hands over Streamlit's uploaded
+files through :func:`streamed_upload`, which reads them in chunks instead of copying each whole file
+(``UploadedFile(name, data)``, with the bytes already in hand, is still accepted).
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO, Protocol
 
 from medvision.data.case import Case
+from medvision.data.nifti_checks import DEFAULT_CASE_VOXEL_BUDGET
 from medvision.errors import InputDataError
 
 log = logging.getLogger(__name__)
@@ -24,14 +33,55 @@ log = logging.getLogger(__name__)
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 MODALITY_KEYS = ("flair", "t1", "t1ce", "t2", "seg")
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
+_CHUNK = 1 << 20
+
+
+class Upload(Protocol):
+    """One uploaded file as this module needs it: its browser name, its size, and a stream of its bytes."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def size(self) -> int: ...
+
+    def open(self) -> BinaryIO: ...
 
 
 @dataclass(frozen=True)
 class UploadedFile:
-    """What the page hands over: the browser's file name and its bytes."""
+    """An upload whose bytes are already in hand: the browser's file name and its bytes."""
 
     name: str
     data: bytes
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    def open(self) -> BinaryIO:
+        return io.BytesIO(self.data)
+
+
+@dataclass(frozen=True)
+class StreamedUpload:
+    """An upload known by name and reported size; ``reader`` gives a stream of its bytes, called only
+    after the size checks passed (the stream is rewound and read in chunks, never closed here)."""
+
+    name: str
+    size: int
+    reader: Callable[[], BinaryIO]
+
+    def open(self) -> BinaryIO:
+        stream = self.reader()
+        stream.seek(0)
+        return stream
+
+
+def streamed_upload(file: Any) -> StreamedUpload:
+    """A file from ``st.file_uploader`` (anything with ``.name``, ``.size``, ``.seek`` and ``.read``) as an
+    upload whose size is checked before its bytes are copied."""
+    return StreamedUpload(str(file.name), int(file.size), lambda: file)
 
 
 def safe_name(name: str) -> str:
@@ -63,7 +113,7 @@ def modality_of(name: str) -> str | None:
     return found[1] if found else None
 
 
-def classify(files: Sequence[UploadedFile]) -> str:
+def classify(files: Sequence[Upload]) -> str:
     """'zip', 'nifti4d' or 'modalities' for a set of uploads; InputDataError when it is none of them."""
     if not files:
         raise InputDataError("upload", "no files were uploaded")
@@ -96,27 +146,39 @@ def classify(files: Sequence[UploadedFile]) -> str:
     return "modalities"
 
 
-def case_from_uploads(files: Sequence[UploadedFile], upload_root: Path, *, max_bytes: int) -> Case:
-    """Read uploaded files as one case: checked, written under ``upload_root``, read, then removed."""
+def case_from_uploads(
+    files: Sequence[Upload],
+    upload_root: Path,
+    *,
+    max_bytes: int,
+    max_case_voxels: int = DEFAULT_CASE_VOXEL_BUDGET,
+) -> Case:
+    """Read uploaded files as one case: checked, written under ``upload_root``, read, then removed.
+
+    ``files``: :class:`UploadedFile` or :func:`streamed_upload` objects. The total of their reported
+    sizes must stay within ``max_bytes`` (checked before anything is copied), and the case within
+    ``max_case_voxels`` decoded image voxels (checked from the NIfTI headers before voxels are read).
+    """
     kind = classify(files)
-    total = sum(len(f.data) for f in files)
+    sizes = [int(f.size) for f in files]
+    total = sum(sizes)
     if total > max_bytes:
         raise InputDataError(
             files[0].name, f"upload is {total / 1e6:.0f} MB, more than the {max_bytes / 1e6:.0f} MB limit"
         )
-    for f in files:
-        if not f.data:
+    for f, size in zip(files, sizes, strict=True):
+        if size <= 0:
             raise InputDataError(f.name, "the file is empty")
     upload_root.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix="upload-", dir=upload_root))
     try:
         paths: dict[str, Path] = {}
-        for f in files:
+        for f, size in zip(files, sizes, strict=True):
             path = folder / safe_name(f.name)
-            path.write_bytes(f.data)
+            _copy_at_most(f, size, path)
             paths[f.name] = path
         try:
-            return _read(kind, paths)
+            return _read(kind, paths, folder, max_case_voxels)
         except InputDataError as error:
             # Name the files as the user knows them, never the temporary copies on the server.
             raise InputDataError(
@@ -126,17 +188,37 @@ def case_from_uploads(files: Sequence[UploadedFile], upload_root: Path, *, max_b
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _read(kind: str, paths: dict[str, Path]) -> Case:
+def _copy_at_most(upload: Upload, size: int, path: Path) -> None:
+    """Copy ``upload`` to ``path`` in chunks, refusing it as soon as it holds more than its reported size."""
+    written = 0
+    with open(path, "wb") as out:
+        stream = upload.open()
+        while chunk := stream.read(_CHUNK):
+            written += len(chunk)
+            if written > size:
+                raise InputDataError(upload.name, f"holds more than the {size:,} bytes reported for it")
+            out.write(chunk)
+    if written < size:
+        raise InputDataError(upload.name, f"holds {written:,} bytes, not the {size:,} reported for it")
+
+
+def _read(kind: str, paths: dict[str, Path], folder: Path, max_case_voxels: int) -> Case:
+    """Read the copies in ``folder``; only files really in it are opened, and a zip is extracted in it."""
     from medvision.data import readers  # lazy: keeps this module importable while readers is loading
 
+    roots = (folder,)
     if kind == "zip":
         (path,) = paths.values()
-        return readers.read_zip(path)
+        return readers.read_zip(path, roots=roots, scratch_dir=folder, max_case_voxels=max_case_voxels)
     if kind == "nifti4d":
         (path,) = paths.values()
-        return readers.load_case(path)
+        return readers.load_case(path, roots=roots, max_case_voxels=max_case_voxels)
     by_modality = {modality_of(name): path for name, path in paths.items()}
-    return readers.read_nifti_files(by_modality)  # type: ignore[arg-type]
+    return readers.read_nifti_files(
+        by_modality,  # type: ignore[arg-type]
+        roots=roots,
+        max_case_voxels=max_case_voxels,
+    )
 
 
 def _shown(text: str, paths: dict[str, Path], folder: Path) -> str:

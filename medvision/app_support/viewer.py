@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from medvision.app_support import render
+from medvision.csv_cells import safe_row
 from medvision.data.case import MODALITIES, REGION_LABELS, REGIONS, Case, label_to_regions
 
 
@@ -145,6 +146,7 @@ def volumetry_rows(volumes: dict[str, Any]) -> list[dict[str, Any]]:
         "NCR_NET_cm3": "Necrotic core (NCR/NET)",
         "ED_cm3": "Edema (ED)",
         "NCR_cm3": "Necrotic core (NCR)",
+        "islands_cm3": "Separate tumour pieces",
     }
     rows = [
         {"measure": names.get(k, k), "value": round(float(v), 3), "unit": "cm³"}
@@ -153,7 +155,8 @@ def volumetry_rows(volumes: dict[str, Any]) -> list[dict[str, Any]]:
     ]
     extra = {
         "largest_area_mm2": ("Largest axial area", "mm²"),
-        "max_diameter_mm": ("Largest axial diameter", "mm"),
+        "max_diameter_mm": ("Largest axial diameter (main lesion)", "mm"),
+        "islands": ("Separate tumour pieces (not measured above)", "count"),
         "first_slice": ("First tumour slice", "index"),
         "last_slice": ("Last tumour slice", "index"),
     }
@@ -184,7 +187,7 @@ def report_csv(
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(row), lineterminator="\n")
     writer.writeheader()
-    writer.writerow(row)
+    writer.writerow(safe_row(row))  # text cells never start a spreadsheet formula
     return buffer.getvalue()
 
 

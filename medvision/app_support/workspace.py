@@ -7,6 +7,7 @@ The app writes only under its workspace (``MEDVISION_HOME``, default ``~/.medvis
     cache/     prepared stores of server folders, EDA caches
     uploads/   uploaded scans (one temporary folder per upload, removed after reading)
     models/    extra checkpoints a user drops in (``*.safetensors`` + ``*.json``)
+    tmp/       scratch folders (an uploaded or listed .zip extracted while it is read, then removed)
 
 Server paths a user types into the sidebar must lie under one of the data roots
 (``MEDVISION_DATA_ROOTS``, separated by ``os.pathsep``; default: the workspace and ``../shared/data``
@@ -21,13 +22,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from medvision.errors import MedVisionError
+from medvision.confinement import Confinement, real_path
+from medvision.errors import PathNotAllowedError
+
+__all__ = [
+    "AppSettings",
+    "PathNotAllowedError",
+    "Workspace",
+    "confine",
+    "default_data_roots",
+    "settings_from_env",
+]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-class PathNotAllowedError(MedVisionError):
-    """A path typed by a user lies outside the configured data roots."""
+# Characters of a refused path quoted back: a 300-character name would flood the sidebar.
+MAX_SHOWN_PATH = 120
 
 
 @dataclass(frozen=True)
@@ -54,8 +63,12 @@ class Workspace:
     def models(self) -> Path:
         return self.home / "models"
 
+    @property
+    def scratch(self) -> Path:
+        return self.home / "tmp"
+
     def ensure(self) -> Workspace:
-        for folder in (self.data, self.runs, self.cache, self.uploads, self.models):
+        for folder in (self.data, self.runs, self.cache, self.uploads, self.models, self.scratch):
             folder.mkdir(parents=True, exist_ok=True)
         return self
 
@@ -118,26 +131,43 @@ def settings_from_env(env: Mapping[str, str] | None = None, repo_root: Path = RE
 
 
 def confine(path_text: str, roots: tuple[Path, ...]) -> Path:
-    """Resolve a user-typed path and make sure it exists and lies under one of ``roots``.
+    """Resolve a user-typed path and make sure it exists and really lies under one of ``roots``.
 
-    Symlinks and ``..`` are resolved first, so neither can be used to step outside a root.
+    Symlinks and ``..`` are resolved first (:class:`medvision.confinement.Confinement`), so neither can
+    step outside a root. Every refusal is a PathNotAllowedError that quotes the path as typed (shortened
+    when long), never where a link leads: ``/proc/self/exe`` must not reveal the server's executable.
+    Returns the real path.
     """
     text = (path_text or "").strip()
     if not text:
-        raise PathNotAllowedError("no path given")
+        raise PathNotAllowedError("", "no path given")
+    shown = text if len(text) <= MAX_SHOWN_PATH else text[: MAX_SHOWN_PATH - 1] + "…"
     if "\x00" in text:
-        raise PathNotAllowedError("the path contains a NUL character")
-    path = Path(text).expanduser()
-    if not path.is_absolute() and roots:
+        raise PathNotAllowedError(shown.replace("\x00", "\\0"), "the path contains a NUL character")
+    if text.startswith("~"):
+        expanded = os.path.expanduser(text)
+        if expanded.startswith("~"):  # ~nosuchuser: left as it is, it would be read as a relative name
+            raise PathNotAllowedError(shown, "unknown user in a ~user path")
+        text = expanded
+    if not roots:
+        raise PathNotAllowedError(shown, "no data folders are allowed. Set MEDVISION_DATA_ROOTS.")
+    path = Path(text)
+    if not path.is_absolute():
         # A relative path is read relative to the first data root, not the server's working directory.
         path = roots[0] / path
-    resolved = path.resolve()
-    allowed = ", ".join(str(r) for r in roots) or "(none configured)"
-    if not any(resolved == r.resolve() or resolved.is_relative_to(r.resolve()) for r in roots):
+    allowed = Confinement.of(roots)
+    real = real_path(path)
+    if real is None or not allowed.allows(real):
+        folders = ", ".join(str(r) for r in roots)
         raise PathNotAllowedError(
-            f"{resolved} is outside the allowed data folders ({allowed}). "
-            "Set MEDVISION_DATA_ROOTS to allow another folder."
+            shown,
+            f"is outside the allowed data folders ({folders}). "
+            "Set MEDVISION_DATA_ROOTS to allow another folder.",
         )
-    if not resolved.exists():
-        raise PathNotAllowedError(f"{resolved} does not exist")
-    return resolved
+    try:
+        exists = real.exists()
+    except OSError:
+        exists = False
+    if not exists:
+        raise PathNotAllowedError(shown, "does not exist")
+    return real

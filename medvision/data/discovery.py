@@ -11,6 +11,13 @@ by mistake fails fast; it never follows a symbolic link to a folder, so it stays
 given; it ignores hidden entries (``.DS_Store``, macOS ``._*`` resource forks, ``.git``) and ``__MACOSX``.
 Everything else it passes over is counted, so that "no cases found" can say what was there instead.
 
+Every listing goes through :func:`list_folder`, which checks each symbolic link to a file against the
+allowed folders (:class:`medvision.confinement.Confinement`; by default the folder given): a link that
+leads outside is never listed, and one named like scan data (``.nii[.gz]``, ``.h5``, ``.zip``) refuses the
+listing with a PathNotAllowedError naming it, so a planted link cannot slip a server file into a dataset.
+The walk starts only from an allowed folder and follows no folder link, so every folder it lists is real
+and inside; only links need the check.
+
 One cohort per folder: cases in more than one format (BraTS folders next to a Decathlon task or next to
 Kaggle slices) are refused, since mixing them silently would mix label conventions and intensity
 scales. The one exception is the output of ``medvision synth --format both``, which holds the same
@@ -26,10 +33,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
+from medvision.confinement import Confinement
 from medvision.data.nifti_checks import has_nifti_suffix
 from medvision.errors import InputDataError
 
-__all__ = ["MAX_DEPTH", "MAX_FOLDERS", "CaseSource", "Claim", "Folder", "find_cases"]
+__all__ = ["MAX_DEPTH", "MAX_FOLDERS", "CaseSource", "Claim", "Folder", "find_cases", "list_folder"]
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +89,10 @@ SKIP_NOUNS: dict[str, tuple[str, str]] = {
         ".zip files in subfolders (only .zip files directly in the folder given are read)",
     ),
     "link": ("symbolic link to a folder (not followed)", "symbolic links to folders (not followed)"),
+    "outside": (
+        "symbolic link leading outside the folder given (not read)",
+        "symbolic links leading outside the folder given (not read)",
+    ),
     "deep": (
         "folder more than {depth} levels down (not searched)",
         "folders more than {depth} levels down (not searched)",
@@ -118,6 +130,7 @@ class Folder:
     files: tuple[str, ...]  # regular files (or links to files), sorted
     folders: tuple[str, ...]  # real subfolders, sorted; links to folders are in ``linked_folders``
     linked_folders: tuple[str, ...] = ()
+    outside: tuple[str, ...] = ()  # links to files outside the allowed folders (never read)
 
 
 @dataclass(frozen=True)
@@ -157,11 +170,23 @@ def _is_ignored(name: str) -> bool:
     return name.startswith(".") or name in IGNORED_FOLDERS
 
 
-def _list_folder(path: Path, depth: int) -> Folder:
-    """List ``path`` once, by name and entry type only (no file is opened or stat-ed on Linux)."""
+def is_data_name(name: str) -> bool:
+    """A file name a reader could open as scan data (NIfTI, HDF5 slice, zipped case)."""
+    lower = name.lower()
+    return has_nifti_suffix(lower) or lower.endswith((".h5", ".zip"))
+
+
+def list_folder(path: Path, depth: int, within: Confinement) -> Folder:
+    """List ``path`` once, by name and entry type; every symbolic link to a file is checked by ``within``.
+
+    Raises:
+        PathNotAllowedError: a link named like scan data leads outside ``within`` (the message names it).
+        InputDataError: the folder cannot be listed.
+    """
     files: list[str] = []
     folders: list[str] = []
     links: list[str] = []
+    outside: list[str] = []
     try:
         with os.scandir(path) as entries:
             for entry in entries:
@@ -170,12 +195,23 @@ def _list_folder(path: Path, depth: int) -> Folder:
                 if entry.is_dir(follow_symlinks=False):
                     folders.append(entry.name)
                 elif entry.is_symlink() and entry.is_dir():
-                    links.append(entry.name)
+                    links.append(entry.name)  # never followed, wherever it leads
+                elif entry.is_symlink() and not within.allows(entry.path):
+                    if is_data_name(entry.name):
+                        within.check(path / entry.name)  # raises, naming the link as listed
+                    outside.append(entry.name)
                 elif entry.is_file():
                     files.append(entry.name)
     except OSError as exc:
         raise InputDataError(path, f"cannot list the folder: {exc}") from exc
-    return Folder(path, depth, tuple(sorted(files)), tuple(sorted(folders)), tuple(sorted(links)))
+    return Folder(
+        path,
+        depth,
+        tuple(sorted(files)),
+        tuple(sorted(folders)),
+        tuple(sorted(links)),
+        tuple(sorted(outside)),
+    )
 
 
 def _note_files(folder: Folder, claimed: set[Path], skipped: _Skipped) -> None:
@@ -209,6 +245,7 @@ class _Walk(Generic[R]):
     root: Path
     classify: Callable[[Folder], Claim[R]]
     max_depth: int
+    within: Confinement
     found: list[R] = field(default_factory=list)
     skipped: _Skipped = field(default_factory=_Skipped)
     listed: int = 0
@@ -221,7 +258,7 @@ class _Walk(Generic[R]):
                 f"more than {MAX_FOLDERS} folders within {self.max_depth} levels; "
                 "give the dataset folder itself",
             )
-        folder = _list_folder(path, depth)
+        folder = list_folder(path, depth, self.within)
         claim = self.classify(folder)
         self.found.extend(claim.refs)
         if claim.leaf:
@@ -229,6 +266,8 @@ class _Walk(Generic[R]):
         _note_files(folder, {ref.path for ref in claim.refs}, self.skipped)
         for name in folder.linked_folders:
             self.skipped.add("link", path / name)
+        for name in folder.outside:
+            self.skipped.add("outside", path / name)
         for name in folder.folders:
             if depth >= self.max_depth:
                 self.skipped.add("deep", path / name)
@@ -236,14 +275,25 @@ class _Walk(Generic[R]):
                 self.visit(path / name, depth + 1)
 
 
-def find_cases(root: Path, classify: Callable[[Folder], Claim[R]], *, max_depth: int = MAX_DEPTH) -> list[R]:
+def find_cases(
+    root: Path,
+    classify: Callable[[Folder], Claim[R]],
+    *,
+    max_depth: int = MAX_DEPTH,
+    within: Confinement | None = None,
+) -> list[R]:
     """The cases under the folder ``root``, in path order, from one format (see the module docstring).
 
+    ``within``: the allowed folders; None = ``root`` itself (a link leading out of it is not read).
+
     Raises:
+        PathNotAllowedError: ``root``, or a link named like scan data, leads outside ``within``.
         InputDataError: nothing found (the message lists what was skipped), more than one format,
             duplicate case ids, an unreadable folder, or more than ``MAX_FOLDERS`` folders.
     """
-    walk: _Walk[R] = _Walk(root, classify, max_depth)
+    within = Confinement.around(root) if within is None else within
+    within.check(root)
+    walk: _Walk[R] = _Walk(root, classify, max_depth, within)
     walk.visit(root, 0)
     if not walk.found:
         raise InputDataError(root, _nothing_found(root, walk.skipped, max_depth))

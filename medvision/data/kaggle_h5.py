@@ -8,12 +8,16 @@ The image channel order is not documented reliably (the original project read it
 T2; a public notebook reads T1, T1ce, T2, FLAIR), so it is a parameter; the EDA per-channel intensity
 histograms let a user check it. The files carry no geometry: volumes get an identity affine and the
 1 mm isotropic spacing of BraTS.
+
+Each slice file is opened only when its real path lies in the allowed folders (``roots``; by default the
+folder given, see :mod:`medvision.confinement`), its ``image`` and ``mask`` are reached through
+:mod:`medvision.data.h5_checks` (no external storage, virtual datasets or links), and their shapes are held
+to the per-case voxel budget before they are read.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -21,7 +25,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from medvision.confinement import Confinement
 from medvision.data.case import MODALITIES, Case
+from medvision.data.discovery import list_folder
+from medvision.data.h5_checks import member
+from medvision.data.nifti_checks import DEFAULT_CASE_VOXEL_BUDGET
 from medvision.errors import InputDataError
 
 logger = logging.getLogger(__name__)
@@ -41,15 +49,16 @@ def validate_channel_order(channel_order: Sequence[str]) -> tuple[str, ...]:
     return order
 
 
-def scan_kaggle_dir(directory: str | Path) -> dict[int, list[tuple[int, Path]]]:
-    """volume -> [(slice index, path), ...] sorted by slice, from file names only (no file is opened)."""
+def scan_kaggle_dir(
+    directory: str | Path, within: Confinement | None = None
+) -> dict[int, list[tuple[int, Path]]]:
+    """volume -> [(slice index, path), ...] sorted by slice, from file names only (no file is opened).
+
+    ``within`` (default: ``directory``) is checked for every symbolic link listed (see discovery.list_folder).
+    """
     directory = Path(directory)
-    try:
-        with os.scandir(directory) as entries:
-            names = [entry.name for entry in entries]
-    except OSError as exc:
-        raise InputDataError(directory, f"cannot list the folder: {exc}") from exc
-    return index_kaggle_names(directory, names)
+    within = Confinement.around(directory) if within is None else within
+    return index_kaggle_names(directory, list_folder(directory, 0, within).files)
 
 
 def index_kaggle_names(directory: Path, names: Iterable[str]) -> dict[int, list[tuple[int, Path]]]:
@@ -68,14 +77,25 @@ def index_kaggle_names(directory: Path, names: Iterable[str]) -> dict[int, list[
 class KaggleH5Index:
     """Index of a folder of ``volume_<v>_slice_<s>.h5`` files, built without opening any of them."""
 
-    def __init__(self, directory: str | Path, channel_order: Sequence[str] = KAGGLE_DEFAULT_ORDER) -> None:
+    def __init__(
+        self,
+        directory: str | Path,
+        channel_order: Sequence[str] = KAGGLE_DEFAULT_ORDER,
+        *,
+        roots: Sequence[str | Path] | None = None,
+        max_case_voxels: int = DEFAULT_CASE_VOXEL_BUDGET,
+    ) -> None:
         self.directory = Path(directory)
         self.channel_order = validate_channel_order(channel_order)
+        self.max_case_voxels = max_case_voxels
         if not self.directory.is_dir():
             raise InputDataError(
                 self.directory, "not a folder (expected a folder of volume_<v>_slice_<s>.h5 files)"
             )
-        self._volumes = scan_kaggle_dir(self.directory)
+        within = Confinement.around(self.directory) if roots is None else Confinement.of(roots)
+        within.check(self.directory)
+        self.roots = within.roots
+        self._volumes = scan_kaggle_dir(self.directory, within)
         if not self._volumes:
             raise InputDataError(self.directory, "no volume_<v>_slice_<s>.h5 files in this folder")
         logger.debug("indexed %d Kaggle volumes in %s", len(self._volumes), self.directory)
@@ -91,7 +111,13 @@ class KaggleH5Index:
         return checked_slice_paths(self._volumes[volume], volume, self.directory)
 
     def read_volume(self, volume: int) -> Case:
-        return read_kaggle_volume(self.slices(volume), volume, self.channel_order)
+        return read_kaggle_volume(
+            self.slices(volume),
+            volume,
+            self.channel_order,
+            roots=self.roots,
+            max_case_voxels=self.max_case_voxels,
+        )
 
 
 def checked_slice_paths(entries: Sequence[tuple[int, Path]], volume: int, directory: Path) -> list[Path]:
@@ -107,16 +133,28 @@ def checked_slice_paths(entries: Sequence[tuple[int, Path]], volume: int, direct
 
 
 def read_kaggle_volume(
-    paths: Sequence[Path], volume: int, channel_order: Sequence[str] = KAGGLE_DEFAULT_ORDER
+    paths: Sequence[Path],
+    volume: int,
+    channel_order: Sequence[str] = KAGGLE_DEFAULT_ORDER,
+    *,
+    roots: Sequence[str | Path] | None = None,
+    max_case_voxels: int = DEFAULT_CASE_VOXEL_BUDGET,
 ) -> Case:
-    """Stack the slice files ``paths`` (in slice order) into a Case: image[c, k] = slice_k.image[:, :, c']."""
+    """Stack the slice files ``paths`` (in slice order) into a Case: image[c, k] = slice_k.image[:, :, c'].
+
+    ``roots``: the allowed folders (None = the folders holding ``paths``). The volume may hold at most
+    ``max_case_voxels`` image voxels, so each slice at most that over (4 x number of slices) pixels.
+    """
     order = validate_channel_order(channel_order)
+    within = Confinement.of({Path(p).parent for p in paths} if roots is None else roots) if paths else None
     # For each MedVision modality, the file channel that holds it.
     file_channel = [order.index(m) for m in MODALITIES]
+    max_pixels = max_case_voxels // max(len(MODALITIES) * len(paths), 1)
     image: np.ndarray | None = None
     label: np.ndarray | None = None
     for k, path in enumerate(paths):
-        slice_image, slice_mask = read_kaggle_slice(path)
+        assert within is not None
+        slice_image, slice_mask = read_kaggle_slice(path, within=within, max_pixels=max_pixels)
         if image is None or label is None:
             height, width = slice_image.shape[:2]
             image = np.empty((len(MODALITIES), len(paths), height, width), dtype=np.float32)
@@ -138,16 +176,23 @@ def read_kaggle_volume(
     )
 
 
-def read_kaggle_slice(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """One slice file -> (image (H, W, 4), mask (H, W, 3)), validated."""
+def read_kaggle_slice(
+    path: str | Path, *, within: Confinement, max_pixels: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """One slice file -> (image (H, W, 4), mask (H, W, 3)), validated.
+
+    ``within``: the allowed folders (a path leading outside is refused unopened); ``max_pixels``: the
+    largest H x W accepted, checked from the dataset shape before its data is read.
+    """
     path = Path(path)
     if path.suffix.lower() != ".h5":
         raise InputDataError(path, f"wrong extension: expected a .h5 file, got {path.name!r}")
+    within.check(path)
     try:
         if path.stat().st_size == 0:
             raise InputDataError(path, "file is empty (0 bytes)")
         with h5py.File(path, "r") as handle:
-            image = _read_dataset(handle, path, "image", channels=4)
+            image = _read_dataset(handle, path, "image", channels=4, max_pixels=max_pixels)
             mask = _read_dataset(handle, path, "mask", channels=3, height_width=image.shape[:2])
     except InputDataError:
         raise
@@ -159,16 +204,28 @@ def read_kaggle_slice(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _read_dataset(
-    handle: h5py.File, path: Path, name: str, *, channels: int, height_width: tuple[int, ...] | None = None
+    handle: h5py.File,
+    path: Path,
+    name: str,
+    *,
+    channels: int,
+    height_width: tuple[int, ...] | None = None,
+    max_pixels: int | None = None,
 ) -> np.ndarray:
-    if name not in handle or not isinstance(handle[name], h5py.Dataset):
+    dataset = member(handle, name, path)
+    if not isinstance(dataset, h5py.Dataset):
         raise InputDataError(path, f"no dataset {name!r} (a Kaggle BraTS slice has 'image' and 'mask')")
-    dataset = handle[name]
     shape = tuple(dataset.shape)
     if len(shape) != 3 or shape[-1] != channels or (height_width is not None and shape[:2] != height_width):
         height, width = height_width if height_width is not None else ("H", "W")
         expected = f"({height}, {width}, {channels})"
         raise InputDataError(path, f"dataset {name!r} has shape {shape}, expected {expected}")
+    if max_pixels is not None and shape[0] * shape[1] > max_pixels:
+        raise InputDataError(
+            path,
+            f"dataset {name!r} has shape {shape}: more than the {max_pixels:,} pixels per slice that "
+            "this volume's voxel budget allows (a Kaggle BraTS slice is 240 x 240)",
+        )
     if dataset.dtype.kind not in "biuf" or dataset.dtype.fields is not None:
         raise InputDataError(
             path, f"dataset {name!r} has unsupported type {dataset.dtype}; expected real numbers"

@@ -3,7 +3,9 @@
 Readers of whole cases (BraTS folders, Decathlon files, uploads) all go through ``open_nifti`` (header
 only, cheap) and ``read_nifti_data`` (the voxels), so every malformed file is refused the same way: one
 ``InputDataError`` naming the file and the problem, never a nibabel/zlib traceback and never a
-multi-gigabyte allocation because a header lies about its size.
+multi-gigabyte allocation because a header lies about its size. ``open_nifti`` takes the allowed folders
+(a :class:`~medvision.confinement.Confinement`) and opens nothing whose real path lies outside them, and
+``check_case_voxels`` holds a whole case to a voxel budget, from the headers, before any voxel is read.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import gzip
 import logging
 import struct
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +23,7 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
+from medvision.confinement import Confinement
 from medvision.errors import InputDataError
 
 logger = logging.getLogger(__name__)
@@ -29,6 +33,10 @@ NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
 # for any real MRI while refusing headers that would make us allocate tens of gigabytes.
 MAX_SPATIAL_VOXELS: int = 512**3
 MAX_TOTAL_VOXELS: int = 4 * 512**3
+# Decoded image voxels per case, all modalities together. A BraTS case is 4 x 240 x 240 x 155 = 35.7 M voxels
+# (143 MB as the float32 case image); 4 x 256^3 = 67.1 M (268 MB) leaves 1.9x room for a larger field of view,
+# while four 512 x 512 x 384 volumes (403 M voxels, 1.6 GB, from a zip of under 1 MB) are refused.
+DEFAULT_CASE_VOXEL_BUDGET: int = 4 * 256**3
 # Affines of co-registered modalities are equal up to float rounding in the header.
 AFFINE_TOLERANCE: float = 1e-3
 # Deflate cannot expand data more than ~1032:1, so a .nii.gz cannot hold more than this many bytes per byte.
@@ -78,15 +86,17 @@ def nifti_stem(name: str) -> str:
     return name
 
 
-def open_nifti(path: str | Path, *, ndim: int) -> NiftiVolume:
+def open_nifti(path: str | Path, *, ndim: int, within: Confinement) -> NiftiVolume:
     """Parse and validate a NIfTI header (no voxel data is read).
 
     ``ndim`` is the expected number of dimensions (3 for a modality or label, 4 for a Decathlon image);
     extra trailing dimensions of length 1 (``(X, Y, Z, 1)``, written by some tools) are accepted.
+    ``within``: the allowed folders; a path leading outside them (a symbolic link) is refused unread.
     """
     path = Path(path)
     if not has_nifti_suffix(path.name):
         raise InputDataError(path, f"wrong extension: expected a .nii or .nii.gz file, got {path.name!r}")
+    within.check(path)
     if not path.is_file():
         raise InputDataError(path, "file does not exist")
     if path.stat().st_size == 0:
@@ -116,6 +126,20 @@ def open_nifti(path: str | Path, *, ndim: int) -> NiftiVolume:
             raise InputDataError(path, problem)
     _check_size_against_file(path, image, shape, dtype)
     return NiftiVolume(path, image, shape, dtype, affine, zooms)  # type: ignore[arg-type]
+
+
+def check_case_voxels(volumes: Sequence[NiftiVolume], budget: int, where: str | Path) -> None:
+    """Refuse a case whose image volumes decode to more than ``budget`` voxels, from their headers only."""
+    if budget <= 0:
+        raise ValueError(f"the voxel budget must be positive, got {budget}")
+    total = sum(int(np.prod(v.shape, dtype=np.int64)) for v in volumes)
+    if total > budget:
+        shapes = ", ".join(f"{v.path.name} {v.shape}" for v in volumes[:4])
+        raise InputDataError(
+            where,
+            f"the case would decode to {total:,} voxels ({shapes}), more than the limit of {budget:,} "
+            f"voxels per case ({budget * 4 / 1e6:,.0f} MB as float32); a BraTS case has 35,712,000",
+        )
 
 
 def _load_quietly(path: Path) -> nib.Nifti1Image:

@@ -13,6 +13,14 @@ Formats:
 Kaggle slice folders, or one case; nested up to a few folders deep, see discovery.py) and return
 picklable ``CaseRef``s so preparation can run in worker processes. Every refusal is an
 ``InputDataError`` naming the file and the problem.
+
+Every reader takes ``roots``, the folders it may read from (:mod:`medvision.confinement`): each file is
+opened only after its real path is checked against them, so a symbolic link leading elsewhere is refused
+(``PathNotAllowedError``) instead of read. With no ``roots`` the folder given is the root: the CLI reads
+any path its user types, but not a link inside it that leads out of it. A case is also held to
+``max_case_voxels`` decoded image voxels, checked from the headers before any voxel is read
+(``nifti_checks.DEFAULT_CASE_VOXEL_BUDGET``), and a zip is extracted under ``scratch_dir`` (the app passes
+its workspace; the default is the system's temporary folder).
 """
 
 from __future__ import annotations
@@ -25,13 +33,14 @@ import re
 import tempfile
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from medvision.confinement import Confinement
 from medvision.data.case import MODALITIES, Case, nifti_to_case_axes
-from medvision.data.discovery import Claim, Folder, find_cases
+from medvision.data.discovery import Claim, Folder, find_cases, list_folder
 from medvision.data.kaggle_h5 import (
     KAGGLE_DEFAULT_ORDER,
     KaggleH5Index,
@@ -41,7 +50,9 @@ from medvision.data.kaggle_h5 import (
     validate_channel_order,
 )
 from medvision.data.nifti_checks import (
+    DEFAULT_CASE_VOXEL_BUDGET,
     NiftiVolume,
+    check_case_voxels,
     check_finite,
     check_not_empty,
     check_same_grid,
@@ -57,6 +68,8 @@ from medvision.data.safe_zip import (
     safe_extract,
 )
 from medvision.errors import InputDataError
+
+Roots = Sequence[str | Path] | None  # allowed folders; None = the folder given (see the module docstring)
 
 __all__ = [
     "KAGGLE_DEFAULT_ORDER",
@@ -144,13 +157,15 @@ def _scan_names(folder: Path, names: Sequence[str]) -> _FolderScan:
     return _FolderScan(files, prefixes, wrong)
 
 
-def _scan_folder(folder: Path) -> _FolderScan:
-    try:
-        with os.scandir(folder) as entries:
-            names = [e.name for e in entries if e.is_file()]
-    except OSError as exc:
-        raise InputDataError(folder, f"cannot list the folder: {exc}") from exc
-    return _scan_names(folder, names)
+def _scan_folder(folder: Path, within: Confinement) -> _FolderScan:
+    return _scan_names(folder, list_folder(folder, 0, within).files)
+
+
+def _confinement(given: str | Path, roots: Roots) -> Confinement:
+    """The folders a reader of ``given`` may open files in: ``roots``, or by default around ``given``."""
+    within = Confinement.around(given) if roots is None else Confinement.of(roots)
+    within.check(given)
+    return within
 
 
 def _case_id_from_prefixes(prefixes: Mapping[str, str], fallback: str) -> str:
@@ -172,15 +187,24 @@ def _read_brats_label(volume: NiftiVolume) -> np.ndarray:
     return labels_to_brats(raw, volume.path, BRATS_LABEL_MAP)
 
 
-def _read_modality_files(modality_paths: Mapping[str, Path], label_path: Path | None, case_id: str) -> Case:
-    """Validate every header first (shapes, affines, sizes), then read the voxels into one (4, D, H, W)."""
-    volumes = [open_nifti(modality_paths[m], ndim=3) for m in MODALITIES]
+def _read_modality_files(
+    modality_paths: Mapping[str, Path],
+    label_path: Path | None,
+    case_id: str,
+    *,
+    within: Confinement,
+    max_case_voxels: int,
+) -> Case:
+    """Validate every header first (shapes, affines, sizes, voxel budget), then read the voxels into one
+    (4, D, H, W)."""
+    volumes = [open_nifti(modality_paths[m], ndim=3, within=within) for m in MODALITIES]
     reference = volumes[0]
     for volume in volumes[1:]:
         check_same_grid(volume, reference)
-    label_volume = open_nifti(label_path, ndim=3) if label_path is not None else None
+    label_volume = open_nifti(label_path, ndim=3, within=within) if label_path is not None else None
     if label_volume is not None:
         check_same_grid(label_volume, reference)
+    check_case_voxels(volumes, max_case_voxels, reference.path)
 
     size_i, size_j, size_k = reference.shape
     image = np.empty((len(MODALITIES), size_k, size_i, size_j), dtype=np.float32)
@@ -204,12 +228,15 @@ def _read_modality_files(modality_paths: Mapping[str, Path], label_path: Path | 
     )
 
 
-def read_brats_folder(folder: str | Path) -> Case:
+def read_brats_folder(
+    folder: str | Path, *, roots: Roots = None, max_case_voxels: int = DEFAULT_CASE_VOXEL_BUDGET
+) -> Case:
     """A BraTS case folder (2018-2021 or 2023 naming, .nii or .nii.gz; the ``seg`` file is optional)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise InputDataError(folder, "not a folder (expected a BraTS case folder)")
-    scan = _scan_folder(folder)
+    within = _confinement(folder, roots)
+    scan = _scan_folder(folder, within)
     for key, paths in scan.files.items():
         if len(paths) > 1:
             names = ", ".join(p.name for p in paths)
@@ -226,16 +253,27 @@ def read_brats_folder(folder: str | Path) -> Case:
     label_paths = scan.files.get(LABEL_KEY)
     case_id = _case_id_from_prefixes(scan.prefixes, folder.name)
     return _read_modality_files(
-        {m: scan.files[m][0] for m in MODALITIES}, label_paths[0] if label_paths else None, case_id
+        {m: scan.files[m][0] for m in MODALITIES},
+        label_paths[0] if label_paths else None,
+        case_id,
+        within=within,
+        max_case_voxels=max_case_voxels,
     )
 
 
-def read_nifti_files(paths: Mapping[str, str | Path], *, case_id: str | None = None) -> Case:
+def read_nifti_files(
+    paths: Mapping[str, str | Path],
+    *,
+    case_id: str | None = None,
+    roots: Roots = None,
+    max_case_voxels: int = DEFAULT_CASE_VOXEL_BUDGET,
+) -> Case:
     """Four separately uploaded modality files (+ optional label) keyed by modality name.
 
     Keys are MedVision names (``flair``, ``t1``, ``t1ce``, ``t2``, ``seg``) or BraTS 2023 names
     (``t2f``, ``t1n``, ``t1c``, ``t2w``); ``label`` is accepted for ``seg``. Unknown keys are a
-    programming error (ValueError); missing or bad files are an InputDataError.
+    programming error (ValueError); missing or bad files are an InputDataError. With no ``roots``,
+    each file must really lie in the folder it was given in (a symbolic link leading elsewhere is refused).
     """
     resolved: dict[str, Path] = {}
     for key, path in paths.items():
@@ -255,7 +293,10 @@ def read_nifti_files(paths: Mapping[str, str | Path], *, case_id: str | None = N
     if case_id is None:
         found = classify_name(nifti_stem(resolved["flair"].name))
         case_id = found[0] if found and found[0] else nifti_stem(resolved["flair"].name)
-    return _read_modality_files(resolved, resolved.get(LABEL_KEY), case_id)
+    within = Confinement.of(p.parent for p in resolved.values()) if roots is None else Confinement.of(roots)
+    return _read_modality_files(
+        resolved, resolved.get(LABEL_KEY), case_id, within=within, max_case_voxels=max_case_voxels
+    )
 
 
 # ------------------------------------------------------------------------------------- Decathlon
@@ -271,18 +312,30 @@ def decathlon_label_path(image_path: str | Path) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
-def read_decathlon(image_path: str | Path, label_path: str | Path | None = None) -> Case:
-    """A Decathlon Task01 4-D NIfTI (X, Y, Z, 4); the label is taken from ``labelsTr/`` when not given."""
+def read_decathlon(
+    image_path: str | Path,
+    label_path: str | Path | None = None,
+    *,
+    roots: Roots = None,
+    max_case_voxels: int = DEFAULT_CASE_VOXEL_BUDGET,
+) -> Case:
+    """A Decathlon Task01 4-D NIfTI (X, Y, Z, 4); the label is taken from ``labelsTr/`` when not given.
+
+    With no ``roots`` the task folder (above ``imagesTr/``) is the root, so the label may come from
+    ``labelsTr/`` but no symbolic link may lead out of the task.
+    """
     image_path = Path(image_path)
-    volume = open_nifti(image_path, ndim=4)
+    within = _confinement(image_path, roots)
+    volume = open_nifti(image_path, ndim=4, within=within)
     if volume.shape[3] != len(DECATHLON_CHANNELS):
         raise InputDataError(
             image_path,
             f"expected {len(DECATHLON_CHANNELS)} channels ({', '.join(DECATHLON_CHANNELS)}) in the 4th "
             f"dimension, got shape {volume.shape}",
         )
+    check_case_voxels([volume], max_case_voxels, image_path)
     label_file = Path(label_path) if label_path is not None else decathlon_label_path(image_path)
-    label_volume = open_nifti(label_file, ndim=3) if label_file is not None else None
+    label_volume = open_nifti(label_file, ndim=3, within=within) if label_file is not None else None
     if label_volume is not None:
         check_same_grid(label_volume, volume, spatial_only=True)
 
@@ -317,16 +370,24 @@ def read_decathlon(image_path: str | Path, label_path: str | Path | None = None)
 def read_zip(
     zip_path: str | Path,
     *,
+    roots: Roots = None,
+    scratch_dir: Path | None = None,
     max_uncompressed_bytes: int = DEFAULT_MAX_UNCOMPRESSED_BYTES,
     max_compression_ratio: float = DEFAULT_MAX_COMPRESSION_RATIO,
+    max_case_voxels: int = DEFAULT_CASE_VOXEL_BUDGET,
 ) -> Case:
     """A .zip holding one case (typically one BraTS case folder), extracted safely to a temporary folder.
 
-    Errors about files inside the archive name the archive and the member. The returned Case keeps the
-    archive as its source path (the temporary folder is deleted before returning).
+    The temporary folder is made in ``scratch_dir`` (the app passes one inside its workspace; None = the
+    system's temporary folder). Errors about files inside the archive name the archive and the member.
+    The returned Case keeps the archive as its source path (the temporary folder is deleted before
+    returning).
     """
     zip_path = Path(zip_path)
-    with tempfile.TemporaryDirectory(prefix="medvision-zip-") as tmp:
+    _confinement(zip_path, roots)
+    if scratch_dir is not None:
+        scratch_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="medvision-zip-", dir=scratch_dir) as tmp:
         root = Path(tmp)
         safe_extract(
             zip_path,
@@ -342,7 +403,7 @@ def read_zip(
             if len(refs) != 1:
                 problem = f"holds {len(refs)} cases; upload a zip of exactly one case folder"
                 raise InputDataError(root, problem)
-            case = refs[0].load()
+            case = dataclasses.replace(refs[0], max_case_voxels=max_case_voxels).load()
         except InputDataError as exc:
             raise _error_inside_zip(exc, zip_path, root) from exc
     # Files at the archive root with no <ID> in their names would otherwise be named after the temp folder.
@@ -377,7 +438,11 @@ def _zip_case_id(zip_path: Path) -> str:
 
 @dataclass(frozen=True)
 class CaseRef:
-    """A picklable pointer to one case of a dataset; ``load()`` reads it (in any process)."""
+    """A picklable pointer to one case of a dataset; ``load()`` reads it (in any process).
+
+    How it is read (``roots``, ``scratch_dir``, ``max_case_voxels``, see the module docstring) travels with
+    it but is not part of what the case is, so two refs to the same files compare equal.
+    """
 
     kind: str  # "brats" | "decathlon" | "zip" | "kaggle"
     case_id: str
@@ -386,37 +451,44 @@ class CaseRef:
     kaggle_slices: tuple[tuple[int, Path], ...] = ()  # (slice index, file) of one Kaggle volume
     kaggle_volume: int | None = None
     channel_order: tuple[str, ...] = KAGGLE_DEFAULT_ORDER
+    roots: tuple[Path, ...] | None = field(default=None, compare=False)  # None: around ``path``
+    scratch_dir: Path | None = field(default=None, compare=False)
+    max_case_voxels: int = field(default=DEFAULT_CASE_VOXEL_BUDGET, compare=False)
 
     def load(self) -> Case:
+        limit = self.max_case_voxels
         if self.kind == "brats":
-            case = read_brats_folder(self.path)
+            case = read_brats_folder(self.path, roots=self.roots, max_case_voxels=limit)
         elif self.kind == "decathlon":
-            case = read_decathlon(self.path, self.label_path)
+            case = read_decathlon(self.path, self.label_path, roots=self.roots, max_case_voxels=limit)
         elif self.kind == "zip":
-            case = read_zip(self.path)
+            case = read_zip(self.path, roots=self.roots, scratch_dir=self.scratch_dir, max_case_voxels=limit)
         elif self.kind == "kaggle" and self.kaggle_volume is not None:
             paths = checked_slice_paths(self.kaggle_slices, self.kaggle_volume, self.path)
-            case = read_kaggle_volume(paths, self.kaggle_volume, self.channel_order)
+            roots = self.roots if self.roots is not None else (self.path,)
+            case = read_kaggle_volume(
+                paths, self.kaggle_volume, self.channel_order, roots=roots, max_case_voxels=limit
+            )
         else:
             raise ValueError(f"unknown CaseRef kind {self.kind!r}")
         # The id a dataset listing announced is the id the case gets, whatever its files say.
         return case if case.case_id == self.case_id else dataclasses.replace(case, case_id=self.case_id)
 
 
-def _decathlon_refs(images_dir: Path) -> list[CaseRef]:
+def _decathlon_refs(images_dir: Path, within: Confinement) -> list[CaseRef]:
     refs = []
-    for entry in sorted(os.scandir(images_dir), key=lambda e: e.name):
-        if entry.name.startswith(".") or not entry.is_file() or not has_nifti_suffix(entry.name):
+    for name in list_folder(images_dir, 0, within).files:
+        if not has_nifti_suffix(name):
             continue
-        image = Path(entry.path)
+        image = images_dir / name
         label = decathlon_label_path(image)
         refs.append(CaseRef("decathlon", nifti_stem(image.name), image, label_path=label))
     return refs
 
 
-def _decathlon_task_refs(task: Path) -> list[CaseRef]:
+def _decathlon_task_refs(task: Path, within: Confinement) -> list[CaseRef]:
     """The training images of a Decathlon task folder (``imagesTs/`` has no labels and is not read)."""
-    refs = _decathlon_refs(task / "imagesTr")
+    refs = _decathlon_refs(task / "imagesTr", within)
     if not refs:
         raise InputDataError(task / "imagesTr", "no .nii/.nii.gz images in this Decathlon folder")
     return refs
@@ -439,7 +511,7 @@ def _kaggle_refs(
     ]
 
 
-def _claim_folder(folder: Folder, order: tuple[str, ...]) -> Claim[CaseRef]:
+def _claim_folder(folder: Folder, order: tuple[str, ...], within: Confinement) -> Claim[CaseRef]:
     """What one folder of a dataset walk holds, from its names: a dataset or case folder, case zips, or none.
 
     The checks run in the order a folder used to be read as a dataset root: a Decathlon task, Kaggle
@@ -447,7 +519,7 @@ def _claim_folder(folder: Folder, order: tuple[str, ...]) -> Claim[CaseRef]:
     (a zip deeper down is more often the archive a dataset was unpacked from than a case).
     """
     if "imagesTr" in folder.folders:
-        return Claim(tuple(_decathlon_task_refs(folder.path)), leaf=True)
+        return Claim(tuple(_decathlon_task_refs(folder.path, within)), leaf=True)
     kaggle = index_kaggle_names(folder.path, folder.files)
     if kaggle:
         return Claim(tuple(_kaggle_refs(folder.path, kaggle, order)), leaf=True)
@@ -458,28 +530,38 @@ def _claim_folder(folder: Folder, order: tuple[str, ...]) -> Claim[CaseRef]:
     if folder.depth > 0:
         return Claim()
     if folder.path.name.startswith("images") and any(has_nifti_suffix(n) for n in folder.files):
-        return Claim(tuple(_decathlon_refs(folder.path)), leaf=True)
+        return Claim(tuple(_decathlon_refs(folder.path, within)), leaf=True)
     zips = [folder.path / n for n in folder.files if n.lower().endswith(".zip")]
     return Claim(tuple(CaseRef("zip", _zip_case_id(z), z) for z in zips))
 
 
 def list_case_sources(
-    source: str | Path, *, kaggle_channel_order: Sequence[str] = KAGGLE_DEFAULT_ORDER
+    source: str | Path,
+    *,
+    kaggle_channel_order: Sequence[str] = KAGGLE_DEFAULT_ORDER,
+    roots: Roots = None,
+    scratch_dir: Path | None = None,
+    max_case_voxels: int = DEFAULT_CASE_VOXEL_BUDGET,
 ) -> list[CaseRef]:
     """The cases under ``source``: one case (folder, zip, Decathlon file) or a dataset root.
 
     A dataset root holds, up to ``discovery.MAX_DEPTH`` folders down, BraTS case folders (and/or case
     zips directly in it), a Decathlon task folder with ``imagesTr/`` (labels from ``labelsTr/``), or
     folders of Kaggle slice files (one case per volume) - one format per root (see discovery.py).
-    Nothing but file names is read here.
+    Nothing but file names is read here. ``roots`` (None = ``source`` itself), ``scratch_dir`` and
+    ``max_case_voxels`` are handed to every ref, so its ``load()`` reads under the same rules.
     """
     order = validate_channel_order(kaggle_channel_order)
     source = Path(source)
     if not source.exists():
         raise InputDataError(source, "does not exist")
+    within = _confinement(source, roots)
     if source.is_file():
-        return [_file_ref(source)]
-    return find_cases(source, functools.partial(_claim_folder, order=order))
+        refs = [_file_ref(source)]
+    else:
+        refs = find_cases(source, functools.partial(_claim_folder, order=order, within=within), within=within)
+    options = {"roots": within.roots, "scratch_dir": scratch_dir, "max_case_voxels": max_case_voxels}
+    return [dataclasses.replace(ref, **options) for ref in refs]
 
 
 def _file_ref(path: Path) -> CaseRef:
@@ -497,16 +579,29 @@ def _file_ref(path: Path) -> CaseRef:
 
 
 def iter_cases(
-    source: str | Path, *, kaggle_channel_order: Sequence[str] = KAGGLE_DEFAULT_ORDER
+    source: str | Path, *, kaggle_channel_order: Sequence[str] = KAGGLE_DEFAULT_ORDER, roots: Roots = None
 ) -> Iterator[Case]:
     """Read the cases of ``source`` one at a time (see ``list_case_sources``)."""
-    for ref in list_case_sources(source, kaggle_channel_order=kaggle_channel_order):
+    for ref in list_case_sources(source, kaggle_channel_order=kaggle_channel_order, roots=roots):
         yield ref.load()
 
 
-def load_case(path: str | Path, *, kaggle_channel_order: Sequence[str] = KAGGLE_DEFAULT_ORDER) -> Case:
+def load_case(
+    path: str | Path,
+    *,
+    kaggle_channel_order: Sequence[str] = KAGGLE_DEFAULT_ORDER,
+    roots: Roots = None,
+    scratch_dir: Path | None = None,
+    max_case_voxels: int = DEFAULT_CASE_VOXEL_BUDGET,
+) -> Case:
     """Read one case from any supported input (case folder, .zip, Decathlon file, one Kaggle volume)."""
-    refs = list_case_sources(path, kaggle_channel_order=kaggle_channel_order)
+    refs = list_case_sources(
+        path,
+        kaggle_channel_order=kaggle_channel_order,
+        roots=roots,
+        scratch_dir=scratch_dir,
+        max_case_voxels=max_case_voxels,
+    )
     if len(refs) != 1:
         shown = ", ".join(r.case_id for r in refs[:3]) + (", ..." if len(refs) > 3 else "")
         raise InputDataError(

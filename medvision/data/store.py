@@ -20,6 +20,11 @@ Layout (attrs ``format="medvision-store"``, ``version=1``, ``modalities``, ``sou
   equal bins over ``[attrs lo, attrs hi)``. Each case is histogrammed on its own power-of-two range
   (``[0, 2**e)`` or ``[-2**e, 2**e)``); such grids nest exactly, so merging into the widest range is
   exact (every fine bin lies inside one coarse bin), whatever the intensity scale of the source.
+
+A store named by a user may have been written by anyone, so :class:`SliceStore` reaches every group and
+dataset one name at a time through :mod:`medvision.data.h5_checks`: a dataset with external storage, a
+virtual dataset, or a soft or external link is refused (InputDataError naming the store and the object)
+before any of its data is read, so a store cannot make the app read other files.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from medvision.data.case import BRATS_LABELS, MODALITIES, Case
+from medvision.data.h5_checks import member_dataset, member_group
 from medvision.data.preprocess import brain_mask, normalise_case_image
 from medvision.errors import InputDataError
 from medvision.parallel import spawn_pool
@@ -195,14 +201,16 @@ def _prepare_case(item: Any) -> _PreparedCase:
 # Writing
 
 
-def _list_items(source: Any, kaggle_channel_order: Sequence[str] | None) -> tuple[list[Any], str]:
+def _list_items(
+    source: Any, kaggle_channel_order: Sequence[str] | None, roots: Sequence[str | Path] | None
+) -> tuple[list[Any], str]:
     """Source -> (list of Case or picklable case references, description for the `source` attr)."""
     if isinstance(source, (str, os.PathLike)):
         from medvision.data.readers import list_case_sources  # lazy: readers pulls in nibabel etc.
 
-        options = (
-            {} if kaggle_channel_order is None else {"kaggle_channel_order": tuple(kaggle_channel_order)}
-        )
+        options: dict[str, Any] = {"roots": roots}
+        if kaggle_channel_order is not None:
+            options["kaggle_channel_order"] = tuple(kaggle_channel_order)
         return list(list_case_sources(source, **options)), str(Path(source).resolve())
     if isinstance(source, Case):
         return [source], "in-memory"
@@ -273,6 +281,85 @@ def _remove_stale_temporaries(out: Path) -> None:
             continue
 
 
+def _check_unique_ids(items: Sequence[Any], description: str) -> None:
+    """Refuse a source with two cases of one id (they would share an HDF5 group)."""
+    counts = Counter(getattr(item, "case_id", None) for item in items)
+    duplicates = sorted(i for i, n in counts.items() if i is not None and n > 1)
+    if duplicates:
+        raise InputDataError(description, f"duplicate case ids {duplicates[:5]}")
+
+
+def _write_header(f: h5py.File, description: str) -> None:
+    f.attrs["format"] = STORE_FORMAT
+    f.attrs["version"] = STORE_VERSION
+    f.attrs["modalities"] = list(MODALITIES)
+    f.attrs["source"] = description
+    f.attrs["uuid"] = uuid.uuid4().hex
+    f.create_group("cases")
+
+
+@dataclass
+class _Summary:
+    """What the store keeps beside the cases, gathered while they are written."""
+
+    case_ids: list[str]
+    columns: dict[str, list[np.ndarray]]  # slice-table columns, one array per case
+    histograms: list[list[Histogram]]  # per modality, one histogram per case
+
+    @classmethod
+    def empty(cls) -> _Summary:
+        return cls([], {name: [] for name in TABLE_COLUMNS}, [[] for _ in MODALITIES])
+
+    def add(self, index: int, prepared: _PreparedCase) -> None:
+        self.case_ids.append(prepared.case_id)
+        depth = prepared.image.shape[1]
+        self.columns["case_index"].append(np.full(depth, index, dtype=np.int32))
+        for name, values in prepared.table.items():
+            self.columns[name].append(values)
+        for c, hist in enumerate(prepared.histograms):
+            self.histograms[c].append(hist)
+
+
+def _write_cases(
+    f: h5py.File,
+    items: Sequence[Any],
+    description: str,
+    *,
+    workers: int,
+    progress: bool,
+    compression: str | None,
+) -> _Summary:
+    """Prepare and write every case in source order; returns what the tables are made of."""
+    summary = _Summary.empty()
+    bar = tqdm(total=len(items), desc="prepare", unit="case", disable=not progress)
+    try:
+        # closing(): on an error, stop the workers now, not whenever the generator is collected.
+        with closing(_ordered_results(items, workers)) as results:
+            for index, prepared in enumerate(results):
+                if prepared.case_id in summary.case_ids:
+                    raise InputDataError(description, f"duplicate case id {prepared.case_id!r}")
+                _write_case(f, index, prepared, compression)
+                summary.add(index, prepared)
+                bar.update(1)
+    finally:
+        bar.close()
+    return summary
+
+
+def _write_tables(f: h5py.File, summary: _Summary) -> None:
+    """The case list, the slice table and the merged intensity histograms."""
+    f.create_dataset("case_ids", data=np.array(summary.case_ids, dtype=object), dtype=h5py.string_dtype())
+    slices = f.create_group("slices")
+    for name, parts in summary.columns.items():
+        slices.create_dataset(name, data=np.concatenate(parts))
+    intensity = f.create_group("intensity")
+    for c, modality in enumerate(MODALITIES):
+        lo, hi, counts = merge_histograms(summary.histograms[c])
+        dataset = intensity.create_dataset(modality, data=counts)
+        dataset.attrs["lo"] = lo
+        dataset.attrs["hi"] = hi
+
+
 def prepare_store(
     source: Any,
     out: str | Path,
@@ -281,6 +368,7 @@ def prepare_store(
     progress: bool = True,
     kaggle_channel_order: Sequence[str] | None = None,
     compression: str | None = "lzf",
+    roots: Sequence[str | Path] | None = None,
 ) -> Path:
     """Prepare `source` into the store `out` and return its path.
 
@@ -290,6 +378,8 @@ def prepare_store(
     by this process. The store is written to a temporary file beside `out` and renamed at the end,
     so a failed or interrupted prepare leaves any existing store at `out` untouched.
     `kaggle_channel_order` (for a Kaggle slice folder) is passed to the readers; None = their default.
+    `roots`: the folders a dataset path's files may really lie in (None = the dataset folder itself, so
+    a symbolic link leading out of it is refused; see medvision.confinement).
     `compression`: "lzf" (default) stores a BraTS case in ~12 MB and reads a slice in ~1 ms; None
     takes ~2.5x the disk and reads a slice ~3x faster.
 
@@ -299,61 +389,26 @@ def prepare_store(
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     out = Path(out)
-    items, description = _list_items(source, kaggle_channel_order)
+    items, description = _list_items(source, kaggle_channel_order, roots)
     if not items:
         raise InputDataError(description, "no cases found to prepare")
-    counts = Counter(getattr(item, "case_id", None) for item in items)
-    duplicates = sorted(i for i, n in counts.items() if i is not None and n > 1)
-    if duplicates:
-        raise InputDataError(description, f"duplicate case ids {duplicates[:5]}")
+    _check_unique_ids(items, description)
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(out)
     tmp = out.parent / f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     log.info("preparing %d cases from %s into %s (%d workers)", len(items), description, out, workers)
     try:
-        columns: dict[str, list[np.ndarray]] = {name: [] for name in TABLE_COLUMNS}
-        histograms: list[list[tuple[float, float, np.ndarray]]] = [[] for _ in MODALITIES]
-        case_ids: list[str] = []
         with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = STORE_FORMAT
-            f.attrs["version"] = STORE_VERSION
-            f.attrs["modalities"] = list(MODALITIES)
-            f.attrs["source"] = description
-            f.attrs["uuid"] = uuid.uuid4().hex
-            f.create_group("cases")
-            bar = tqdm(total=len(items), desc="prepare", unit="case", disable=not progress)
-            try:
-                # closing(): on an error, stop the workers now, not whenever the generator is collected.
-                with closing(_ordered_results(items, workers)) as results:
-                    for index, prepared in enumerate(results):
-                        if prepared.case_id in case_ids:
-                            raise InputDataError(description, f"duplicate case id {prepared.case_id!r}")
-                        _write_case(f, index, prepared, compression)
-                        case_ids.append(prepared.case_id)
-                        depth = prepared.image.shape[1]
-                        columns["case_index"].append(np.full(depth, index, dtype=np.int32))
-                        for name, values in prepared.table.items():
-                            columns[name].append(values)
-                        for c, hist in enumerate(prepared.histograms):
-                            histograms[c].append(hist)
-                        bar.update(1)
-            finally:
-                bar.close()
-            f.create_dataset("case_ids", data=np.array(case_ids, dtype=object), dtype=h5py.string_dtype())
-            slices = f.create_group("slices")
-            for name, parts in columns.items():
-                slices.create_dataset(name, data=np.concatenate(parts))
-            intensity = f.create_group("intensity")
-            for c, modality in enumerate(MODALITIES):
-                lo, hi, counts = merge_histograms(histograms[c])
-                dataset = intensity.create_dataset(modality, data=counts)
-                dataset.attrs["lo"] = lo
-                dataset.attrs["hi"] = hi
+            _write_header(f, description)
+            summary = _write_cases(
+                f, items, description, workers=workers, progress=progress, compression=compression
+            )
+            _write_tables(f, summary)
         os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    log.info("store %s written: %d cases", out, len(case_ids))
+    log.info("store %s written: %d cases", out, len(summary.case_ids))
     return out
 
 
@@ -395,9 +450,12 @@ class SliceStore:
             raise InputDataError(self.path, problem)
         self.modalities: tuple[str, ...] = tuple(str(m) for m in attrs["modalities"])
         self.source = str(attrs.get("source", ""))
-        self.case_ids: list[str] = [
-            s.decode() if isinstance(s, bytes) else str(s) for s in self._file["case_ids"][()]
-        ]
+        try:
+            ids = self._dataset(self._file, "case_ids")[()]
+        except BaseException:
+            self._file.close()
+            raise
+        self.case_ids: list[str] = [s.decode() if isinstance(s, bytes) else str(s) for s in ids]
         self._case_set = set(self.case_ids)
         stat = os.stat(self.path)
         # size + mtime catch rewrites in place; the uuid tells apart two stores that happen to match both.
@@ -419,17 +477,30 @@ class SliceStore:
     def __len__(self) -> int:
         return len(self.slice_table())
 
+    def _dataset(self, group: h5py.Group, name: str) -> h5py.Dataset:
+        """A dataset stored in this file itself (see the module docstring); InputDataError otherwise."""
+        dataset = member_dataset(group, name, self.path)
+        if dataset is None:
+            raise InputDataError(self.path, f"store has no dataset {group.name.rstrip('/')}/{name}")
+        return dataset
+
+    def _subgroup(self, group: h5py.Group, name: str) -> h5py.Group:
+        found = member_group(group, name, self.path)
+        if found is None:
+            raise InputDataError(self.path, f"store has no group {group.name.rstrip('/')}/{name}")
+        return found
+
     def _group(self, case_id: str) -> h5py.Group:
         if case_id not in self._case_set:
             raise KeyError(f"case {case_id!r} is not in store {self.path}")
-        return self._file["cases"][case_id]
+        return self._subgroup(self._subgroup(self._file, "cases"), case_id)
 
     def slice_table(self) -> pd.DataFrame:
         """One row per stored slice: case_id, case_index, slice_index, slice_original, brain_pixels,
         pixels_ncr/ed/et/wt/tc, labelled. Cached; callers get a copy."""
         if self._table is None:
-            group = self._file["slices"]
-            data = {name: group[name][()] for name in TABLE_COLUMNS}
+            group = self._subgroup(self._file, "slices")
+            data = {name: self._dataset(group, name)[()] for name in TABLE_COLUMNS}
             table = pd.DataFrame(data)
             ids = np.asarray(self.case_ids, dtype=object)
             table.insert(0, "case_id", ids[table["case_index"].to_numpy()])
@@ -437,15 +508,16 @@ class SliceStore:
         return self._table.copy()
 
     def n_slices(self, case_id: str) -> int:
-        return int(self._group(case_id)["image"].shape[1])
+        return int(self._case_datasets(case_id)[0].shape[1])
 
     def has_label(self, case_id: str) -> bool:
-        return "label" in self._group(case_id)
+        return self._case_datasets(case_id)[1] is not None
 
     def _case_datasets(self, case_id: str) -> tuple[h5py.Dataset, h5py.Dataset | None]:
         if case_id not in self._datasets:
             group = self._group(case_id)
-            self._datasets[case_id] = (group["image"], group.get("label"))
+            image = self._dataset(group, "image")
+            self._datasets[case_id] = (image, member_dataset(group, "label", self.path))
         return self._datasets[case_id]
 
     def read_slice(self, case_id: str, k: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -458,11 +530,10 @@ class SliceStore:
 
     def read_image(self, case_id: str) -> np.ndarray:
         """Whole stored image (4, D, h, w) as float16 (as stored; cheap to hold many in memory)."""
-        return self._group(case_id)["image"][()]
+        return self._case_datasets(case_id)[0][()]
 
     def read_label(self, case_id: str) -> np.ndarray | None:
-        group = self._group(case_id)
-        label = group.get("label")
+        label = self._case_datasets(case_id)[1]
         return None if label is None else label[()]
 
     def case_meta(self, case_id: str) -> dict[str, Any]:
@@ -477,7 +548,7 @@ class SliceStore:
             else:
                 meta[key] = value
         meta["case_id"] = case_id
-        meta["stored_shape"] = list(group["image"].shape[1:])
+        meta["stored_shape"] = list(self._case_datasets(case_id)[0].shape[1:])
         return meta
 
     def read_case(self, case_id: str) -> Case:
@@ -499,8 +570,9 @@ class SliceStore:
     def intensity_histograms(self) -> dict[str, dict[str, Any]]:
         """Per modality: {"edges": (BINS+1,) array, "counts": (BINS,) int64} of raw intensities in brain."""
         result = {}
+        intensity = self._subgroup(self._file, "intensity")
         for modality in self.modalities:
-            dataset = self._file["intensity"][modality]
+            dataset = self._dataset(intensity, modality)
             lo, hi = float(dataset.attrs["lo"]), float(dataset.attrs["hi"])
             counts = dataset[()]
             result[modality] = {"edges": np.linspace(lo, hi, len(counts) + 1), "counts": counts}
