@@ -34,6 +34,13 @@ def _keep_main_module():
         sys.modules["__main__"] = main
 
 
+@pytest.fixture(autouse=True)
+def _onnx_cache_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`predict` keeps its ONNX export in the user's cache (~/.cache/medvision); every test, and every
+    process a test starts, is given a temporary folder instead (.ci/run fails if the real one appears)."""
+    monkeypatch.setenv("MEDVISION_CACHE_DIR", str(tmp_path / "onnx-cache"))
+
+
 @pytest.fixture()
 def slow_start(monkeypatch):
     """Training launches start a process that writes nothing for a minute (a trainer still importing);

@@ -46,12 +46,6 @@ def write_case_folder(root: Path) -> Path:
     return folder
 
 
-@pytest.fixture(autouse=True)
-def cache_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The CLI keeps its ONNX export in the user's cache; here that is a temporary folder."""
-    monkeypatch.setenv("MEDVISION_CACHE_DIR", str(tmp_path / "onnx-cache"))
-
-
 def run_cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
     code = main(["predict", *[str(a) for a in args]])
     captured = capsys.readouterr()
