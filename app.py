@@ -151,4 +151,7 @@ page = st.navigation(pages)
 st.warning(
     "Research demo — not for clinical use. Predictions are not a diagnosis.", icon=":material/warning:"
 )
+# Pages that keep their widgets' values across visits (kept_state.py) ask which page ran before them.
+st.session_state["mv_previous_page"] = st.session_state.get("mv_current_page")
+st.session_state["mv_current_page"] = page.url_path
 page.run()

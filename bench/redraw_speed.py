@@ -46,15 +46,18 @@ def load_case(path: Path | None) -> Case:
 
 def fast_redraw(case: Case, label: np.ndarray, view: str, index: int, window: render.Window) -> str:
     rgb = viewer.render_plane(case, view, index, "flair", window, label, opacity=0.45)
-    fig = figures.slice_figure(rgb, pixel_mm=render.pixel_spacing(case.spacing, view), title="Prediction")
+    frame = viewer.display_frame(case)
+    pixel_mm = render.pixel_spacing(case.spacing, view, frame)
+    fig = figures.slice_figure(rgb, pixel_mm=pixel_mm, title="Prediction")
     return fig.to_json()
 
 
 def naive_redraw(case: Case, label: np.ndarray, view: str, index: int, window: render.Window) -> str:
     import plotly.express as px
 
-    plane = render.take_slice(case.image[MODALITIES.index("flair")], view, index).astype(np.float64)
-    labels = render.take_slice(label, view, index)
+    frame = viewer.display_frame(case)
+    plane = render.take_slice(case.image[MODALITIES.index("flair")], view, index, frame).astype(np.float64)
+    labels = render.take_slice(label, view, index, frame)
     grey = np.clip((plane - window.low) / window.width, 0.0, 1.0) * 255.0
     rgb = np.stack([grey, grey, grey], axis=-1)
     for value, colour in render.LABEL_COLOURS.items():  # one full-plane pass per label, float blending
@@ -71,7 +74,7 @@ def time_path(
     times = []
     for i in range(repeats):
         view = render.VIEWS[i % len(render.VIEWS)]
-        index = int(rng.integers(0, render.view_shape(case.shape, view)))
+        index = int(rng.integers(0, render.view_shape(case.shape, view, viewer.display_frame(case))))
         start = time.perf_counter()
         fn(case, label, view, index, window)
         times.append((time.perf_counter() - start) * 1000.0)

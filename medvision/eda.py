@@ -250,7 +250,8 @@ def pick_sample_slices(
 
 
 def load_sample(store_path: str | Path, case_id: str, k: int) -> dict[str, Any]:
-    """One stored slice for the gallery: z-scored image (4, h, w), label (h, w) and regions (3, h, w)."""
+    """One stored slice for the gallery: z-scored image (4, h, w), label (h, w), regions (3, h, w) and
+    the case's affine (None in stores written without one)."""
     with SliceStore(store_path) as store:
         image, label = store.read_slice(case_id, k)
         meta = store.case_meta(case_id)
@@ -264,4 +265,5 @@ def load_sample(store_path: str | Path, case_id: str, k: int) -> dict[str, Any]:
         "label": label,
         "regions": None if label is None else label_to_regions(label),
         "region_names": list(REGIONS),
+        "affine": meta.get("affine"),  # the viewer orients the slice from it
     }

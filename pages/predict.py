@@ -10,6 +10,7 @@ import streamlit as st
 
 from medvision.app_support import figures, mesh, render, viewer
 from medvision.app_support.catalog import CaseChoice, case_choices
+from medvision.app_support.kept_state import came_from_another_page, keep_widget_values
 from medvision.app_support.plain_text import plain
 from medvision.app_support.session_life import current_session_alive
 from medvision.app_support.uploads import case_from_uploads, streamed_upload
@@ -39,6 +40,33 @@ LABEL_TOGGLES = {
     2: ("view_show_ed", "ED", "peritumoral edema, drawn yellow"),
     4: ("view_show_et", "ET", "GD-enhancing tumour, drawn blue"),
 }
+# The page's choices, kept while the user visits other pages (Streamlit drops undrawn widgets' values).
+# The uploaded files cannot be put back into the uploader; the case read from them is kept instead.
+KEPT_WIDGETS = (
+    "predict_input",
+    "predict_case",
+    "predict_mc_samples",
+    "view_plane",
+    "view_modality",
+    "view_convention",
+    "view_opacity",
+    "view_level",
+    "view_width",
+    "view_error_region",
+    "view_attention",
+    "view_uncertainty",
+    "view_3d",
+    *(key for key, _, _ in LABEL_TOGGLES.values()),
+    *(f"view_slice_{view}" for view in render.VIEWS),
+)
+keep_widget_values(st.session_state, KEPT_WIDGETS, restore=came_from_another_page(st.session_state))
+# Defaults set here rather than as widget arguments: a widget given both warns.
+for key, default in (
+    *((key, True) for key, _, _ in LABEL_TOGGLES.values()),
+    ("view_opacity", 0.45),
+    ("predict_mc_samples", 6),
+):
+    st.session_state.setdefault(key, default)
 
 
 @st.cache_resource(max_entries=2, show_spinner="Loading the model…")
@@ -57,6 +85,29 @@ def _choices(label: str, store: str, cases_root: str | None, _source) -> list[Ca
     return case_choices(_source)
 
 
+def _read_upload(uploads: list) -> None:
+    """Read the uploaded files into a case held in the session (once per set of files)."""
+    digest = hashlib.sha1()
+    for f in sorted(uploads, key=lambda f: f.name):
+        digest.update(f"{f.name}:{f.size}:{f.file_id}".encode())
+    upload_key = "upload:" + digest.hexdigest()
+    held = st.session_state.get("predict_upload_case")
+    if held is not None and held[0] == upload_key:
+        return
+    st.session_state.pop("predict_upload_case", None)
+    try:
+        with st.spinner("Reading the upload…"):
+            uploaded_case = case_from_uploads(
+                [streamed_upload(f) for f in uploads],  # sizes checked before any byte is copied
+                settings.workspace.uploads,
+                max_bytes=settings.max_upload_mb * 1_000_000,
+            )
+    except MedVisionError as error:
+        st.error(f"Cannot use this upload — {plain(error)}")
+        st.stop()
+    st.session_state["predict_upload_case"] = (upload_key, uploaded_case)
+
+
 # ---------------------------------------------------------------------------------------------- input
 mode = st.radio("Input", (INPUT_SOURCE, INPUT_UPLOAD), key="predict_input", horizontal=True)
 if mode == INPUT_UPLOAD:
@@ -66,27 +117,18 @@ if mode == INPUT_UPLOAD:
         accept_multiple_files=True,
         key="predict_upload",
     )
-    if not uploads:
+    if uploads:
+        _read_upload(uploads)
+    elif st.session_state.get("predict_upload_case") is not None:
+        # Back from another page: the uploader is empty again, but the case read from it is kept.
+        held_id = st.session_state["predict_upload_case"][1].case_id
+        st.caption(f"Showing the case uploaded earlier, **{plain(held_id)}**; upload files to replace it.")
+        if st.button("Forget this upload", key="predict_forget_upload"):
+            st.session_state.pop("predict_upload_case")
+            st.rerun()
+    else:
         st.info("Upload a scan to segment it. Files stay on this server only while they are read.")
         st.stop()
-    digest = hashlib.sha1()
-    for f in sorted(uploads, key=lambda f: f.name):
-        digest.update(f"{f.name}:{f.size}:{f.file_id}".encode())
-    upload_key = "upload:" + digest.hexdigest()
-    held = st.session_state.get("predict_upload_case")
-    if held is None or held[0] != upload_key:
-        st.session_state.pop("predict_upload_case", None)
-        try:
-            with st.spinner("Reading the upload…"):
-                uploaded_case = case_from_uploads(
-                    [streamed_upload(f) for f in uploads],  # sizes checked before any byte is copied
-                    settings.workspace.uploads,
-                    max_bytes=settings.max_upload_mb * 1_000_000,
-                )
-        except MedVisionError as error:
-            st.error(f"Cannot use this upload — {plain(error)}")
-            st.stop()
-        st.session_state["predict_upload_case"] = (upload_key, uploaded_case)
     case_key, case = st.session_state["predict_upload_case"]
 else:
     if source is None:
@@ -131,12 +173,12 @@ if st.session_state.get("predict_active") != active:
     st.session_state["predict_active"] = active
     st.session_state["predict_job"] = VolumeJob(predictor, case, still_wanted=current_session_alive()).start()
     st.session_state["predict_derived"] = {}
-    start = (case.shape[0] // 2, case.shape[2] // 2, case.shape[1] // 2)
+    # Open every view through the tumour's centre (or the volume's), along the axis the affine gives it.
+    centre = [s // 2 for s in case.shape]
     if case.label is not None and (case.label > 0).any():
-        d, h, w = (int(a.mean()) for a in (case.label > 0).nonzero())
-        start = (d, w, h)
-    for view, index in zip(render.VIEWS, start, strict=True):
-        st.session_state[f"view_slice_{view}"] = index
+        centre = [int(a.mean()) for a in (case.label > 0).nonzero()]
+    for view in render.VIEWS:
+        st.session_state[f"view_slice_{view}"] = centre[viewer.display_frame(case).slice_axis(view)]
 derived: dict = st.session_state["predict_derived"]
 job: VolumeJob = st.session_state["predict_job"]
 if job.state == "cancelled":  # its session went away (a closed tab) and has come back: predict again
@@ -173,9 +215,14 @@ result = job.result if job.state == "done" else None
 
 
 # ------------------------------------------------------------------------------------------- viewer
+def _frame() -> render.DisplayFrame:
+    """The case's orientation from its affine, in the display convention chosen on the page."""
+    return viewer.display_frame(case, st.session_state.get("view_convention", render.CONVENTIONS[0]))
+
+
 def _step(view: str, delta: int) -> None:
     key = f"view_slice_{view}"
-    n = render.view_shape(case.shape, view)
+    n = render.view_shape(case.shape, view, _frame())
     st.session_state[key] = min(max(int(st.session_state[key]) + delta, 0), n - 1)
 
 
@@ -194,6 +241,7 @@ class _Shown:
     window: render.Window
     labels: list[int]
     opacity: float
+    frame: render.DisplayFrame
 
 
 def _keep_slice_state() -> None:
@@ -212,9 +260,9 @@ def _plane_and_overlay() -> tuple[str, str, list[int], float]:
     with c3:
         toggles = st.columns(4)
         for col, (value, (key, text, meaning)) in zip(toggles, LABEL_TOGGLES.items(), strict=False):
-            if col.checkbox(text, value=True, key=key, help=meaning):
+            if col.checkbox(text, key=key, help=meaning):
                 shown.append(value)
-        opacity = float(toggles[3].slider("Opacity", 0.0, 1.0, value=0.45, key="view_opacity", step=0.05))
+        opacity = float(toggles[3].slider("Opacity", 0.0, 1.0, key="view_opacity", step=0.05))
     return view, modality, shown, opacity
 
 
@@ -251,15 +299,23 @@ def _prediction_panel(s: _Shown) -> tuple[str, object]:
             result.label,
             labels_shown=s.labels,
             opacity=s.opacity,
+            frame=s.frame,
         )
-    elif s.view == "axial":
+    elif s.view == "axial" and viewer.can_show_single_slices(s.frame):
         slice_pred = predictor.predict_slice(case, s.index)
         rgb = viewer.render_slice_label(
-            case, s.index, s.modality, s.window, slice_pred.label, labels_shown=s.labels, opacity=s.opacity
+            case,
+            s.index,
+            s.modality,
+            s.window,
+            slice_pred.label,
+            frame=s.frame,
+            labels_shown=s.labels,
+            opacity=s.opacity,
         )
     else:
-        rgb = viewer.render_plane(case, s.view, s.index, s.modality, s.window, None)
-        st.caption("The overlay on coronal and sagittal views appears when the whole volume is predicted.")
+        rgb = viewer.render_plane(case, s.view, s.index, s.modality, s.window, None, frame=s.frame)
+        st.caption("The overlay on this view appears when the whole volume is predicted.")
     return "Prediction", rgb
 
 
@@ -268,13 +324,21 @@ def _truth_panels(s: _Shown) -> list[tuple[str, object]]:
     if case.label is None:
         return []
     truth = viewer.render_plane(
-        case, s.view, s.index, s.modality, s.window, case.label, labels_shown=s.labels, opacity=s.opacity
+        case,
+        s.view,
+        s.index,
+        s.modality,
+        s.window,
+        case.label,
+        labels_shown=s.labels,
+        opacity=s.opacity,
+        frame=s.frame,
     )
     panels: list[tuple[str, object]] = [("Ground truth", truth)]
     if result is not None:
         region = st.session_state.get("view_error_region", "WT")
         error_rgb, counts = viewer.render_error(
-            case, s.view, s.index, s.modality, s.window, result.label, case.label, region
+            case, s.view, s.index, s.modality, s.window, result.label, case.label, region, frame=s.frame
         )
         panels.append((f"Errors ({region}): FP {counts['FP']} · FN {counts['FN']}", error_rgb))
     return panels
@@ -283,12 +347,13 @@ def _truth_panels(s: _Shown) -> list[tuple[str, object]]:
 def _attention_panels(s: _Shown) -> list[tuple[str, object]]:
     if not st.session_state.get("view_attention"):
         return []
-    if s.view != "axial":
-        st.caption("The attention-gate map is shown on axial slices.")
+    if s.view != "axial" or not viewer.can_show_single_slices(s.frame):
+        st.caption("The attention-gate map is shown on axial slices of scans stored slice by slice axially.")
         return []
     try:
         attention = predictor.attention_map(case, s.index)
-        return [("Attention gate", viewer.render_attention(case, s.index, s.modality, s.window, attention))]
+        rgb = viewer.render_attention(case, s.index, s.modality, s.window, attention, frame=s.frame)
+        return [("Attention gate", rgb)]
     except ValueError as error:
         st.caption(f"No attention map: {plain(error)}")
         return []
@@ -299,17 +364,26 @@ def _uncertainty_panels(s: _Shown) -> list[tuple[str, object]]:
     if not (st.session_state.get("view_uncertainty") and mc_job is not None and mc_job.state == "done"):
         return []
     uncertainty = viewer.render_map(
-        case, s.view, s.index, s.modality, s.window, mc_job.result.uncertainty, vmax=0.5
+        case, s.view, s.index, s.modality, s.window, mc_job.result.uncertainty, vmax=0.5, frame=s.frame
     )
     return [("Uncertainty (MC dropout)", uncertainty)]
 
 
-def _show_panels(panels: list[tuple[str, object]], pixel_mm: tuple[float, float]) -> None:
+# Heat overlays and the top of their colour scale (render.heatmap's vmax for each).
+COLOUR_SCALES = {"Attention gate": (1.0, "gate"), "Uncertainty (MC dropout)": (0.5, "std")}
+
+
+def _show_panels(panels: list[tuple[str, object]], s: _Shown) -> None:
     columns = st.columns(len(panels))
     height = {1: 560, 2: 480, 3: 380}.get(len(panels), 300)  # panels get narrower as they multiply
+    pixel_mm = render.pixel_spacing(case.spacing, s.view, s.frame)
+    edges = s.frame.edge_labels(s.view)
     for column, (title, rgb) in zip(columns, panels, strict=True):
+        column.markdown(f"**{plain(title)}**")  # above the chart: Plotly's toolbar would cover it
         column.plotly_chart(
-            figures.slice_figure(rgb, pixel_mm=pixel_mm, title=title, height=height),
+            figures.slice_figure(
+                rgb, pixel_mm=pixel_mm, height=height, edges=edges, colour_scale=COLOUR_SCALES.get(title)
+            ),
             key=f"view_fig_{title.split()[0].lower()}",
             config={"displaylogo": False, "scrollZoom": True},
         )
@@ -320,7 +394,7 @@ def _dice_strip(view: str, index: int) -> None:
         return
     key = ("dice_strip", view, st.session_state.get("view_error_region", "WT"))
     if key not in derived:
-        derived[key] = viewer.per_slice_dice(result.label, case.label, view, key[2])
+        derived[key] = viewer.per_slice_dice(result.label, case.label, view, key[2], frame=_frame())
     st.plotly_chart(
         figures.dice_strip(derived[key], index), key="view_dice_strip", config={"displayModeBar": False}
     )
@@ -328,30 +402,43 @@ def _dice_strip(view: str, index: int) -> None:
 
 @st.fragment
 def _viewer() -> None:
+    keep_widget_values(st.session_state, KEPT_WIDGETS, restore=False)  # fragment reruns skip the top
     _keep_slice_state()
     view, modality, labels, opacity = _plane_and_overlay()
     window = _window_controls(modality)
-    n = render.view_shape(case.shape, view)
+    frame = _frame()
+    n = render.view_shape(case.shape, view, frame)
     index = _slice_controls(view, n)
-    shown = _Shown(view, index, modality, window, labels, opacity)
+    shown = _Shown(view, index, modality, window, labels, opacity, frame)
 
     panels = [_prediction_panel(shown)]
     panels += _truth_panels(shown)
     panels += _attention_panels(shown)
     panels += _uncertainty_panels(shown)
-    _show_panels(panels, render.pixel_spacing(case.spacing, view))
+    _show_panels(panels, shown)
     st.caption(
-        f"{view.capitalize()} slice {index} of {n - 1} · overlay: NCR/NET red, ED yellow, ET blue · "
+        f"{view.capitalize()} slice {index} of {n - 1} (voxel index, growing toward "
+        f"{frame.index_direction(view)}) · {frame.convention} convention, case axes "
+        f"{frame.axis_codes()} from the affine · overlay: NCR/NET red, ED yellow, ET blue · "
         "errors: true positive green, false positive magenta, false negative cyan"
     )
     _dice_strip(view, index)
 
 
-o1, o2, o3 = st.columns(3)
+o1, o2, o3, o4 = st.columns(4)
 if case.label is not None:
     o1.selectbox("Error map region", ("WT", "TC", "ET"), key="view_error_region")
 o2.checkbox("Attention-gate map", key="view_attention", help="the shallowest attention gate's coefficients")
 o3.checkbox("Uncertainty map", key="view_uncertainty", help="MC dropout: run the model several times")
+o4.selectbox(
+    "Display convention",
+    render.CONVENTIONS,
+    key="view_convention",
+    format_func=str.capitalize,
+    help="Radiological: the patient's left on the image's right (ITK-SNAP, Slicer default). "
+    "Neurological: the patient's left on the image's left. Anterior (axial) and superior (coronal, "
+    "sagittal) are at the top in both; sagittal views have anterior on the left.",
+)
 _viewer()
 
 # ------------------------------------------------------------------------------------- uncertainty
@@ -361,7 +448,7 @@ if st.session_state.get("view_uncertainty"):
         st.session_state.pop("predict_mc_job")
         mc_job = None
     u1, u2 = st.columns([1, 3])
-    samples = u1.number_input("MC samples", min_value=2, max_value=30, value=6, key="predict_mc_samples")
+    samples = u1.number_input("MC samples", min_value=2, max_value=30, key="predict_mc_samples")
     if mc_job is None:
         if u2.button("Estimate uncertainty", key="predict_mc_start"):
             st.session_state["predict_mc_job"] = VolumeJob(
@@ -437,8 +524,8 @@ if st.toggle("3-D view of the predicted regions", key="view_3d"):
     if "meshes" not in derived:
         with st.spinner("Building surfaces…"):
             step = 2 if max(case.shape) > 128 else 1
-            traces = mesh.region_meshes(result.label, case.spacing, step=step)
-            brain = mesh.brain_mesh(case.image, case.spacing, step=2 * step)
+            traces = mesh.region_meshes(result.label, case.affine, step=step)
+            brain = mesh.brain_mesh(case.image, case.affine, step=2 * step)
             derived["meshes"] = ([brain] if brain is not None else []) + traces
     if len(derived["meshes"]) <= 1:
         st.info("No tumour predicted in this case.")

@@ -338,3 +338,43 @@ def test_upload_the_real_brats_case(app):
     app.button(key="view_prev").click().run()
     assert not app.exception
     app.session_state["predict_job"].cancel()  # no need to finish the 155-slice volume here
+
+
+def test_predict_keeps_its_state_across_page_switches(app, tmp_path):
+    """Leaving Predict for another page and coming back keeps the case, the view, the slice, the display
+    choices and the computed results; an uploaded case is kept even though the uploader is empty again."""
+    _open(app, "pages/predict.py")
+    app.selectbox(key="predict_case").set_value("Synth_001").run()
+    _wait_for_volume(app)
+    app.radio(key="view_plane").set_value("sagittal").run()
+    app.slider(key="view_slice_sagittal").set_value(10).run()
+    app.selectbox(key="view_convention").set_value("neurological")
+    app.checkbox(key="view_show_ed").uncheck()
+    app.checkbox(key="view_uncertainty").check().run()
+    job = app.session_state["predict_job"]
+    _open(app, "pages/models.py")
+    _open(app, "pages/predict.py")
+    assert app.selectbox(key="predict_case").value == "Synth_001"
+    assert app.radio(key="view_plane").value == "sagittal"
+    assert app.slider(key="view_slice_sagittal").value == 10
+    assert app.selectbox(key="view_convention").value == "neurological"
+    assert app.checkbox(key="view_show_ed").value is False and app.checkbox(key="view_uncertainty").value
+    assert app.session_state["predict_job"] is job  # the prediction is not computed again
+    assert len(app.dataframe) == 2 and not app.error
+    assert [w.value for w in app.warning] == [app.warning[0].value] and "not for clinical use" in app.warning[
+        0
+    ].value
+
+    from medvision.data.synthetic import make_phantom
+    from medvision.data.writers import write_brats_folder
+
+    folder = write_brats_folder(make_phantom("Upload_007", seed=3, size=(48, 64, 64)), tmp_path)
+    app.radio(key="predict_input").set_value("Upload files").run()
+    app.get("file_uploader")[0].set_value(_upload(sorted(folder.glob("*.nii*")))).run()
+    assert "Upload_007" in " ".join(_values(app.caption))
+    _open(app, "pages/explore.py")
+    _open(app, "pages/predict.py")
+    assert app.radio(key="predict_input").value == "Upload files"
+    assert "Upload_007" in " ".join(_values(app.caption)) and not app.info
+    app.button(key="predict_forget_upload").click().run()
+    assert any("Upload a scan" in i for i in _values(app.info))

@@ -47,20 +47,24 @@ def _write_nifti(path: Path, volume: np.ndarray, dtype=np.int16) -> Path:
 # ------------------------------------------------------------------------------------------ render
 
 
-def test_take_slice_orients_each_view_and_checks_range():
+def test_take_slice_orients_each_view_from_the_affine_and_checks_range():
     volume = np.arange(2 * 3 * 4).reshape(2, 3, 4)  # (D, H, W) = (k, i, j)
-    axial = render.take_slice(volume, "axial", 1)
-    assert axial.shape == (4, 3)  # rows j (anterior at top), columns i
-    assert axial[0, 0] == volume[1, 0, 3]  # top-left: i=0, highest j
-    coronal = render.take_slice(volume, "coronal", 2)
+    lps = render.DisplayFrame.from_affine(np.diag([-1.0, -1.0, 1.0, 1.0]))  # i -> left, j -> posterior
+    axial = render.take_slice(volume, "axial", 1, lps)
+    assert axial.shape == (4, 3)  # rows j from anterior (j=0) down, columns i from right (i=0) to left
+    assert axial[0, 0] == volume[1, 0, 0] and axial[3, 2] == volume[1, 2, 3]
+    coronal = render.take_slice(volume, "coronal", 2, lps)
     assert coronal.shape == (2, 3) and coronal[0, 0] == volume[1, 0, 2]  # superior (k=1) on top
-    sagittal = render.take_slice(volume, "sagittal", 0)
-    assert sagittal.shape == (2, 4) and sagittal[1, 3] == volume[0, 0, 3]
-    assert render.view_shape(volume.shape, "coronal") == 4
+    sagittal = render.take_slice(volume, "sagittal", 0, lps)
+    assert sagittal.shape == (2, 4) and sagittal[1, 3] == volume[0, 0, 3]  # anterior (j=0) on the left
+    ras = render.DisplayFrame.from_affine(np.eye(4))  # i -> right, j -> anterior: both flipped
+    assert render.take_slice(volume, "axial", 1, ras)[0, 0] == volume[1, 2, 3]
+    assert render.view_shape(volume.shape, "coronal", lps) == 4
+    assert render.pixel_spacing((3.0, 1.0, 2.0), "sagittal", lps) == (3.0, 2.0)
     with pytest.raises(IndexError):
-        render.take_slice(volume, "axial", 2)
+        render.take_slice(volume, "axial", 2, lps)
     with pytest.raises(ValueError, match="unknown view"):
-        render.take_slice(volume, "oblique", 0)
+        render.take_slice(volume, "oblique", 0, lps)
 
 
 def test_window_maps_level_and_width_to_grey():
@@ -183,16 +187,18 @@ def test_dice_strip_marks_current_slice_and_empty_slices():
 
 def test_region_meshes_are_nested_surfaces_in_mm():
     case = _case()
-    traces = mesh.region_meshes(case.label, (2.0, 1.0, 1.0), step=1)
+    traces = mesh.region_meshes(case.label, np.diag([1.0, 1.0, 2.0, 1.0]), step=1)  # k spacing 2 mm
     assert [t.name for t in traces] == ["WT", "TC", "ET"]
     wt = traces[0]
     # WT spans k 4..7 -> z from ~4*2 to ~8*2 mm.
     assert min(wt.z) >= 6.0 and max(wt.z) <= 16.0
     assert len(wt.i) > 0 and max(wt.i) < len(wt.x)
-    assert mesh.region_meshes(np.zeros((8, 8, 8), np.uint8), (1, 1, 1)) == []
+    assert mesh.region_meshes(np.zeros((8, 8, 8), np.uint8), np.eye(4)) == []
     small = mesh.downsample_mask(np.pad(np.ones((1, 1, 1), bool), 2), 2)
     assert small.shape == (3, 3, 3) and small.sum() == 1
-    assert mesh.brain_mesh(case.image, case.spacing, step=2) is not None
+    assert mesh.brain_mesh(case.image, case.affine, step=2) is not None
+    lps = mesh.region_meshes(case.label, case.affine, step=1)[0]  # i grows toward left: x = -i
+    assert max(lps.x) <= -5.0 and min(lps.x) >= -15.0
 
 
 # ------------------------------------------------------------------------------------------ workspace
@@ -304,9 +310,10 @@ def test_viewer_planes_scores_and_exports(tmp_path):
 
     predicted = case.label.copy()
     predicted[predicted == 4] = 1  # miss ET
-    dice = viewer.per_slice_dice(predicted, case.label, "axial", "ET")
+    frame = viewer.display_frame(case)
+    dice = viewer.per_slice_dice(predicted, case.label, "axial", "ET", frame=frame)
     assert np.isnan(dice[0]) and dice[6] == 0.0
-    assert viewer.per_slice_dice(predicted, case.label, "sagittal", "WT").shape == (20,)
+    assert viewer.per_slice_dice(predicted, case.label, "sagittal", "WT", frame=frame).shape == (20,)
     rows = viewer.case_scores(predicted, case.label, case.spacing)
     by_region = {r["region"]: r for r in rows}
     assert by_region["WT"]["Dice"] == pytest.approx(1.0) and by_region["ET"]["Dice"] == pytest.approx(0.0)
@@ -647,3 +654,16 @@ def test_validation_note_says_which_validation_or_why_there_is_none():
     best = {**later, "kind": "best", "step": 100}
     assert catalog.validation_note(best) == "Validation after epoch 1 of 16 (step 100 of 1600)."
     assert catalog.validation_note({"target": "regions", "val": {"WT": {"dice": 0.5}}}) is None
+
+
+def test_kept_widget_values_are_remembered_and_put_back():
+    from medvision.app_support.kept_state import came_from_another_page, keep_widget_values
+
+    state = {"view_plane": "sagittal", "view_slice_axial": 7, "other": 1}
+    keep_widget_values(state, ("view_plane", "view_slice_axial", "view_3d"), restore=False)
+    state.update(view_plane="axial", view_slice_axial=0)  # what a dropped widget reports on its return
+    del state["other"]
+    keep_widget_values(state, ("view_plane", "view_slice_axial", "view_3d"), restore=True)
+    assert state["view_plane"] == "sagittal" and state["view_slice_axial"] == 7 and "view_3d" not in state
+    assert came_from_another_page({"mv_previous_page": "model-card", "mv_current_page": "prediction"})
+    assert not came_from_another_page({"mv_previous_page": "prediction", "mv_current_page": "prediction"})

@@ -262,11 +262,18 @@ def gallery_picks(
 
 
 def render_sample(sample: dict[str, Any], modality: str = "flair", opacity: float = 0.45) -> np.ndarray:
-    """A gallery tile: one stored (z-scored) slice of ``modality``, label overlaid, axial orientation."""
+    """A gallery tile: one stored (z-scored) slice of ``modality``, label overlaid, oriented from the
+    case's affine like the Predict viewer (radiological; as stored when the store holds no affine)."""
+    from medvision.app_support.orientation import DisplayFrame
     from medvision.app_support.render import auto_window, overlay, to_gray
 
     modalities = list(sample["modalities"])
     plane = np.asarray(sample["image"][modalities.index(modality) if modality in modalities else 0])
-    gray = to_gray(np.rot90(plane), auto_window(plane))
-    label = None if sample["label"] is None else np.rot90(np.asarray(sample["label"]))
-    return overlay(gray, label, opacity=opacity)
+    label = None if sample["label"] is None else np.asarray(sample["label"])
+    if sample.get("affine") is not None:
+        frame = DisplayFrame.from_affine(np.asarray(sample["affine"], dtype=np.float64))
+        if frame.slice_axis("axial") == 0:  # stored slices are case-axis-0 planes
+            plane = frame.orient(plane, "axial")
+            label = None if label is None else frame.orient(label, "axial")
+    gray = to_gray(plane, auto_window(plane))
+    return overlay(gray, None if label is None else np.ascontiguousarray(label), opacity=opacity)

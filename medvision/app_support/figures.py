@@ -20,16 +20,73 @@ from medvision.app_support.render import png_data_uri
 REGION_LINE_COLOURS = {"WT": "#d4a800", "TC": "#e62828", "ET": "#1e78ff", "NCR": "#e62828"}
 
 
+# Black -> red -> yellow, the ramp ``render.heatmap`` blends onto the grey image.
+HEAT_SCALE: list[list[Any]] = [[0.0, "rgb(0,0,0)"], [0.5, "rgb(255,0,0)"], [1.0, "rgb(255,255,0)"]]
+# Where each anatomical edge letter sits in the plot area (paper coordinates) and how it is anchored.
+_EDGE_PLACES: dict[str, dict[str, Any]] = {
+    "top": dict(x=0.5, y=1.0, xanchor="center", yanchor="top"),
+    "bottom": dict(x=0.5, y=0.0, xanchor="center", yanchor="bottom"),
+    "left": dict(x=0.0, y=0.5, xanchor="left", yanchor="middle"),
+    "right": dict(x=1.0, y=0.5, xanchor="right", yanchor="middle"),
+}
+
+
+def _edge_annotations(edges: dict[str, str]) -> list[dict[str, Any]]:
+    """Anatomical letters on the panel's edges; paper-anchored so they stay put while panning."""
+    return [
+        dict(
+            text=f"<b>{plotly_text(letter)}</b>",
+            xref="paper",
+            yref="paper",
+            showarrow=False,
+            font=dict(size=16, color="white"),
+            bgcolor="rgba(0,0,0,0.55)",
+            borderpad=2,
+            **_EDGE_PLACES[edge],
+        )
+        for edge, letter in edges.items()
+    ]
+
+
+def _colour_bar(vmax: float, name: str) -> go.Scatter:
+    """An invisible trace whose only job is to draw the heat map's colour scale beside the image."""
+    return go.Scatter(
+        x=[None],
+        y=[None],
+        mode="markers",
+        hoverinfo="skip",
+        showlegend=False,
+        marker=dict(
+            colorscale=HEAT_SCALE,
+            cmin=0.0,
+            cmax=float(vmax),
+            color=[0.0],
+            showscale=True,
+            colorbar=dict(title=dict(text=plotly_text(name), side="right"), thickness=12, len=0.8),
+        ),
+    )
+
+
 def slice_figure(
     rgb: np.ndarray,
     *,
     pixel_mm: tuple[float, float] = (1.0, 1.0),
     title: str | None = None,
     height: int = 420,
+    edges: dict[str, str] | None = None,
+    colour_scale: tuple[float, str] | None = None,
 ) -> go.Figure:
-    """A zoomable figure of one rendered slice, drawn with its real pixel aspect (row, column mm)."""
+    """A zoomable figure of one rendered slice, drawn with its real pixel aspect (row, column mm).
+
+    ``edges`` maps "top"/"bottom"/"left"/"right" to the anatomical letter drawn on that edge;
+    ``colour_scale`` is (top value, name) of a heat overlay, drawn as a colour bar. A ``title`` is
+    kept for callers outside the Predict page, which shows its titles above the chart so the
+    toolbar never covers them.
+    """
     row_mm, col_mm = (float(v) for v in pixel_mm)
     fig = go.Figure(go.Image(source=png_data_uri(rgb), dx=col_mm, dy=row_mm, hoverinfo="skip"))
+    if colour_scale is not None:
+        fig.add_trace(_colour_bar(*colour_scale))
     fig.update_layout(
         height=height,
         margin=dict(l=0, r=0, t=28 if title else 4, b=0),
@@ -37,6 +94,7 @@ def slice_figure(
         xaxis=dict(visible=False),
         yaxis=dict(visible=False, scaleanchor="x"),
         dragmode="pan",
+        annotations=_edge_annotations(edges or {}),
     )
     return fig
 

@@ -12,7 +12,7 @@ import numpy as np
 import plotly.graph_objects as go
 from skimage.measure import marching_cubes
 
-from medvision.data.case import REGION_LABELS
+from medvision.data.case import CASE_AXIS_TO_VOXEL, REGION_LABELS
 
 log = logging.getLogger(__name__)
 
@@ -37,26 +37,31 @@ def downsample_mask(mask: np.ndarray, step: int) -> np.ndarray:
     return padded.reshape(d, step, h, step, w, step).any(axis=(1, 3, 5))
 
 
-def surface(
-    mask: np.ndarray, spacing: tuple[float, float, float], *, step: int = 2
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """Triangle surface (vertices (N,3) in mm as (x=i, y=j, z=k), faces (M,3)) of a mask, None if empty."""
+def to_world(case_voxels: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """(N, 3) points in case array voxel coordinates (D, H, W order) -> world RAS+ mm through the affine."""
+    voxels = np.empty_like(case_voxels, dtype=np.float64)
+    voxels[:, list(CASE_AXIS_TO_VOXEL)] = case_voxels  # back to the file's (i, j, k) order
+    affine = np.asarray(affine, dtype=np.float64)
+    return voxels @ affine[:3, :3].T + affine[:3, 3]
+
+
+def surface(mask: np.ndarray, affine: np.ndarray, *, step: int = 2) -> tuple[np.ndarray, np.ndarray] | None:
+    """Triangle surface of a (D, H, W) mask, None if empty: vertices (N, 3) in world mm (x toward the
+    patient's right, y anterior, z superior, read from the affine whatever the array's order) and
+    faces (M, 3)."""
     small = downsample_mask(mask, step)
     if small.sum() == 0:
         return None
     # A one-voxel zero border closes surfaces that touch the volume edge.
     padded = np.pad(small.astype(np.float32), 1)
-    verts, faces, _normals, _values = marching_cubes(
-        padded, level=0.5, spacing=tuple(float(s) * step for s in spacing)
-    )
-    verts -= np.asarray([float(s) * step for s in spacing])  # undo the border offset
-    # Case axes are (k, i, j); plot x=i, y=j, z=k so "up" is superior.
-    return verts[:, [1, 2, 0]], faces
+    verts, faces, _normals, _values = marching_cubes(padded, level=0.5, spacing=(float(step),) * 3)
+    verts -= float(step)  # undo the border offset: now voxel indices of the full-size array
+    return to_world(verts, affine), faces
 
 
 def region_meshes(
     label: np.ndarray,
-    spacing: tuple[float, float, float],
+    affine: np.ndarray,
     *,
     regions: tuple[str, ...] = ("WT", "TC", "ET"),
     step: int = 2,
@@ -66,7 +71,7 @@ def region_meshes(
     for region in regions:
         if region not in REGION_STYLE:
             raise ValueError(f"unknown region {region!r}; expected one of {tuple(REGION_STYLE)}")
-        result = surface(np.isin(label, REGION_LABELS[region]), spacing, step=step)
+        result = surface(np.isin(label, REGION_LABELS[region]), affine, step=step)
         if result is None:
             continue
         verts, faces = result
@@ -89,9 +94,9 @@ def region_meshes(
     return traces
 
 
-def brain_mesh(image: np.ndarray, spacing: tuple[float, float, float], *, step: int = 4) -> go.Mesh3d | None:
+def brain_mesh(image: np.ndarray, affine: np.ndarray, *, step: int = 4) -> go.Mesh3d | None:
     """Faint outline of the brain (any modality non-zero) to give the tumour surfaces context."""
-    result = surface(np.any(np.asarray(image) != 0, axis=0), spacing, step=step)
+    result = surface(np.any(np.asarray(image) != 0, axis=0), affine, step=step)
     if result is None:
         return None
     verts, faces = result
@@ -115,7 +120,12 @@ def volume_figure(traces: list[go.Mesh3d], *, height: int = 520) -> go.Figure:
     fig.update_layout(
         height=height,
         margin=dict(l=0, r=0, t=30, b=0),
-        scene=dict(aspectmode="data", xaxis_title="x (mm)", yaxis_title="y (mm)", zaxis_title="z (mm)"),
+        scene=dict(
+            aspectmode="data",
+            xaxis_title="x (mm): L → R",
+            yaxis_title="y (mm): P → A",
+            zaxis_title="z (mm): I → S",
+        ),
         legend=dict(orientation="h"),
     )
     return fig

@@ -1,7 +1,8 @@
 """Slice rendering for the viewer: view planes, window/level, BraTS label overlays and error maps.
 
 Everything here works on plain numpy arrays in MedVision's axis convention (``volume[k, i, j]``, see
-``medvision.data.case``) and returns ``uint8`` RGB images, so a redraw is a few vectorised numpy
+``medvision.data.case``), cut and oriented by a ``DisplayFrame`` read from the case's affine, and
+returns ``uint8`` RGB images, so a redraw is a few vectorised numpy
 operations on one 2-D slice (no per-label Python loops over pixels, no float JSON for the browser).
 
 Palette (BraTS labels, documented for the UI legend and the model card):
@@ -29,7 +30,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-VIEWS: tuple[str, ...] = ("axial", "coronal", "sagittal")
+from medvision.app_support.orientation import CONVENTIONS as CONVENTIONS  # re-exported for the page
+from medvision.app_support.orientation import VIEWS as VIEWS  # re-exported: pages list the views from here
+from medvision.app_support.orientation import DisplayFrame
 
 LABEL_COLOURS: dict[int, tuple[int, int, int]] = {1: (230, 40, 40), 2: (255, 215, 0), 4: (30, 120, 255)}
 LABEL_SHORT: dict[int, str] = {1: "NCR/NET", 2: "ED", 4: "ET"}
@@ -65,47 +68,24 @@ class Window:
         return self.level + self.width / 2.0
 
 
-def view_shape(shape: tuple[int, int, int], view: str) -> int:
-    """Number of slices along the axis a view steps through (D for axial, H for coronal, W for sagittal)."""
-    return int(shape[_view_axis(view)])
+def view_shape(shape: tuple[int, int, int], view: str, frame: DisplayFrame) -> int:
+    """Number of slices along the case axis a view steps through (read from the frame, not assumed)."""
+    return int(shape[frame.slice_axis(view)])
 
 
-def _view_axis(view: str) -> int:
-    try:
-        return {"axial": 0, "coronal": 2, "sagittal": 1}[view]
-    except KeyError:
-        raise ValueError(f"unknown view {view!r}; expected one of {VIEWS}") from None
+def take_slice(volume: np.ndarray, view: str, index: int, frame: DisplayFrame) -> np.ndarray:
+    """One display-oriented 2-D plane of a (..., D, H, W) volume (see medvision.app_support.orientation).
 
-
-def take_slice(volume: np.ndarray, view: str, index: int) -> np.ndarray:
-    """One display-oriented 2-D plane of a (..., D, H, W) volume.
-
-    ``volume[..., k, i, j]`` holds NIfTI voxel (i, j, k). BraTS files store i as right-to-left and j as
-    posterior-to-anterior, so an axial plane is rotated to put anterior at the top; coronal (fixed j)
-    and sagittal (fixed i) planes are flipped so superior is at the top.
+    ``index`` is the voxel index along the case axis the view cuts; the plane comes back with anterior
+    (axial) or superior (coronal, sagittal) at the top and the patient's left on the image's right in
+    the radiological convention.
     """
-    axis = _view_axis(view)
-    n = volume.shape[-3 + axis]
-    if not 0 <= index < n:
-        raise IndexError(f"{view} slice {index} is out of range 0..{n - 1}")
-    if view == "axial":
-        plane = volume[..., index, :, :]  # (..., i, j)
-        return np.rot90(plane, k=1, axes=(-2, -1))  # rows: j from anterior (top) to posterior
-    # coronal: fixed j -> (..., k, i); sagittal: fixed i -> (..., k, j)
-    plane = volume[..., :, :, index] if view == "coronal" else volume[..., :, index, :]
-    return np.flip(plane, axis=-2)  # superior (high k) at the top
+    return frame.take(volume, view, index)
 
 
-def pixel_spacing(spacing: tuple[float, float, float], view: str) -> tuple[float, float]:
+def pixel_spacing(spacing: tuple[float, float, float], view: str, frame: DisplayFrame) -> tuple[float, float]:
     """(row, column) spacing in mm of the planes ``take_slice`` returns, for an undistorted display."""
-    d, h, w = (float(s) for s in spacing)
-    if view == "axial":
-        return w, h
-    if view == "coronal":
-        return d, h
-    if view == "sagittal":
-        return d, w
-    raise ValueError(f"unknown view {view!r}; expected one of {VIEWS}")
+    return frame.pixel_spacing(spacing, view)
 
 
 def auto_window(volume: np.ndarray, low_pct: float = 0.5, high_pct: float = 99.5) -> Window:

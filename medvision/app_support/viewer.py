@@ -22,6 +22,22 @@ from medvision.csv_cells import safe_row
 from medvision.data.case import MODALITIES, REGION_LABELS, REGIONS, Case, label_to_regions
 
 
+def display_frame(case: Case, convention: str = "radiological") -> render.DisplayFrame:
+    """How ``case`` is drawn: its axes' directions from its affine, in the given display convention."""
+    return render.DisplayFrame.from_affine(case.affine, convention)
+
+
+def _frame(case: Case, frame: render.DisplayFrame | None) -> render.DisplayFrame:
+    return display_frame(case) if frame is None else frame
+
+
+def _gray(
+    case: Case, view: str, index: int, modality: str, window: render.Window, frame: render.DisplayFrame
+) -> np.ndarray:
+    plane = render.take_slice(case.image[MODALITIES.index(modality)], view, index, frame)
+    return render.to_gray(plane, window)
+
+
 def auto_windows(case: Case) -> dict[str, render.Window]:
     """A display window per modality (0.5-99.5th percentile of the brain)."""
     return {m: render.auto_window(case.image[i]) for i, m in enumerate(MODALITIES)}
@@ -43,12 +59,25 @@ def render_plane(
     *,
     labels_shown: Iterable[int] = (1, 2, 4),
     opacity: float = 0.45,
+    frame: render.DisplayFrame | None = None,
 ) -> np.ndarray:
-    """One display plane of ``case`` with an optional (D, H, W) label volume overlaid -> RGB uint8."""
-    plane = render.take_slice(case.image[MODALITIES.index(modality)], view, index)
-    gray = render.to_gray(plane, window)
-    label_plane = None if label is None else render.take_slice(label, view, index)
+    """One display plane of ``case`` with an optional (D, H, W) label volume overlaid -> RGB uint8.
+
+    ``frame`` defaults to the radiological convention read from the case's affine.
+    """
+    frame = _frame(case, frame)
+    gray = _gray(case, view, index, modality, window, frame)
+    label_plane = None if label is None else render.take_slice(label, view, index, frame)
     return render.overlay(gray, label_plane, labels_shown=labels_shown, opacity=opacity)
+
+
+def can_show_single_slices(frame: render.DisplayFrame) -> bool:
+    """Whether the model's 2-D planes (case axis 0) are the axial slices of this case.
+
+    The engine predicts one case-axis-0 plane at a time; only when that axis is the patient's
+    superior-inferior axis can such a plane be drawn as the axial slice on screen.
+    """
+    return frame.slice_axis("axial") == 0
 
 
 def render_slice_label(
@@ -57,11 +86,17 @@ def render_slice_label(
     modality: str,
     window: render.Window,
     label_plane: np.ndarray | None,
+    *,
+    frame: render.DisplayFrame | None = None,
     **kwargs: Any,
 ) -> np.ndarray:
-    """Axial plane with a single predicted label plane (H, W) (before the whole volume is predicted)."""
-    gray = render.to_gray(render.take_slice(case.image[MODALITIES.index(modality)], "axial", index), window)
-    plane = None if label_plane is None else np.rot90(label_plane)
+    """Axial plane with a single predicted label plane (H, W) of case axis 0 (before the whole volume is
+    predicted); only for cases where ``can_show_single_slices``."""
+    frame = _frame(case, frame)
+    if not can_show_single_slices(frame):
+        raise ValueError(f"case axis 0 of {case.case_id} is not axial ({frame.axis_codes()})")
+    gray = _gray(case, "axial", index, modality, window, frame)
+    plane = None if label_plane is None else frame.orient(label_plane, "axial")
     return render.overlay(gray, plane, **kwargs)
 
 
@@ -74,12 +109,15 @@ def render_error(
     predicted: np.ndarray,
     truth: np.ndarray,
     region: str,
+    *,
+    frame: render.DisplayFrame | None = None,
 ) -> tuple[np.ndarray, dict[str, int]]:
     """Error map of one region on one plane: TP green, FP magenta, FN cyan."""
+    frame = _frame(case, frame)
     values = REGION_LABELS[region]
-    gray = render.to_gray(render.take_slice(case.image[MODALITIES.index(modality)], view, index), window)
-    pred = np.isin(render.take_slice(predicted, view, index), values)
-    true = np.isin(render.take_slice(truth, view, index), values)
+    gray = _gray(case, view, index, modality, window, frame)
+    pred = np.isin(render.take_slice(predicted, view, index, frame), values)
+    true = np.isin(render.take_slice(truth, view, index, frame), values)
     return render.error_map(gray, pred, true)
 
 
@@ -92,25 +130,43 @@ def render_map(
     values: np.ndarray,
     *,
     vmax: float | None = None,
+    frame: render.DisplayFrame | None = None,
 ) -> np.ndarray:
     """A (D, H, W) map (uncertainty) as a heat overlay on one plane."""
-    gray = render.to_gray(render.take_slice(case.image[MODALITIES.index(modality)], view, index), window)
-    return render.heatmap(gray, render.take_slice(values, view, index), vmax=vmax)
+    frame = _frame(case, frame)
+    gray = _gray(case, view, index, modality, window, frame)
+    return render.heatmap(gray, render.take_slice(values, view, index, frame), vmax=vmax)
 
 
 def render_attention(
-    case: Case, index: int, modality: str, window: render.Window, attention: np.ndarray
+    case: Case,
+    index: int,
+    modality: str,
+    window: render.Window,
+    attention: np.ndarray,
+    *,
+    frame: render.DisplayFrame | None = None,
 ) -> np.ndarray:
-    """An axial (H, W) attention-gate map as a heat overlay."""
-    gray = render.to_gray(render.take_slice(case.image[MODALITIES.index(modality)], "axial", index), window)
-    return render.heatmap(gray, np.rot90(attention), vmax=1.0)
+    """A (H, W) attention-gate map of case-axis-0 plane ``index`` as a heat overlay on the axial view."""
+    frame = _frame(case, frame)
+    if not can_show_single_slices(frame):
+        raise ValueError(f"case axis 0 of {case.case_id} is not axial ({frame.axis_codes()})")
+    gray = _gray(case, "axial", index, modality, window, frame)
+    return render.heatmap(gray, frame.orient(attention, "axial"), vmax=1.0)
 
 
-def per_slice_dice(predicted: np.ndarray, truth: np.ndarray, view: str, region: str = "WT") -> np.ndarray:
+def per_slice_dice(
+    predicted: np.ndarray,
+    truth: np.ndarray,
+    view: str,
+    region: str = "WT",
+    *,
+    frame: render.DisplayFrame,
+) -> np.ndarray:
     """Dice of ``region`` on every slice along the view's axis (nan where both are empty)."""
     from medvision.metrics import per_slice_dice as dice_along_axis0
 
-    axis = {"axial": 0, "coronal": 2, "sagittal": 1}[view]
+    axis = frame.slice_axis(view)
     values = REGION_LABELS[region]
     pred = np.moveaxis(np.isin(predicted, values), axis, 0)
     true = np.moveaxis(np.isin(truth, values), axis, 0)

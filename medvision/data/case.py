@@ -20,6 +20,9 @@ REGIONS: tuple[str, ...] = ("WT", "TC", "ET")
 # Which BraTS labels make up each evaluation region.
 REGION_LABELS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)}
 LABEL_NAMES: dict[int, str] = {1: "NCR/NET", 2: "ED", 4: "ET"}
+# Case array axis a (D, H, W) holds NIfTI voxel axis CASE_AXIS_TO_VOXEL[a] (k, i, j), as the docstring says.
+# Display code reads each axis's anatomical direction from the affine through this, never from the array.
+CASE_AXIS_TO_VOXEL: tuple[int, int, int] = (2, 0, 1)
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,7 @@ def regions_to_label(regions: np.ndarray) -> np.ndarray:
 
 def nifti_to_case_axes(volume: np.ndarray) -> np.ndarray:
     """NIfTI (i, j, k[, ...]) array -> MedVision (k, i, j[, ...])."""
-    return np.moveaxis(volume, 2, 0)
+    return np.moveaxis(volume, CASE_AXIS_TO_VOXEL[0], 0)
 
 
 def case_to_nifti_axes(volume: np.ndarray) -> np.ndarray:
