@@ -29,8 +29,15 @@ from medvision.data.case import MODALITIES
 from medvision.data.dataset import centre_channels, fit_to_patch
 from medvision.data.store import SliceStore
 from medvision.errors import CheckpointError, MedVisionError
-from medvision.inference import InferenceBackend, ModelSpec, SegmentationEngine, choose_precision, label_masks
-from medvision.inference.postprocess import final_label
+from medvision.inference import (
+    InferenceBackend,
+    ModelSpec,
+    PreparedVolume,
+    SegmentationEngine,
+    choose_precision,
+    final_label,
+    label_masks,
+)
 from medvision.losses import CombinedLoss
 from medvision.models import build_model
 from medvision.precision import autocast, resolve_device
@@ -391,13 +398,19 @@ class Trainer:
         images, targets = self.val_slices.batch(np.asarray(self.sample_rows))
         flair = images[:, centre_channels(self.config.neighbours)][:, MODALITIES.index("flair")]
         self.model.eval()
+        # Several sample slices may come from one case (few validation cases): read and prepare it once.
+        case_ids = [self.val_slices.case_id[row] for row in self.sample_rows]
         with SliceStore(self.store_path) as store:
-            predicted = np.stack([self._sample_prediction(store, row) for row in self.sample_rows])
+            prepared = {c: self.engine.prepare_stored(store.read_image(c)) for c in dict.fromkeys(case_ids)}
+        predicted = np.stack(
+            [
+                self._sample_prediction(prepared[case_id], int(self.val_slices.slice_index[row]))
+                for case_id, row in zip(case_ids, self.sample_rows, strict=True)
+            ]
+        )
         return flair.cpu().numpy(), (targets > 0.5).cpu().numpy(), predicted
 
-    def _sample_prediction(self, store: SliceStore, row: int) -> np.ndarray:
-        case_id, k = self.val_slices.case_id[row], int(self.val_slices.slice_index[row])
-        prepared = self.engine.prepare_stored(store.read_image(case_id))
+    def _sample_prediction(self, prepared: PreparedVolume, k: int) -> np.ndarray:
         label = final_label(self.engine.predict_slice(prepared, k), self.engine.regions)
         return fit_to_patch(label_masks(label, self.engine.regions), self.load_size)
 
