@@ -27,7 +27,7 @@ CASE_AXIS_TO_VOXEL: tuple[int, int, int] = (2, 0, 1)
 
 @dataclass(frozen=True)
 class Case:
-    """A co-registered 4-modality scan (FLAIR, T1, T1ce, T2) with an optional BraTS label volume."""
+    """A co-registered multi-modal scan (FLAIR, T1, T1ce, T2; some may be missing) with an optional label."""
 
     case_id: str
     image: np.ndarray  # (4, D, H, W) float32, modalities in MODALITIES order
@@ -35,10 +35,17 @@ class Case:
     spacing: tuple[float, float, float]  # mm along (D, H, W)
     label: np.ndarray | None = None  # (D, H, W) uint8 with values in BRATS_LABELS
     source_paths: tuple[Path, ...] = field(default_factory=tuple)
+    # The modalities really given, in MODALITIES order; the image's channels of the others are all zero
+    # and a model trained with modality dropout is told which are there.
+    available: tuple[str, ...] = MODALITIES
 
     @property
     def shape(self) -> tuple[int, int, int]:
         return tuple(int(s) for s in self.image.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        return tuple(m for m in MODALITIES if m not in self.available)
 
     @property
     def voxel_volume_mm3(self) -> float:
