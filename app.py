@@ -15,7 +15,7 @@ import streamlit as st
 from medvision.app_support import catalog
 from medvision.app_support.job_limits import limits_from_env
 from medvision.app_support.plain_text import code, plain
-from medvision.app_support.workspace import PathNotAllowedError, settings_from_env
+from medvision.app_support.workspace import PathNotAllowedError, data_folders, settings_from_env
 from medvision.errors import MedVisionError
 
 st.set_page_config(page_title="MedVision", page_icon=":material/neurology:", layout="wide")
@@ -104,6 +104,19 @@ with st.sidebar:
     source: catalog.DataSource | None
     if kind == SOURCE_SERVER:
         roots = plain(", ".join(str(r) for r in settings.data_roots))
+        folders = [str(p) for p in data_folders(settings)]
+        if folders:
+
+            def _pick() -> None:
+                st.session_state["server_path"] = st.session_state["server_pick"] or ""
+
+            st.selectbox(
+                "Folders in the data folders (real cases, e.g.)",
+                [""] + folders,
+                key="server_pick",
+                on_change=_pick,
+                format_func=lambda p: plain(p) if p else "choose, or type a path below",
+            )
         st.text_input(
             "Server path (BraTS folder, case folder or prepared store)",
             key="server_path",

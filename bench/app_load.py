@@ -163,7 +163,7 @@ def prepare_workspace(home: Path, cases: int, size: tuple[int, int, int]) -> tup
     }
     settings = settings_from_env(env)
     catalog.ensure_demo_cohort(settings)
-    if not settings.demo_checkpoint.is_file():
+    if not settings.default_checkpoint.is_file():
         import torch
 
         from medvision.checkpoint import save_checkpoint

@@ -13,7 +13,7 @@ import sys
 
 from medvision.errors import MedVisionError
 
-COMMANDS = ("synth", "prepare", "eda", "train", "evaluate", "predict")
+COMMANDS = ("synth", "prepare", "eda", "folds", "train", "evaluate", "predict")
 
 
 def build_parser(commands: tuple[str, ...] = COMMANDS) -> argparse.ArgumentParser:

@@ -14,7 +14,7 @@ st.title("Models")
 settings = st.session_state.get("mv_settings")
 model = st.session_state.get("mv_model")
 if settings is None or model is None:
-    st.info("No model selected: train one on the Train page, or ship checkpoints/demo.safetensors.")
+    st.info("No model selected: train one on the Train page, or ship checkpoints/default.safetensors.")
     st.stop()
 
 try:
@@ -51,8 +51,8 @@ if best_empty:
 card = catalog.model_card_text(model, settings)
 if card:
     with st.expander("Model card", expanded=True):
-        if model.checkpoint == settings.demo_checkpoint:
-            st.markdown(card)  # the card shipped with the repository's demo checkpoint
+        if model.checkpoint in settings.shipped_checkpoints:
+            st.markdown(card)  # the card shipped with the repository's checkpoints
         else:  # any other card is the workspace's: its text, never its links or images
             st.code(card, language="markdown", wrap_lines=True)
 

@@ -33,7 +33,7 @@ def home(tmp_path_factory):
     env = {"MEDVISION_HOME": str(home), "MEDVISION_DEMO_CASES": "4", "MEDVISION_DEMO_SIZE": "48,64,64"}
     settings = settings_from_env(env)
     catalog.ensure_demo_cohort(settings)
-    if not settings.demo_checkpoint.is_file():
+    if not settings.default_checkpoint.is_file():
         save_tiny_checkpoint(
             settings.workspace.models / "tiny.safetensors", val={"WT": {"dice": 0.1, "hd95": 9.0}}
         )

@@ -65,7 +65,7 @@ def server(tmp_path_factory):
     )
     env.pop("MEDVISION_DATA_ROOTS", None)
     settings = settings_from_env(env)
-    if not settings.demo_checkpoint.is_file():
+    if not settings.default_checkpoint.is_file():
         save_tiny_checkpoint(settings.workspace.ensure().models / "tiny.safetensors")
     port = _free_port()
     log = open(home / "streamlit.log", "wb")  # noqa: SIM115 - closed in the teardown

@@ -164,13 +164,15 @@ def case_choices(source: DataSource) -> list[CaseChoice]:
 
 
 def model_choices(settings: AppSettings) -> list[ModelChoice]:
-    """The shipped demo checkpoint, finished (or stopped) workspace runs, and dropped-in checkpoints."""
+    """The shipped checkpoints (default first), finished (or stopped) workspace runs, and dropped-in
+    checkpoints."""
     from medvision.train.rundir import checkpoint_path, list_runs
 
     choices: list[ModelChoice] = []
-    shipped = settings.demo_checkpoint
-    if _checkpoint_files_in(shipped, Confinement.of([shipped.parent])):
-        choices.append(ModelChoice(label="Shipped demo model", checkpoint=shipped, home=shipped.parent))
+    labels = ("Shipped default model (real scans + phantoms, any modalities)", "Shipped phantom-only model")
+    for label, shipped in zip(labels, settings.shipped_checkpoints, strict=True):
+        if _checkpoint_files_in(shipped, Confinement.of([shipped.parent])):
+            choices.append(ModelChoice(label=label, checkpoint=shipped, home=shipped.parent))
     home = settings.workspace.home
     workspace = Confinement.of([home])
     for run in list_runs(settings.workspace.runs):
@@ -210,9 +212,9 @@ def model_meta(choice: ModelChoice) -> dict[str, Any]:
 
 
 def model_card_text(choice: ModelChoice, settings: AppSettings) -> str | None:
-    """The Markdown model card shipped beside the demo checkpoint (None for other checkpoints)."""
+    """The Markdown model card shipped beside the shipped checkpoints (None for other checkpoints)."""
     card = choice.checkpoint.parent / "MODEL_CARD.md"
-    if choice.checkpoint == settings.demo_checkpoint and card.is_file():
+    if choice.checkpoint in settings.shipped_checkpoints and card.is_file():
         return card.read_text(encoding="utf-8")
     return None
 

@@ -1,6 +1,6 @@
 """Turn files uploaded in the browser into a `Case`, with clear errors and nothing left behind.
 
-Accepted: the four modality NIfTI files of one case (+ optional ``seg``), a ``.zip`` of one case folder,
+Accepted: one to four modality NIfTI files of one case (+ optional ``seg``), a ``.zip`` of one case folder,
 or one 4-D NIfTI (Decathlon layout, channels FLAIR, T1w, T1gd, T2w). Uploaded bytes are written to a
 fresh temporary folder under the workspace (never elsewhere; a zip is extracted inside that folder too),
 read by ``medvision.data.readers`` confined to that folder, and the folder is removed again; every
@@ -126,7 +126,7 @@ def classify(files: Sequence[Upload]) -> str:
         if len(files) > 1:
             raise InputDataError(zips[0], "upload a zip on its own (one zip of one case folder)")
         return "zip"
-    if len(files) == 1:
+    if len(files) == 1 and modality_of(names[0]) in (None, "seg"):
         return "nifti4d"
     found: dict[str, str] = {}
     for name in names:
@@ -140,10 +140,7 @@ def classify(files: Sequence[Upload]) -> str:
         if modality in found:
             raise InputDataError(name, f"second {modality} file (first was {found[modality]})")
         found[modality] = name
-    missing = [m for m in ("flair", "t1", "t1ce", "t2") if m not in found]
-    if missing:
-        raise InputDataError(names[0], f"missing modality file(s): {', '.join(missing)}")
-    return "modalities"
+    return "modalities"  # at least one image: a lone seg file was taken as a 4-D NIfTI above
 
 
 def case_from_uploads(
@@ -209,7 +206,9 @@ def _read(kind: str, paths: dict[str, Path], folder: Path, max_case_voxels: int)
     roots = (folder,)
     if kind == "zip":
         (path,) = paths.values()
-        return readers.read_zip(path, roots=roots, scratch_dir=folder, max_case_voxels=max_case_voxels)
+        return readers.read_zip(
+            path, roots=roots, scratch_dir=folder, max_case_voxels=max_case_voxels, allow_missing=True
+        )
     if kind == "nifti4d":
         (path,) = paths.values()
         return readers.load_case(path, roots=roots, max_case_voxels=max_case_voxels)
@@ -218,6 +217,7 @@ def _read(kind: str, paths: dict[str, Path], folder: Path, max_case_voxels: int)
         by_modality,  # type: ignore[arg-type]
         roots=roots,
         max_case_voxels=max_case_voxels,
+        allow_missing=True,  # any subset: the model says whether it can use it
     )
 
 

@@ -93,8 +93,33 @@ class AppSettings:
             raise ValueError("max_upload_mb must be positive")
 
     @property
-    def demo_checkpoint(self) -> Path:
+    def default_checkpoint(self) -> Path:
+        """The shipped default model: real cases + phantoms, any subset of the modalities."""
+        return self.repo_root / "checkpoints" / "default.safetensors"
+
+    @property
+    def phantom_checkpoint(self) -> Path:
+        """The shipped phantom-only model (all four modalities), kept for comparison."""
         return self.repo_root / "checkpoints" / "demo.safetensors"
+
+    @property
+    def shipped_checkpoints(self) -> tuple[Path, Path]:
+        return (self.default_checkpoint, self.phantom_checkpoint)
+
+
+def data_folders(settings: AppSettings, limit: int = 50) -> list[Path]:
+    """The folders directly inside the allowed data roots other than the workspace (e.g. the real BraTS
+    cases in ../shared/data), for the sidebar's quick pick; hidden folders and links are left out."""
+    found: list[Path] = []
+    for root in settings.data_roots:
+        if root == settings.workspace.home or not root.is_dir():
+            continue
+        try:
+            entries = sorted(root.iterdir())
+        except OSError:
+            continue
+        found += [p for p in entries if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")]
+    return found[:limit]
 
 
 def default_data_roots(workspace: Workspace, repo_root: Path = REPO_ROOT) -> tuple[Path, ...]:

@@ -39,7 +39,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--no-hd95", action="store_true", help="skip the (slow) HD95 distance")
+    parser.add_argument(
+        "--modalities",
+        default="flair+t1+t1ce+t2",
+        metavar="SET",
+        help="score each case given only these modalities (e.g. flair+t1ce); several sets separated by "
+        "spaces in one quoted argument, or 'subsets' for all 15 (models trained with --modality-dropout)",
+    )
     parser.set_defaults(func=run)
+
+
+def _subsets(text: str) -> list[tuple[str, ...]]:
+    from medvision.data.modality_sets import SUBSETS, parse_subset
+    from medvision.errors import MedVisionError
+
+    if text.strip() == "subsets":
+        return list(SUBSETS)
+    try:
+        return [parse_subset(part) for part in text.split()]
+    except ValueError as exc:
+        raise MedVisionError(f"--modalities: {exc}") from exc
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,19 +73,24 @@ def run(args: argparse.Namespace) -> int:
         store = Path(args.data)
         if not is_store(store):
             store = prepare_store(args.data, Path(tmp) / "store.h5", progress=False)
-        result = evaluate_checkpoint(
-            args.checkpoint,
-            store,
-            split=args.split,
-            device=args.device,
-            amp=args.amp,
-            batch_size=args.batch_size,
-            with_hd95=not args.no_hd95,
-            progress=progress,
-        )
+        results = [
+            evaluate_checkpoint(
+                args.checkpoint,
+                store,
+                split=args.split,
+                device=args.device,
+                amp=args.amp,
+                batch_size=args.batch_size,
+                with_hd95=not args.no_hd95,
+                progress=progress,
+                modalities=subset,
+            )
+            for subset in _subsets(args.modalities)
+        ]
     print(file=sys.stderr)
-    print(format_table(result))
+    print("\n\n".join(format_table(result) for result in results))
     if args.out:
-        write_json_atomic(args.out, json_safe(result))  # inf/nan -> null
+        saved = results[0] if len(results) == 1 else {"subsets": results}
+        write_json_atomic(args.out, json_safe(saved))  # inf/nan -> null
         print(f"saved {args.out}")
     return 0

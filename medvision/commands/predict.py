@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from medvision.data.case import Case
-from medvision.errors import MedVisionError
+from medvision.errors import InputDataError, MedVisionError
 from medvision.export import (
     check_nifti_path,
     save_prediction_nifti,
@@ -52,7 +52,7 @@ def register(subparsers: Any) -> None:
         "--checkpoint",
         type=Path,
         default=None,
-        help="checkpoint (.safetensors); default: the shipped checkpoints/demo.safetensors",
+        help="checkpoint (.safetensors); default: the shipped checkpoints/default.safetensors (any modality subset)",
     )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument(
@@ -78,6 +78,13 @@ def register(subparsers: Any) -> None:
         help="drop 3-D tumour pieces smaller than this many voxels (0 = keep all)",
     )
     parser.add_argument("--report", type=Path, default=None, help="write the volumetry as CSV here")
+    parser.add_argument(
+        "--modalities",
+        default=None,
+        metavar="SET",
+        help="use only these of the given modalities, e.g. flair+t1ce (default: every one given; the "
+        "default model accepts any non-empty subset)",
+    )
     parser.add_argument(
         "--cache-dir",
         type=Path,
@@ -114,15 +121,36 @@ def _check_args(args: argparse.Namespace) -> None:
         raise PredictError("the output files must all be different")
 
 
-def _load_case(path: Path) -> Case:
+def _load_case(path: Path, only: str | None) -> Case:
     from medvision.data.readers import load_case
 
     try:
-        return load_case(path)
+        case = load_case(path, allow_missing=True)
+        return case if only is None else _keep_modalities(case, only)
     except MedVisionError:
         raise
     except Exception as exc:  # a reader bug must still be one line naming the input, not a traceback
         raise PredictError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from exc
+
+
+def _keep_modalities(case: Case, only: str) -> Case:
+    """``case`` with only the modalities of ``only`` (e.g. "flair+t1ce"); the others' channels zeroed."""
+    import dataclasses
+
+    from medvision.data.modality_sets import keep_only, parse_subset
+
+    try:
+        wanted = parse_subset(only)
+    except ValueError as exc:
+        raise PredictError(f"--modalities: {exc}") from exc
+    absent = [m for m in wanted if m not in case.available]
+    if absent:
+        raise InputDataError(
+            case.source_paths[0] if case.source_paths else case.case_id,
+            f"--modalities asks for {', '.join(absent)}, which the input does not have "
+            f"(it has {', '.join(case.available)})",
+        )
+    return dataclasses.replace(case, image=keep_only(case.image, wanted), available=wanted)
 
 
 def _write_outputs(args: argparse.Namespace, case: Case, prediction: Any, csv_text: str) -> list[Path]:
@@ -161,7 +189,8 @@ def _write_outputs(args: argparse.Namespace, case: Case, prediction: Any, csv_te
 def _summary(case: Case, prediction: Any, vol: dict[str, Any], predictor: Any, seconds: float) -> str:
     lines = [
         f"{case.case_id}: {case.shape[0]} slices of {case.shape[1]}x{case.shape[2]}, "
-        f"{predictor.describe()}, {seconds:.1f} s"
+        f"{predictor.describe()}, {seconds:.1f} s",
+        f"  modalities used: {', '.join(case.available)}",
     ]
     volumes = ", ".join(f"{k.removesuffix('_cm3')} {v:.2f}" for k, v in vol.items() if k.endswith("_cm3"))
     lines.append(f"  volumes (cm^3): {volumes}")
@@ -186,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
     from medvision.volumetry import volumetry, volumetry_csv
 
     _check_args(args)
-    case = _load_case(args.input)
+    case = _load_case(args.input, args.modalities)
     try:
         predictor = Predictor(
             args.checkpoint,
@@ -205,6 +234,8 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             min_component_voxels=args.min_component_voxels,
         )
+    except MedVisionError:
+        raise
     except (RuntimeError, ValueError, MemoryError) as exc:
         raise PredictError(f"{args.input}: prediction failed ({type(exc).__name__}: {exc})") from exc
     seconds = time.perf_counter() - start

@@ -42,7 +42,12 @@ def register(subparsers: Any) -> None:
         description="Read a dataset (BraTS folders, Decathlon Task01, Kaggle .h5 slices, zips, or one case), "
         "crop each case to its brain, z-score it and write a chunked HDF5 store.",
     )
-    parser.add_argument("source", type=Path, help="dataset folder, case folder, .zip or 4-D NIfTI")
+    parser.add_argument(
+        "source",
+        type=Path,
+        nargs="+",
+        help="dataset folder, case folder, .zip or 4-D NIfTI (several: one store of all their cases)",
+    )
     parser.add_argument("--out", type=Path, required=True, help="store file to write (e.g. data/brats.h5)")
     add_source_options(parser)
     parser.set_defaults(func=run)
@@ -50,7 +55,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     path = prepare_store(
-        args.source,
+        args.source if len(args.source) > 1 else args.source[0],
         args.out,
         workers=args.workers,
         progress=not args.no_progress,

@@ -42,6 +42,8 @@ OVERRIDES = {
     "log_every": "log_every",
     "channels_last": "channels_last",
     "threads": "threads",
+    "modality_dropout": "modality_dropout",
+    "split_file": "split_file",
 }
 
 
@@ -62,7 +64,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--preset",
         choices=sorted(PRESETS),
         default="demo",
-        help="starting settings: seed (original recipe), demo (CPU minutes), brats (GPU)",
+        help="starting settings: seed (original recipe), demo (CPU minutes, phantoms), "
+        "real (the default model: real cases + phantoms, any modality subset), brats (GPU)",
     )
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--steps-per-epoch", type=int)
@@ -73,6 +76,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--depth", type=int)
     parser.add_argument("--target", choices=TARGETS)
     parser.add_argument("--neighbours", type=int, help="neighbouring slices each side as extra channels")
+    parser.add_argument(
+        "--modality-dropout",
+        type=float,
+        metavar="P",
+        help="train for any subset of the modalities: drop a random subset from a share P of the slices",
+    )
     parser.add_argument("--patch-size", type=int, nargs=2, metavar=("H", "W"))
     parser.add_argument("--scheduler", choices=("plateau", "cosine"))
     parser.add_argument("--tumour-fraction", type=float, help="share of draws from tumour slices")
@@ -90,6 +99,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="hold the slices as tensors on the device (auto: when they fit)",
     )
     parser.add_argument("--val-max-slices", type=int)
+    parser.add_argument(
+        "--split-file",
+        metavar="JSON",
+        help="fixed split {train, val, test: [case ids]}, e.g. a fold from `python -m medvision folds`",
+    )
     parser.add_argument("--log-every", type=int)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir exactly")

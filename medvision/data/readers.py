@@ -196,8 +196,9 @@ def _read_modality_files(
     max_case_voxels: int,
 ) -> Case:
     """Validate every header first (shapes, affines, sizes, voxel budget), then read the voxels into one
-    (4, D, H, W)."""
-    volumes = [open_nifti(modality_paths[m], ndim=3, within=within) for m in MODALITIES]
+    (4, D, H, W). Modalities without a path keep all-zero channels and are left out of ``available``."""
+    available = tuple(m for m in MODALITIES if m in modality_paths)
+    volumes = [open_nifti(modality_paths[m], ndim=3, within=within) for m in available]
     reference = volumes[0]
     for volume in volumes[1:]:
         check_same_grid(volume, reference)
@@ -207,12 +208,12 @@ def _read_modality_files(
     check_case_voxels(volumes, max_case_voxels, reference.path)
 
     size_i, size_j, size_k = reference.shape
-    image = np.empty((len(MODALITIES), size_k, size_i, size_j), dtype=np.float32)
-    for channel, volume in enumerate(volumes):
+    image = np.zeros((len(MODALITIES), size_k, size_i, size_j), dtype=np.float32)
+    for modality, volume in zip(available, volumes, strict=True):
         data = read_nifti_data(volume)
         check_finite(data, volume.path)
         check_not_empty(data, volume.path)
-        image[channel] = nifti_to_case_axes(data)
+        image[MODALITIES.index(modality)] = nifti_to_case_axes(data)
     label = None
     if label_volume is not None:
         label = np.ascontiguousarray(nifti_to_case_axes(_read_brats_label(label_volume)))
@@ -225,13 +226,22 @@ def _read_modality_files(
         spacing=reference.spacing_dhw,
         label=label,
         source_paths=sources,
+        available=available,
     )
 
 
 def read_brats_folder(
-    folder: str | Path, *, roots: Roots = None, max_case_voxels: int = DEFAULT_CASE_VOXEL_BUDGET
+    folder: str | Path,
+    *,
+    roots: Roots = None,
+    max_case_voxels: int = DEFAULT_CASE_VOXEL_BUDGET,
+    allow_missing: bool = False,
 ) -> Case:
-    """A BraTS case folder (2018-2021 or 2023 naming, .nii or .nii.gz; the ``seg`` file is optional)."""
+    """A BraTS case folder (2018-2021 or 2023 naming, .nii or .nii.gz; the ``seg`` file is optional).
+
+    ``allow_missing``: read any non-empty subset of the four modalities (for models trained with modality
+    dropout); otherwise a missing modality is refused.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise InputDataError(folder, "not a folder (expected a BraTS case folder)")
@@ -247,13 +257,14 @@ def read_brats_folder(
                 bad = scan.wrong_extension[modality][0]
                 problem = f"wrong extension for the {modality} file: expected .nii or .nii.gz"
                 raise InputDataError(bad, problem)
-            raise InputDataError(
-                folder, f"missing modality {modality} (no file named {_NAMING_HINT[modality]}.nii[.gz])"
-            )
+            if not allow_missing or not any(m in scan.files for m in MODALITIES):
+                raise InputDataError(
+                    folder, f"missing modality {modality} (no file named {_NAMING_HINT[modality]}.nii[.gz])"
+                )
     label_paths = scan.files.get(LABEL_KEY)
     case_id = _case_id_from_prefixes(scan.prefixes, folder.name)
     return _read_modality_files(
-        {m: scan.files[m][0] for m in MODALITIES},
+        {m: scan.files[m][0] for m in MODALITIES if m in scan.files},
         label_paths[0] if label_paths else None,
         case_id,
         within=within,
@@ -267,8 +278,10 @@ def read_nifti_files(
     case_id: str | None = None,
     roots: Roots = None,
     max_case_voxels: int = DEFAULT_CASE_VOXEL_BUDGET,
+    allow_missing: bool = False,
 ) -> Case:
-    """Four separately uploaded modality files (+ optional label) keyed by modality name.
+    """Separately uploaded modality files (+ optional label) keyed by modality name: all four, or with
+    ``allow_missing`` any non-empty subset.
 
     Keys are MedVision names (``flair``, ``t1``, ``t1ce``, ``t2``, ``seg``) or BraTS 2023 names
     (``t2f``, ``t1n``, ``t1c``, ``t2w``); ``label`` is accepted for ``seg``. Unknown keys are a
@@ -286,13 +299,14 @@ def read_nifti_files(
     if not resolved:
         raise ValueError("no files given")
     missing = [m for m in MODALITIES if m not in resolved]
-    if missing:
+    if missing and (not allow_missing or len(missing) == len(MODALITIES)):
         where = ", ".join(p.name for p in resolved.values())
         got = ", ".join(sorted(resolved))
         raise InputDataError(where, f"missing modality {', '.join(missing)} (got {got})")
     if case_id is None:
-        found = classify_name(nifti_stem(resolved["flair"].name))
-        case_id = found[0] if found and found[0] else nifti_stem(resolved["flair"].name)
+        first = next(resolved[m] for m in MODALITIES if m in resolved)
+        found = classify_name(nifti_stem(first.name))
+        case_id = found[0] if found and found[0] else nifti_stem(first.name)
     within = Confinement.of(p.parent for p in resolved.values()) if roots is None else Confinement.of(roots)
     return _read_modality_files(
         resolved, resolved.get(LABEL_KEY), case_id, within=within, max_case_voxels=max_case_voxels
@@ -375,6 +389,7 @@ def read_zip(
     max_uncompressed_bytes: int = DEFAULT_MAX_UNCOMPRESSED_BYTES,
     max_compression_ratio: float = DEFAULT_MAX_COMPRESSION_RATIO,
     max_case_voxels: int = DEFAULT_CASE_VOXEL_BUDGET,
+    allow_missing: bool = False,
 ) -> Case:
     """A .zip holding one case (typically one BraTS case folder), extracted safely to a temporary folder.
 
@@ -403,7 +418,8 @@ def read_zip(
             if len(refs) != 1:
                 problem = f"holds {len(refs)} cases; upload a zip of exactly one case folder"
                 raise InputDataError(root, problem)
-            case = dataclasses.replace(refs[0], max_case_voxels=max_case_voxels).load()
+            ref = dataclasses.replace(refs[0], max_case_voxels=max_case_voxels, allow_missing=allow_missing)
+            case = ref.load()
         except InputDataError as exc:
             raise _error_inside_zip(exc, zip_path, root) from exc
     # Files at the archive root with no <ID> in their names would otherwise be named after the temp folder.
@@ -454,15 +470,24 @@ class CaseRef:
     roots: tuple[Path, ...] | None = field(default=None, compare=False)  # None: around ``path``
     scratch_dir: Path | None = field(default=None, compare=False)
     max_case_voxels: int = field(default=DEFAULT_CASE_VOXEL_BUDGET, compare=False)
+    allow_missing: bool = field(default=False, compare=False)  # a subset of the modalities is enough
 
     def load(self) -> Case:
         limit = self.max_case_voxels
         if self.kind == "brats":
-            case = read_brats_folder(self.path, roots=self.roots, max_case_voxels=limit)
+            case = read_brats_folder(
+                self.path, roots=self.roots, max_case_voxels=limit, allow_missing=self.allow_missing
+            )
         elif self.kind == "decathlon":
             case = read_decathlon(self.path, self.label_path, roots=self.roots, max_case_voxels=limit)
         elif self.kind == "zip":
-            case = read_zip(self.path, roots=self.roots, scratch_dir=self.scratch_dir, max_case_voxels=limit)
+            case = read_zip(
+                self.path,
+                roots=self.roots,
+                scratch_dir=self.scratch_dir,
+                max_case_voxels=limit,
+                allow_missing=self.allow_missing,
+            )
         elif self.kind == "kaggle" and self.kaggle_volume is not None:
             paths = checked_slice_paths(self.kaggle_slices, self.kaggle_volume, self.path)
             roots = self.roots if self.roots is not None else (self.path,)
@@ -542,6 +567,7 @@ def list_case_sources(
     roots: Roots = None,
     scratch_dir: Path | None = None,
     max_case_voxels: int = DEFAULT_CASE_VOXEL_BUDGET,
+    allow_missing: bool = False,
 ) -> list[CaseRef]:
     """The cases under ``source``: one case (folder, zip, Decathlon file) or a dataset root.
 
@@ -560,7 +586,12 @@ def list_case_sources(
         refs = [_file_ref(source)]
     else:
         refs = find_cases(source, functools.partial(_claim_folder, order=order, within=within), within=within)
-    options = {"roots": within.roots, "scratch_dir": scratch_dir, "max_case_voxels": max_case_voxels}
+    options = {
+        "roots": within.roots,
+        "scratch_dir": scratch_dir,
+        "max_case_voxels": max_case_voxels,
+        "allow_missing": allow_missing,
+    }
     return [dataclasses.replace(ref, **options) for ref in refs]
 
 
@@ -593,14 +624,18 @@ def load_case(
     roots: Roots = None,
     scratch_dir: Path | None = None,
     max_case_voxels: int = DEFAULT_CASE_VOXEL_BUDGET,
+    allow_missing: bool = False,
 ) -> Case:
-    """Read one case from any supported input (case folder, .zip, Decathlon file, one Kaggle volume)."""
+    """Read one case from any supported input (case folder, .zip, Decathlon file, one Kaggle volume).
+
+    ``allow_missing``: a case folder or zip may hold any non-empty subset of the modalities."""
     refs = list_case_sources(
         path,
         kaggle_channel_order=kaggle_channel_order,
         roots=roots,
         scratch_dir=scratch_dir,
         max_case_voxels=max_case_voxels,
+        allow_missing=allow_missing,
     )
     if len(refs) != 1:
         shown = ", ".join(r.case_id for r in refs[:3]) + (", ..." if len(refs) > 3 else "")

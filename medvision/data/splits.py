@@ -86,3 +86,24 @@ def load_splits(path: str | Path) -> dict[str, list[str]]:
             raise InputDataError(path, f"cases in more than one split: {sorted(overlap)[:5]}")
         seen.update(ids)
     return data
+
+
+def make_folds(
+    case_ids: Iterable[str], k: int, seed: int = 0, train_only: Iterable[str] = ()
+) -> list[dict[str, list[str]]]:
+    """Patient-wise k-fold cross-validation: fold i validates on the i-th of k near-equal parts of the
+    (shuffled) ``case_ids`` and trains on the rest plus ``train_only`` (e.g. phantoms, which are never
+    held out). ``test`` is empty: a fold is scored on its held-out (``val``) cases, with the last epoch's
+    weights, so nothing is chosen on them.
+    """
+    ids = sorted(set(case_ids) - set(train_only))
+    extra = sorted(set(train_only))
+    if k < 2 or k > len(ids):
+        raise ValueError(f"need 2 <= k <= {len(ids)} (the cases that can be held out), got k={k}")
+    order = np.random.default_rng(seed).permutation(len(ids))
+    parts = np.array_split(np.array([ids[i] for i in order]), k)
+    folds = []
+    for i, held_out in enumerate(parts):
+        rest = [c for j, part in enumerate(parts) if j != i for c in part]
+        folds.append({"train": sorted(rest + extra), "val": sorted(held_out), "test": []})
+    return folds

@@ -204,7 +204,13 @@ def _prepare_case(item: Any) -> _PreparedCase:
 def _list_items(
     source: Any, kaggle_channel_order: Sequence[str] | None, roots: Sequence[str | Path] | None
 ) -> tuple[list[Any], str]:
-    """Source -> (list of Case or picklable case references, description for the `source` attr)."""
+    """Source -> (list of Case or picklable case references, description for the `source` attr).
+
+    A list of paths is several datasets into one store (e.g. real cases and phantoms)."""
+    paths = isinstance(source, (list, tuple)) and all(isinstance(s, (str, os.PathLike)) for s in source)
+    if paths and source:
+        listed = [_list_items(s, kaggle_channel_order, roots) for s in source]
+        return [item for items, _ in listed for item in items], "; ".join(d for _, d in listed)
     if isinstance(source, (str, os.PathLike)):
         from medvision.data.readers import list_case_sources  # lazy: readers pulls in nibabel etc.
 

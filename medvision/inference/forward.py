@@ -25,6 +25,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medvision.data.case import MODALITIES
+from medvision.data.modality_sets import keep_only
+from medvision.errors import InputDataError
 from medvision.inference import geometry
 from medvision.inference.backend import InferenceBackend
 from medvision.inference.geometry import PreparedVolume
@@ -102,16 +105,30 @@ class SegmentationEngine:
     def _patch(self) -> tuple[int, int] | None:
         return self.spec.patch_size if self.pad_to_patch else None
 
-    def prepare_case(self, image: np.ndarray) -> PreparedVolume:
-        """A raw case image (4, D, H, W) -> its normalised, padded brain crop."""
-        return geometry.prepare_case_image(image, self.spec.multiple, self._patch())
+    def prepare_case(
+        self, image: np.ndarray, available: tuple[str, ...] = MODALITIES, where: str = "input"
+    ) -> PreparedVolume:
+        """A raw case image (4, D, H, W) -> its normalised, padded brain crop.
+
+        ``available``: the modalities given (the others' channels are set to zero); a model without
+        availability planes needs all four (InputDataError naming ``where`` and what is missing).
+        """
+        missing = [m for m in MODALITIES if m not in available]
+        if missing and not self.spec.availability:
+            raise InputDataError(
+                where,
+                f"missing modality {', '.join(missing)}: this model needs all four; the shipped default "
+                "model (trained with modality dropout) accepts any subset",
+            )
+        image = keep_only(image, available) if missing else image
+        return geometry.prepare_case_image(image, self.spec.multiple, self._patch(), tuple(available))
 
     def prepare_stored(self, image: np.ndarray) -> PreparedVolume:
         """A prepared store's image (4, d, h, w) -> the same structure (no second normalisation)."""
         return geometry.prepare_stored_image(image, self.spec.multiple, self._patch())
 
     def batch_input(self, prepared: PreparedVolume, indices: np.ndarray) -> np.ndarray:
-        return geometry.batch_input(prepared, indices, self.spec.neighbours)
+        return geometry.batch_input(prepared, indices, self.spec.neighbours, self.spec.availability)
 
     # ------------------------------------------------------------------------------ the volume path
 

@@ -10,12 +10,14 @@ into the case's full (D, H, W) geometry, zero elsewhere. Training-time validatio
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from medvision.data.case import MODALITIES
+from medvision.data.modality_sets import availability_vector
 from medvision.data.preprocess import brain_mask, normalise_case_image
 
 Box = tuple[slice, slice, slice]
@@ -31,6 +33,7 @@ class PreparedVolume:
     brain: np.ndarray  # (d, h, w) bool: voxels of the crop where any modality is non-zero
     padded: tuple[int, int]  # network input (H', W')
     offset: tuple[int, int]  # top-left of the crop inside the padded input
+    available: tuple[str, ...] = MODALITIES  # the modalities given; the others' channels are zeros
 
     @property
     def has_brain(self) -> np.ndarray:
@@ -73,7 +76,10 @@ def _prepared(
 
 
 def prepare_case_image(
-    image: np.ndarray, multiple: int, patch_size: tuple[int, int] | None = None
+    image: np.ndarray,
+    multiple: int,
+    patch_size: tuple[int, int] | None = None,
+    available: tuple[str, ...] = MODALITIES,
 ) -> PreparedVolume:
     """A raw case image (4, D, H, W) -> its normalised brain crop with padding for the network.
 
@@ -86,7 +92,8 @@ def prepare_case_image(
     normalised, box = normalise_case_image(image)
     brain = brain_mask(image[(slice(None), *box)])
     full_shape = tuple(int(s) for s in image.shape[1:])
-    return _prepared(normalised, box, full_shape, brain, multiple, patch_size)  # type: ignore[arg-type]
+    prepared = _prepared(normalised, box, full_shape, brain, multiple, patch_size)  # type: ignore[arg-type]
+    return dataclasses.replace(prepared, available=tuple(available))
 
 
 def prepare_stored_image(
@@ -105,16 +112,23 @@ def prepare_stored_image(
     return _prepared(image, box, full_shape, brain_mask(image), multiple, patch_size)  # type: ignore[arg-type]
 
 
-def batch_input(prepared: PreparedVolume, indices: np.ndarray, neighbours: int) -> np.ndarray:
+def batch_input(
+    prepared: PreparedVolume, indices: np.ndarray, neighbours: int, availability: bool = False
+) -> np.ndarray:
     """(B, C, H', W') float32 network input for crop slices ``indices``.
 
     C = 4 * (1 + 2 * neighbours), blocks in offset order -n ... +n; neighbours clamp at the crop's ends
-    (as ``data.dataset.SliceDataset.read`` does at the volume's ends).
+    (as ``data.dataset.SliceDataset.read`` does at the volume's ends). With ``availability``, 4 more
+    constant planes say which modalities were given (medvision.data.modality_sets).
     """
     depth, h, w = prepared.image.shape[1:]
     top, left = prepared.offset
     n_mod = len(MODALITIES)
-    batch = np.zeros((len(indices), n_mod * (1 + 2 * neighbours), *prepared.padded), dtype=np.float32)
+    image_channels = n_mod * (1 + 2 * neighbours)
+    planes = n_mod if availability else 0
+    batch = np.zeros((len(indices), image_channels + planes, *prepared.padded), dtype=np.float32)
+    if availability:
+        batch[:, image_channels:] = availability_vector(prepared.available)[None, :, None, None]
     for b, k in enumerate(indices):
         for block, offset in enumerate(range(-neighbours, neighbours + 1)):
             j = min(max(int(k) + offset, 0), depth - 1)

@@ -33,7 +33,9 @@ from medvision.prediction_cache import ByteLRU, case_content_hash
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CHECKPOINT = Path(medvision.__file__).resolve().parents[1] / "checkpoints" / "demo.safetensors"
+# Real scans + phantoms, trained with modality dropout (checkpoints/MODEL_CARD.md); the phantom-only
+# model beside it is checkpoints/demo.safetensors.
+DEFAULT_CHECKPOINT = Path(medvision.__file__).resolve().parents[1] / "checkpoints" / "default.safetensors"
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -171,7 +173,7 @@ class Predictor:
     """Segments cases with one checkpoint. Thread-safe (model calls are serialised by the engine's lock).
 
     Args:
-        checkpoint: a ``.safetensors`` checkpoint; None -> the shipped ``checkpoints/demo.safetensors``.
+        checkpoint: a ``.safetensors`` checkpoint; None -> the shipped ``checkpoints/default.safetensors``.
         device, dtype and the keyword options: see :class:`PredictorOptions`.
     Raises:
         CheckpointError: the checkpoint is missing, unreadable, or its metadata contradicts its weights.
@@ -277,7 +279,8 @@ class Predictor:
         case_hash = case_hash or case_content_hash(case)
         cached = self._prepared.get(case_hash)
         if cached is None:
-            cached = self.engine.prepare_case(case.image)
+            where = str(case.source_paths[0]) if case.source_paths else case.case_id
+            cached = self.engine.prepare_case(case.image, case.available, where)
             self._prepared.put(case_hash, cached)
         return cached
 

@@ -28,6 +28,13 @@ class ModelSpec:
     neighbours: int  # slices each side stacked as extra input channels (2.5-D)
     multiple: int  # 2**depth: the network input's H and W must be multiples of this
     patch_size: tuple[int, int] | None  # the training patch (H, W), when the checkpoint records it
+    # Trained with modality dropout: after the image channels come 4 availability planes, and any
+    # non-empty subset of the modalities may be given (medvision.data.modality_sets).
+    availability: bool = False
+
+    @property
+    def image_channels(self) -> int:
+        return len(MODALITIES) * (1 + 2 * self.neighbours)
 
 
 def meta_value(meta: dict[str, Any], key: str) -> Any:
@@ -57,18 +64,29 @@ def _target(meta: dict[str, Any], out_channels: int) -> str:
     return str(target)
 
 
-def _neighbours(meta: dict[str, Any], in_channels: int) -> int:
+def _availability(meta: dict[str, Any], in_channels: int) -> bool:
+    """Whether the model takes availability planes: from the metadata, else from the channel count
+    (4 * (1 + 2n) image channels is 4 times an odd number; with the 4 planes it is 4 times an even one)."""
+    recorded = meta_value(meta, "modality_input")
+    if recorded is not None:
+        return recorded == "availability"
+    return in_channels % (2 * len(MODALITIES)) == 0
+
+
+def _neighbours(meta: dict[str, Any], in_channels: int, availability: bool) -> int:
     n_modalities = len(MODALITIES)
+    image_channels = in_channels - (n_modalities if availability else 0)
     neighbours = meta_value(meta, "neighbours")
     if neighbours is None:
-        # 4 * (1 + 2n) input channels -> n neighbour slices each side.
-        neighbours = max((in_channels // n_modalities - 1) // 2, 0)
+        # 4 * (1 + 2n) image channels -> n neighbour slices each side.
+        neighbours = max((image_channels // n_modalities - 1) // 2, 0)
     neighbours = int(neighbours)
-    if n_modalities * (1 + 2 * neighbours) != in_channels:
+    if n_modalities * (1 + 2 * neighbours) != image_channels:
+        planes = f" + {n_modalities} availability planes" if availability else ""
         raise CheckpointError(
             meta.get("weights_file", "checkpoint"),
             f"model takes {in_channels} input channels, neighbours={neighbours} gives "
-            f"{n_modalities * (1 + 2 * neighbours)}",
+            f"{n_modalities * (1 + 2 * neighbours)}{planes}",
         )
     return neighbours
 
@@ -82,10 +100,13 @@ def model_spec(model: nn.Module, meta: dict[str, Any]) -> ModelSpec:
     config = dict(getattr(model, "config", {}))
     target = _target(meta, int(config.get("out_channels", 3)))
     patch = meta_value(meta, "patch_size")
+    in_channels = int(config.get("in_channels", 4))
+    availability = _availability(meta, in_channels)
     return ModelSpec(
         target=target,
         regions=TARGET_TABLE[target].regions,
-        neighbours=_neighbours(meta, int(config.get("in_channels", 4))),
+        neighbours=_neighbours(meta, in_channels, availability),
         multiple=2 ** int(config.get("depth", getattr(model, "depth", 4))),
         patch_size=(int(patch[0]), int(patch[1])) if patch else None,
+        availability=availability,
     )

@@ -11,6 +11,7 @@ small-tumour Dice (truth < 500 pixels per slice) and the original project's pixe
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable
@@ -20,6 +21,8 @@ from typing import Any
 import numpy as np
 
 from medvision.checkpoint import load_checkpoint
+from medvision.data.case import MODALITIES
+from medvision.data.modality_sets import keep_only, subset_name
 from medvision.data.splits import make_splits
 from medvision.data.store import SliceStore
 from medvision.errors import MedVisionError
@@ -32,7 +35,7 @@ logger = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test", "all")
 
 
-def _case_ids(store: SliceStore, meta: dict[str, Any], split: str) -> list[str]:
+def split_case_ids(store: SliceStore, meta: dict[str, Any], split: str) -> list[str]:
     labelled = [c for c in store.case_ids if store.has_label(c)]
     if split == "all":
         return labelled
@@ -79,9 +82,21 @@ def predict_stored_case(
     *,
     tta: bool = False,
     min_component_voxels: int = 0,
+    modalities: tuple[str, ...] = MODALITIES,
 ) -> np.ndarray:
-    """The label (D, h, w) uint8 that ``predict`` would write for a stored case, on its brain crop."""
+    """The label (D, h, w) uint8 that ``predict`` would write for a stored case, on its brain crop.
+
+    ``modalities``: score the case as if only these had been given (the others' channels zeroed; the
+    model must take availability planes unless all four are kept)."""
     prepared = engine.prepare_stored(store.read_image(case_id))
+    if modalities != MODALITIES:
+        if not engine.spec.availability:
+            raise MedVisionError(
+                "this checkpoint was trained on all four modalities only; it cannot be "
+                f"scored on {subset_name(modalities)}"
+            )
+        image = keep_only(prepared.image, modalities)
+        prepared = dataclasses.replace(prepared, image=image, available=modalities)
     return engine.predict(prepared, tta=tta, min_component_voxels=min_component_voxels).label
 
 
@@ -89,7 +104,7 @@ def predict_stored_case(
 _AMP_TO_DTYPE = {"auto": "auto", "off": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
-def _engine(
+def checkpoint_engine(
     checkpoint: str | Path, device: str, amp: str, backend: str, batch_size: int
 ) -> tuple[SegmentationEngine, dict[str, Any]]:
     torch_device = resolve_device(device)
@@ -119,6 +134,7 @@ def evaluate_checkpoint(
     tta: bool = False,
     min_component_voxels: int = 0,
     progress: Callable[[int, int, str], None] | None = None,
+    modalities: tuple[str, ...] = MODALITIES,
 ) -> dict[str, Any]:
     """Scores of ``checkpoint`` on the ``split`` cases of a store, predicted exactly as ``predict`` does.
 
@@ -131,6 +147,7 @@ def evaluate_checkpoint(
         with_hd95: compute HD95 (the slow part); ``nan`` otherwise.
         tta, min_component_voxels: as ``predict --tta`` / ``--min-component-voxels``.
         progress: called with (index, number of cases, case id) before each case.
+        modalities: the subset each case is given as (``predict --modalities``).
     Returns:
         {"regions": {region: means and counts}, "per_case": [...], "cases", "split", "target", ...}.
     Raises:
@@ -140,18 +157,23 @@ def evaluate_checkpoint(
     """
     if split not in SPLITS:
         raise ValueError(f"split must be train, val, test or all, got {split!r}")
-    engine, meta = _engine(checkpoint, device, amp, backend, batch_size)
+    engine, meta = checkpoint_engine(checkpoint, device, amp, backend, batch_size)
     regions = engine.regions
     scores = SplitScores(regions, with_hd95=with_hd95)
     with SliceStore(store_path) as store:
-        case_ids = _case_ids(store, meta, split)
+        case_ids = split_case_ids(store, meta, split)
         if not case_ids:
             raise MedVisionError(f"{store.path}: no labelled cases in split {split!r} to evaluate")
         for i, case_id in enumerate(case_ids):
             if progress is not None:
                 progress(i, len(case_ids), case_id)
             label = predict_stored_case(
-                engine, store, case_id, tta=tta, min_component_voxels=min_component_voxels
+                engine,
+                store,
+                case_id,
+                tta=tta,
+                min_component_voxels=min_component_voxels,
+                modalities=modalities,
             )
             truth = label_masks(store.read_label(case_id), regions)
             spacing = tuple(store.case_meta(case_id)["spacing"])
@@ -160,6 +182,7 @@ def evaluate_checkpoint(
         "checkpoint": str(checkpoint),
         "store": str(store_path),
         "split": split,
+        "modalities": subset_name(modalities),
         "target": engine.spec.target,
         "backend": f"{engine.backend.name} {engine.backend.precision}",
         "cases": len(scores.per_case),
@@ -185,7 +208,8 @@ def format_table(result: dict[str, Any]) -> str:
     ]
     header = f"{'Region':<7}" + "".join(f"{title:>10}" for title, _ in columns)
     lines = [
-        f"{result['cases']} cases, split {result['split']}, target {result['target']}",
+        f"{result['cases']} cases, split {result['split']}, target {result['target']}, "
+        f"modalities {result.get('modalities', 'flair+t1+t1ce+t2')}",
         header,
         "-" * len(header),
     ]

@@ -23,7 +23,7 @@ from typing import Any
 from medvision.atomic import write_text_atomic
 from medvision.data.splits import load_splits, make_splits, save_splits
 from medvision.data.store import SliceStore, is_store, prepare_store
-from medvision.errors import MedVisionError
+from medvision.errors import InputDataError, MedVisionError
 from medvision.train import distributed as dist_utils
 from medvision.train import rundir
 from medvision.train.callbacks import MetricsLogger, SampleWriter, StatusUpdater
@@ -296,6 +296,10 @@ def _setup(
     splits_file = run_dir / rundir.SPLITS_FILE
     if resume and splits_file.exists():
         splits = load_splits(splits_file)
+    elif config.split_file:
+        splits = _given_splits(Path(config.split_file), case_ids)
+        if ctx.is_main:
+            save_splits(splits_file, splits)
     else:
         splits = make_splits(case_ids, config.split_fractions, config.split_seed)
         if ctx.is_main:
@@ -304,6 +308,17 @@ def _setup(
     if resume and not resume_state:
         logger.info("nothing saved to resume in %s: starting from the beginning", run_dir)
     return _Setup(store_path, data_info, splits, resume_state)
+
+
+def _given_splits(path: Path, case_ids: Sequence[str]) -> dict[str, list[str]]:
+    """The splits of ``path``, every id checked against the store's cases."""
+    splits = load_splits(path)
+    known = set(case_ids)
+    unknown = sorted({c for ids in splits.values() for c in ids} - known)
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        raise InputDataError(path, f"names cases the store does not hold: {shown}")
+    return {name: list(splits.get(name, [])) for name in ("train", "val", "test")}
 
 
 def _base_status(config: TrainConfig, ctx: DistContext) -> dict[str, Any]:

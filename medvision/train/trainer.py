@@ -45,6 +45,7 @@ from medvision.train import distributed as dist_utils
 from medvision.train.batches import EpochPlan, augment_config, load_size, make_slices, random_crop
 from medvision.train.config import NORMALISATION, TrainConfig
 from medvision.train.distributed import DistContext
+from medvision.train.modality_dropout import drop_modalities
 from medvision.train.rundir import STATE_FILE, checkpoint_path, json_safe
 from medvision.train.validation import Validation, slice_subset
 
@@ -336,6 +337,8 @@ class Trainer:
             images, targets = random_crop(images, targets, self.config.patch_size, self.aug_generator)
         if self.augment is not None:
             images, targets = augment_batch(images, targets, self.augment, self.aug_generator)
+        if self.config.modality_dropout is not None:
+            images = drop_modalities(images, self.config.modality_dropout, self.aug_generator)
         images = images.contiguous(memory_format=self.memory_format)
         self.net.train()
         with self.autocast():
@@ -366,6 +369,7 @@ class Trainer:
             neighbours=cfg.neighbours,
             multiple=2**cfg.depth,
             patch_size=cfg.patch_size,
+            availability=cfg.modality_dropout is not None,
         )
         return SegmentationEngine(backend, spec, batch_size=max(cfg.batch_size, 8) * 2)
 
@@ -536,6 +540,7 @@ class Trainer:
                 "regions": list(self.region_names),
                 "preset": cfg.preset,
                 "modalities": list(MODALITIES),
+                "modality_input": "availability" if cfg.modality_dropout is not None else "images",
                 "neighbours": cfg.neighbours,
                 "patch_size": list(cfg.patch_size),
                 "normalisation": NORMALISATION,

@@ -1,0 +1,114 @@
+"""The model card's tables from ``evaluate --modalities subsets`` results.
+
+Run as ``python -m medvision.train.model_card RESULT.json ...``.
+
+Cross-validation folds are pooled per case: every real case is scored once, by the fold that held it out,
+and the means are over those cases. Rows are the 15 modality subsets; a second table checks that adding
+a modality never lowers a region's mean Dice by more than a tolerance.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medvision.data.case import MODALITIES
+from medvision.data.modality_sets import SUBSETS, subset_name
+
+REGIONS = ("WT", "TC", "ET")
+
+
+def load_subset_results(paths: Sequence[Path]) -> dict[str, list[dict[str, Any]]]:
+    """subset name -> per-case rows of every file (an evaluate --out JSON with "subsets")."""
+    pooled: dict[str, list[dict[str, Any]]] = {}
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        for result in data.get("subsets", [data]):
+            pooled.setdefault(result["modalities"], []).extend(result["per_case"])
+    return pooled
+
+
+def _values(rows: list[dict[str, Any]], region: str, key: str) -> np.ndarray:
+    values = [row[region].get(key) for row in rows]
+    return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+
+
+def subset_means(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per region: mean Dice, median HD95 (mm; null/inf count as 373.13), mean small-tumour Dice."""
+    out = {}
+    for region in REGIONS:
+        hd95 = _values(rows, region, "hd95")
+        hd95 = np.where(np.isfinite(hd95), hd95, 373.13)
+        small = _values(rows, region, "dice_small")
+        out[region] = {
+            "dice": float(np.nanmean(_values(rows, region, "dice"))),
+            "hd95_median": float(np.median(hd95)),
+            "dice_small": float(np.nanmean(small)) if np.isfinite(small).any() else math.nan,
+        }
+    return out
+
+
+def subset_table(pooled: dict[str, list[dict[str, Any]]]) -> str:
+    """Markdown: one row per subset (cases, Dice WT/TC/ET, median HD95 WT/TC/ET, small-tumour Dice)."""
+    lines = [
+        "| modalities | cases | Dice WT | Dice TC | Dice ET | HD95 WT | HD95 TC | HD95 ET "
+        "| small WT | small TC | small ET |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for subset in SUBSETS:
+        name = subset_name(subset)
+        if name not in pooled:
+            continue
+        means = subset_means(pooled[name])
+        cells = [f"{means[r]['dice']:.3f}" for r in REGIONS]
+        cells += [f"{means[r]['hd95_median']:.1f}" for r in REGIONS]
+        cells += [_fmt(means[r]["dice_small"]) for r in REGIONS]
+        lines.append(f"| {name} | {len(pooled[name])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _fmt(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.3f}"
+
+
+def worst_additions(pooled: dict[str, list[dict[str, Any]]], tolerance: float = 0.01) -> list[str]:
+    """Every (subset + one modality) whose mean Dice of a region drops by more than ``tolerance``."""
+    means = {name: subset_means(rows) for name, rows in pooled.items()}
+    found = []
+    for subset in SUBSETS:
+        for modality in MODALITIES:
+            if modality in subset:
+                continue
+            bigger = subset_name((*subset, modality))
+            small = subset_name(subset)
+            if small not in means or bigger not in means:
+                continue
+            for region in REGIONS:
+                drop = means[small][region]["dice"] - means[bigger][region]["dice"]
+                if drop > tolerance:
+                    found.append(f"{small} -> +{modality}: {region} Dice {drop:+.3f} lower")
+    return found
+
+
+def main(argv: Sequence[str]) -> int:
+    """``python -m medvision.train.model_card RESULT.json ...``: print the subset table and the checks."""
+    if not argv:
+        print("usage: python -m medvision.train.model_card RESULT.json [RESULT.json ...]", file=sys.stderr)
+        return 2
+    pooled = load_subset_results([Path(a) for a in argv])
+    print(subset_table(pooled))
+    drops = worst_additions(pooled)
+    print(f"\nadding a modality lowered a region's mean Dice by more than 0.01 in {len(drops)} cases")
+    for line in drops:
+        print(f"- {line}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

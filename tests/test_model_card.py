@@ -1,0 +1,62 @@
+"""The model card's numbers: calibration error, uncertainty AUROC, and the per-subset tables."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medvision.train.calibration import auroc, case_calibration, expected_calibration_error
+from medvision.train.model_card import load_subset_results, subset_table, worst_additions
+
+
+def test_ece_is_zero_when_calibrated_and_large_when_overconfident():
+    rng = np.random.default_rng(0)
+    p = rng.uniform(size=200_000)
+    truth = rng.uniform(size=p.size) < p  # outcomes drawn with the stated probability
+    assert expected_calibration_error(p, truth) < 0.01
+    assert expected_calibration_error(np.full(1000, 0.95), np.zeros(1000, bool)) == pytest.approx(0.95)
+    assert np.isnan(expected_calibration_error(np.array([]), np.array([], bool)))
+
+
+def test_auroc_ranks():
+    score = np.array([0.1, 0.2, 0.3, 0.4])
+    assert auroc(score, np.array([0, 0, 1, 1], bool)) == 1.0
+    assert auroc(score, np.array([1, 1, 0, 0], bool)) == 0.0
+    assert auroc(np.ones(4), np.array([1, 0, 1, 0], bool)) == 0.5  # ties count half
+    assert np.isnan(auroc(score, np.zeros(4, bool)))
+
+
+def test_case_calibration_uses_brain_voxels_only():
+    truth = np.zeros((2, 4, 4), bool)
+    truth[:, :2] = True
+    predicted = truth.copy()
+    predicted[0, 0, 0] = False  # one wrong voxel, the most uncertain one
+    uncertainty = np.where(predicted != truth, 0.5, 0.01)
+    brain = np.ones_like(truth)
+    brain[1, 3, 3] = False
+    scores = case_calibration(truth.astype(np.float32), uncertainty, predicted, truth, brain)
+    assert scores["auroc_uncertainty_error"] == 1.0 and scores["ece_wt"] == 0.0
+    assert scores["error_fraction"] == pytest.approx(1 / brain.sum())
+
+
+def _result(modalities: str, wt: float) -> dict:
+    row = {
+        r: {"dice": wt if r == "WT" else 0.5, "hd95": None if r == "ET" else 4.0, "dice_small": 0.4}
+        for r in ("WT", "TC", "ET")
+    }
+    return {"modalities": modalities, "per_case": [{"case_id": "A", **row}, {"case_id": "B", **row}]}
+
+
+def test_subset_table_pools_folds_and_flags_drops(tmp_path: Path):
+    one = tmp_path / "fold_0.json"
+    two = tmp_path / "fold_1.json"
+    one.write_text(json.dumps({"subsets": [_result("flair", 0.80), _result("flair+t1", 0.70)]}))
+    two.write_text(json.dumps({"subsets": [_result("flair", 0.80), _result("flair+t1", 0.70)]}))
+    pooled = load_subset_results([one, two])
+    assert len(pooled["flair"]) == 4
+    table = subset_table(pooled)
+    assert "| flair | 4 | 0.800 | 0.500 | 0.500 | 4.0 | 4.0 | 373.1 |" in table
+    assert worst_additions(pooled) == ["flair -> +t1: WT Dice +0.100 lower"]
