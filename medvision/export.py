@@ -2,25 +2,38 @@
 
 Every file is written to a temporary name in the destination folder and moved into place with
 ``os.replace``, so a failed or interrupted export never leaves a partial file under the final name.
-The header is copied from the case's first source file when that is a readable NIfTI (keeping
-qform/sform codes, units and description fields), else built from the case's affine alone.
+The header is copied from the case's first source file when that is a readable NIfTI, or the FLAIR member
+of a zipped case (keeping qform/sform codes, units and description fields); else it is built from the
+case's affine with qform and sform code 1 (scanner), which is what an affine from DICOM positions is.
+Either way the affine written is the case's, in both the qform and the sform.
 """
 
 from __future__ import annotations
 
+import gzip
+import io
 import logging
+import zipfile
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
 from medvision.atomic import atomic_path
+from medvision.confinement import Confinement
 from medvision.data.case import Case, case_to_nifti_axes
 from medvision.errors import InputDataError
 
 logger = logging.getLogger(__name__)
 
 NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
+SCANNER_CODE: int = 1  # NIfTI xform code "scanner_anat"
+_HEADER_BYTES = 540  # a NIfTI-2 header; a NIfTI-1 header is 348
+
+
+def nifti_stem(name: str) -> str:
+    lower = name.lower()
+    return next((name[: -len(s)] for s in NIFTI_SUFFIXES if lower.endswith(s)), name)
 
 
 def check_nifti_path(path: str | Path) -> Path:
@@ -31,24 +44,65 @@ def check_nifti_path(path: str | Path) -> Path:
     return path
 
 
+def _header_from_zip(source: Path) -> nib.Nifti1Header | None:
+    """The header of the reference (FLAIR) member of a zipped case, read from its first bytes only."""
+    from medvision.data.readers import classify_name  # the reader's own naming rules pick the member
+
+    with zipfile.ZipFile(source) as archive:
+        members = [
+            i for i in archive.infolist() if not i.is_dir() and i.filename.lower().endswith(NIFTI_SUFFIXES)
+        ]
+        named = [
+            i for i in members if (classify_name(nifti_stem(Path(i.filename).name)) or ("", ""))[1] == "flair"
+        ]
+        if len(named) != 1:
+            return None
+        with archive.open(named[0]) as stream:
+            raw = stream.read(_HEADER_BYTES) if not named[0].filename.lower().endswith(".gz") else b""
+            if not raw:
+                with gzip.GzipFile(fileobj=stream) as inflated:
+                    raw = inflated.read(_HEADER_BYTES)
+    klass = nib.Nifti2Header if raw[:4] in (b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c") else nib.Nifti1Header
+    return nib.Nifti1Header.from_header(klass.from_fileobj(io.BytesIO(raw), check=False))
+
+
 def _reference_header(case: Case) -> nib.Nifti1Header | None:
-    """The header of the case's first source file when it is a NIfTI that can still be read."""
+    """The header of the case's first source file when it is a NIfTI (or a zipped case holding one) that can
+    still be read; None for DICOM, HDF5 and synthetic cases."""
     if not case.source_paths:
         return None
     source = Path(case.source_paths[0])
-    if not source.name.endswith(NIFTI_SUFFIXES) or not source.is_file():
-        return None
     try:
-        header = nib.load(source).header
+        Confinement.around(source).check(source)
+        if not source.is_file():
+            return None
+        if source.name.lower().endswith(".zip"):
+            return _header_from_zip(source)
+        if not source.name.lower().endswith(NIFTI_SUFFIXES):
+            return None
+        return nib.Nifti1Header.from_header(nib.load(source).header)
     except Exception as exc:  # a source that vanished or changed: fall back to the affine alone
         logger.info("cannot reuse the header of %s (%s); writing the affine only", source, exc)
         return None
-    return nib.Nifti1Header.from_header(header)
+
+
+def _xform_codes(header: nib.Nifti1Header | None) -> tuple[int, int]:
+    """The source's (qform_code, sform_code) as they were; 1 (scanner) for both without a NIfTI source, since
+    the affine then comes from DICOM positions, which are scanner coordinates."""
+    if header is None:
+        return SCANNER_CODE, SCANNER_CODE
+    return int(header["qform_code"]), int(header["sform_code"])
 
 
 def _nifti_image(data: np.ndarray, case: Case, description: str) -> nib.Nifti1Image:
     header = _reference_header(case)
-    image = nib.Nifti1Image(data, np.asarray(case.affine, dtype=np.float64), header=header)
+    qform_code, sform_code = _xform_codes(header)
+    affine = np.asarray(case.affine, dtype=np.float64)
+    image = nib.Nifti1Image(data, affine, header=header)
+    # nibabel marks an affine it did not find in the header as qform 0 / sform 2 ("aligned"); the source's own
+    # codes are what tells a viewer that these are the scanner's (or the template's) coordinates.
+    image.set_qform(affine, code=qform_code)
+    image.set_sform(affine, code=sform_code)
     image.set_data_dtype(data.dtype)
     # Our values are stored as they are: no scaling inherited from the source's int16 header.
     image.header.set_slope_inter(1.0, 0.0)

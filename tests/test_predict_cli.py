@@ -165,7 +165,9 @@ def test_bad_options_fail_before_work(
 def test_missing_demo_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch) -> None:
     import medvision.inference.predictor as predictor_module
 
-    monkeypatch.setattr(predictor_module, "DEFAULT_CHECKPOINT", tmp_path / "checkpoints" / "default.safetensors")
+    monkeypatch.setattr(
+        predictor_module, "DEFAULT_CHECKPOINT", tmp_path / "checkpoints" / "default.safetensors"
+    )
     folder = write_case_folder(tmp_path / "in")
     out = tmp_path / "out"
     out.mkdir()

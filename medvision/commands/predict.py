@@ -52,7 +52,8 @@ def register(subparsers: Any) -> None:
         "--checkpoint",
         type=Path,
         default=None,
-        help="checkpoint (.safetensors); default: the shipped checkpoints/default.safetensors (any modality subset)",
+        help="checkpoint (.safetensors); default: the shipped checkpoints/default.safetensors "
+        "(any modality subset)",
     )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument(
