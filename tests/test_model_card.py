@@ -60,3 +60,25 @@ def test_subset_table_pools_folds_and_flags_drops(tmp_path: Path):
     table = subset_table(pooled)
     assert "| flair | 4 | 0.800 | 0.500 | 0.500 | 4.0 | 4.0 | 373.1 |" in table
     assert worst_additions(pooled) == ["flair -> +t1: WT Dice +0.100 lower"]
+
+
+def test_cross_validation_is_recorded_and_shown_for_the_given_subset(tmp_path: Path):
+    from medvision.app_support.subset_expectations import expectation_line, expected_scores, modalities_line
+    from medvision.train.model_card import record_in_checkpoint
+
+    meta_file = tmp_path / "default.json"
+    meta_file.write_text(json.dumps({"format": "medvision-checkpoint", "weights_sha256": "x"}))
+    fold = tmp_path / "fold.json"
+    fold.write_text(json.dumps({"subsets": [_result("flair", 0.81), _result("flair+t1ce", 0.86)]}))
+    record_in_checkpoint(meta_file, load_subset_results([fold]), "3-fold cross-validation")
+    meta = json.loads(meta_file.read_text())
+    assert meta["weights_sha256"] == "x" and meta["cross_validation"]["subsets"]["flair"]["WT"] == 0.81
+    assert expected_scores(meta, ("t1ce", "flair"))["WT"] == 0.86
+    assert expected_scores(meta, ("t2",)) is None and expected_scores({}, ("flair",)) is None
+    line = expectation_line(meta, ("flair",))
+    assert (
+        line
+        == "Expected for FLAIR (3-fold cross-validation, 2 real cases): mean Dice WT 0.81, TC 0.50, ET 0.50"
+    )
+    assert modalities_line(("flair", "t1ce")) == "Given: FLAIR, T1CE · missing: T1, T2"
+    assert modalities_line(("flair", "t1", "t1ce", "t2")).endswith("(all four)")

@@ -96,12 +96,42 @@ def worst_additions(pooled: dict[str, list[dict[str, Any]]], tolerance: float = 
     return found
 
 
+def cross_validation_meta(pooled: dict[str, list[dict[str, Any]]], source: str) -> dict[str, Any]:
+    """What a checkpoint records for the app (medvision.app_support.subset_expectations): per subset, the
+    number of cases and the mean Dice per region."""
+    subsets = {}
+    for name, rows in pooled.items():
+        means = subset_means(rows)
+        subsets[name] = {"cases": len(rows), **{r: round(means[r]["dice"], 4) for r in REGIONS}}
+    return {"source": source, "subsets": subsets}
+
+
+def record_in_checkpoint(checkpoint_json: Path, pooled: dict[str, list[dict[str, Any]]], source: str) -> None:
+    """Add ``cross_validation`` to a checkpoint's metadata file (atomically; the weights are untouched)."""
+    from medvision.atomic import write_json_atomic
+
+    meta = json.loads(checkpoint_json.read_text(encoding="utf-8"))
+    meta["cross_validation"] = cross_validation_meta(pooled, source)
+    write_json_atomic(checkpoint_json, meta, indent=2)
+
+
 def main(argv: Sequence[str]) -> int:
-    """``python -m medvision.train.model_card RESULT.json ...``: print the subset table and the checks."""
-    if not argv:
-        print("usage: python -m medvision.train.model_card RESULT.json [RESULT.json ...]", file=sys.stderr)
+    """``python -m medvision.train.model_card RESULT.json ... [--into CHECKPOINT.json]``: print the subset
+    table and the checks; with ``--into``, also record the means in that checkpoint's metadata."""
+    args = list(argv)
+    into = None
+    if "--into" in args:
+        at = args.index("--into")
+        into = Path(args[at + 1])
+        del args[at : at + 2]
+    if not args:
+        print(
+            "usage: python -m medvision.train.model_card RESULT.json ... [--into CKPT.json]", file=sys.stderr
+        )
         return 2
-    pooled = load_subset_results([Path(a) for a in argv])
+    pooled = load_subset_results([Path(a) for a in args])
+    if into is not None:
+        record_in_checkpoint(into, pooled, "3-fold cross-validation")
     print(subset_table(pooled))
     drops = worst_additions(pooled)
     print(f"\nadding a modality lowered a region's mean Dice by more than 0.01 in {len(drops)} cases")

@@ -1,0 +1,50 @@
+"""What a user may expect from the model for the modalities they gave: the cross-validated Dice of that
+subset, as the model card measured it (stored in the checkpoint's metadata under ``cross_validation``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from medvision.data.case import MODALITIES
+from medvision.data.modality_sets import subset_name
+
+
+def expected_scores(meta: Mapping[str, Any], available: Sequence[str]) -> dict[str, Any] | None:
+    """``{"subset", "cases", "WT", "TC", "ET"}`` (mean Dice per region) for ``available``, or None when
+    the checkpoint records no cross-validation for that subset."""
+    table = meta.get("cross_validation")
+    if not isinstance(table, Mapping):
+        return None
+    row = (
+        table.get("subsets", {}).get(subset_name(available))
+        if isinstance(table.get("subsets"), Mapping)
+        else None
+    )
+    if not isinstance(row, Mapping):
+        return None
+    scores = {r: row.get(r) for r in ("WT", "TC", "ET")}
+    if not all(isinstance(v, (int, float)) for v in scores.values()):
+        return None
+    return {"subset": subset_name(available), "cases": row.get("cases"), **scores}
+
+
+def modalities_line(available: Sequence[str]) -> str:
+    """``"Given: FLAIR, T1CE - missing: T1, T2"`` (names from MODALITIES only, never from the data)."""
+    given = [m.upper() for m in MODALITIES if m in available]
+    missing = [m.upper() for m in MODALITIES if m not in available]
+    text = "Given: " + ", ".join(given)
+    return text + (" · missing: " + ", ".join(missing) if missing else " (all four)")
+
+
+def expectation_line(meta: Mapping[str, Any], available: Sequence[str]) -> str | None:
+    """One sentence for the page, e.g. "Expected for FLAIR+T1CE (cross-validation, 9 real cases): ..."."""
+    scores = expected_scores(meta, available)
+    if scores is None:
+        return None
+    source = meta["cross_validation"].get("source", "cross-validation")
+    cases = f", {int(scores['cases'])} real cases" if isinstance(scores["cases"], int) else ""
+    return (
+        f"Expected for {scores['subset'].upper()} ({source}{cases}): mean Dice WT {scores['WT']:.2f}, "
+        f"TC {scores['TC']:.2f}, ET {scores['ET']:.2f}"
+    )
