@@ -211,3 +211,42 @@ def test_subprocess_error_has_no_traceback(tmp_path: Path, checkpoint: Path) -> 
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert "absent" in proc.stderr and not out.exists()
+
+
+def test_batch_folder_output_is_resumable_and_goes_past_a_broken_case(
+    tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import shutil
+
+    root = tmp_path / "cases"
+    first = write_case_folder(root)
+    shutil.copytree(first, root / "Synth_043")
+    broken = shutil.copytree(first, root / "Broken_001")
+    flair = broken / f"{CASE_ID}_flair.nii.gz"
+    flair.write_bytes(flair.read_bytes()[:200])
+    out = tmp_path / "out"
+    code, stdout, err = run_cli(
+        [root, "-o", f"{out}/", "--checkpoint", checkpoint, "--device", "cpu"], capsys
+    )
+    assert code == 1
+    assert sorted(p.name for p in out.iterdir()) == ["Synth_042.nii.gz", "Synth_043.nii.gz"]
+    assert "batch: 2 predicted, 0 skipped (already done), 1 failed" in stdout
+    assert f"failed: Broken_001: {flair}" in err and "Traceback" not in err
+    assert nib.load(out / "Synth_043.nii.gz").shape == NIFTI_SHAPE
+    # Run again (after a stop, or once the broken case is mended): what was done is not redone.
+    shutil.copy(first / flair.name, flair)
+    code, stdout, err = run_cli([root, "-o", out, "--checkpoint", checkpoint, "--device", "cpu"], capsys)
+    assert code == 0, err
+    assert stdout.count("exists, skipped") == 2 and "batch: 1 predicted, 2 skipped" in stdout
+    assert (out / "Broken_001.nii.gz").exists()
+
+
+def test_batch_refuses_single_file_options(tmp_path: Path, checkpoint: Path, capsys) -> None:
+    root = tmp_path / "cases"
+    write_case_folder(root)
+    out = tmp_path / "out"
+    out.mkdir()
+    code, _, err = run_cli(
+        [root, "-o", out, "--checkpoint", checkpoint, "--report", tmp_path / "r.csv"], capsys
+    )
+    assert_clean_failure(code, err, "--report", out)

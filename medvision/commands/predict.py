@@ -1,5 +1,10 @@
 """`python -m medvision predict INPUT -o OUT.nii.gz`: segment one case and export the label volume.
 
+INPUT is a BraTS case folder, a .zip, a Decathlon 4-D NIfTI, a folder of Kaggle slices or a DICOM study
+(folder or .zip); or, with no INPUT, single files given as ``--flair/--t1/--t1ce/--t2`` (see
+predict_inputs.py). DICOM studies and single files are predicted on the model's grid and every output
+is written back on the reference series' own grid; ``--dicom-seg`` also writes a DICOM-SEG for a study.
+
 Every failure a user can cause (unreadable input, missing checkpoint, bad output path, a device that is
 not there) ends as one line on stderr and a non-zero exit, and never leaves a partial output: files
 are written through temporary names, and outputs of a run that fails half way are removed again.
@@ -9,12 +14,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from medvision.commands.predict_inputs import PreparedInput, add_input_arguments, load_input, strip_skull
 from medvision.data.case import Case
 from medvision.errors import InputDataError, MedVisionError
 from medvision.export import (
@@ -38,16 +48,42 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _add_input_output(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "input",
+        type=Path,
+        nargs="?",
+        default=None,
+        help="case folder, .zip, 4-D .nii[.gz], folder of .h5 slices, or DICOM study (folder or .zip); "
+        "leave out to give single files with --flair/--t1/--t1ce/--t2",
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="label file to write (.nii.gz); a folder (ending with /) to predict every case or study "
+        "in INPUT, one file each, skipping those already written",
+    )
+    parser.add_argument(
+        "--dicom-seg",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="also write the labels as a DICOM-SEG referencing the study's reference series (DICOM input)",
+    )
+
+
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "predict",
         help="segment one case and write the tumour labels as NIfTI",
-        description="Segment one case (BraTS case folder, .zip, Decathlon 4-D NIfTI or one Kaggle .h5 "
-        "volume) and write BraTS labels (0/1/2/4) in the input's geometry. "
-        "Research demo, not for clinical use.",
+        description="Segment one case (BraTS case folder, .zip, Decathlon 4-D NIfTI, one Kaggle .h5 "
+        "volume, a DICOM study, or single NIfTI/NRRD files) and write BraTS labels (0/1/2/4) in the "
+        "input's geometry (for a DICOM study or single files: the reference series' own grid). A scan "
+        "that is not skull-stripped is cut to the brain first. Research demo, not for clinical use.",
     )
-    parser.add_argument("input", type=Path, help="case folder, .zip, 4-D .nii[.gz] or folder of .h5 slices")
-    parser.add_argument("-o", "--output", type=Path, required=True, help="label file to write (.nii.gz)")
+    _add_input_output(parser)
+    add_input_arguments(parser)
     parser.add_argument(
         "--checkpoint",
         type=Path,
@@ -108,36 +144,45 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def _check_args(args: argparse.Namespace) -> None:
-    """Refuse bad options before any slow work."""
+def _check_options(args: argparse.Namespace) -> None:
+    """What a single case and a batch alike must refuse before any slow work."""
     if args.mc_samples == 1:
         raise PredictError("--mc-samples must be 0 (off) or at least 2")
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Refuse bad options before any slow work."""
+    _check_options(args)
     if args.uncertainty is not None and args.mc_samples < 2:
         raise PredictError(f"{args.uncertainty}: an uncertainty map needs --mc-samples 2 or more")
     outputs = [p for p in (args.output, args.probabilities, args.uncertainty) if p is not None]
     for path in outputs:
         check_nifti_path(path)
-    named = outputs + ([args.report] if args.report is not None else [])
+    named = outputs + [p for p in (args.report, args.dicom_seg) if p is not None]
     if len({p.resolve() for p in named}) != len(named):
         raise PredictError("the output files must all be different")
+    if args.dicom_seg is not None:
+        from medvision.dicom import is_dicom_study
+
+        if args.input is None or not is_dicom_study(args.input):
+            raise PredictError(
+                f"{args.dicom_seg}: --dicom-seg needs a DICOM study (folder or .zip) as INPUT, whose series "
+                f"the SEG references; {args.input or 'single files'} is not one"
+            )
 
 
-def _load_case(path: Path, only: str | None) -> Case:
-    from medvision.data.readers import load_case
-
-    try:
-        case = load_case(path, allow_missing=True)
-        return case if only is None else _keep_modalities(case, only)
-    except MedVisionError:
-        raise
-    except Exception as exc:  # a reader bug must still be one line naming the input, not a traceback
-        raise PredictError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from exc
+def _load(args: argparse.Namespace) -> tuple[PreparedInput, list[str]]:
+    """The input on the model grid, the modalities of ``--modalities`` kept, cut to the brain if need be;
+    and the lines saying what was read and done."""
+    prepared = load_input(args)
+    if args.modalities is not None:
+        prepared = dataclasses.replace(prepared, case=_keep_modalities(prepared.case, args.modalities))
+    prepared, stripped = strip_skull(prepared, args.brain_extraction)
+    return prepared, [*prepared.lines, *([stripped] if stripped else [])]
 
 
 def _keep_modalities(case: Case, only: str) -> Case:
     """``case`` with only the modalities of ``only`` (e.g. "flair+t1ce"); the others' channels zeroed."""
-    import dataclasses
-
     from medvision.data.modality_sets import keep_only, parse_subset
 
     try:
@@ -154,27 +199,60 @@ def _keep_modalities(case: Case, only: str) -> Case:
     return dataclasses.replace(case, image=keep_only(case.image, wanted), available=wanted)
 
 
-def _write_outputs(args: argparse.Namespace, case: Case, prediction: Any, csv_text: str) -> list[Path]:
-    """Write every requested file; if one fails, remove those this run already wrote."""
+@dataclass(frozen=True)
+class _Exported:
+    """The prediction on the export (reference) grid: what every output file and the volumes come from."""
+
+    label: np.ndarray
+    probabilities: np.ndarray
+    uncertainty: np.ndarray | None
+    uncertainty_score: float | None
+    regions: tuple[str, ...]
+
+
+def _exported(prepared: PreparedInput, prediction: Any) -> _Exported:
+    uncertainty = prediction.uncertainty
+    return _Exported(
+        label=prepared.to_export(prediction.label),
+        probabilities=prepared.to_export(prediction.probabilities),
+        uncertainty=prepared.to_export(uncertainty) if uncertainty is not None else None,
+        uncertainty_score=prediction.uncertainty_score,
+        regions=prediction.regions,
+    )
+
+
+def _jobs(args: argparse.Namespace, prepared: PreparedInput, out: _Exported, csv_text: str) -> list:
     from medvision.atomic import write_text_atomic
 
-    jobs: list[tuple[Path, Any]] = [(args.output, lambda p: save_prediction_nifti(prediction.label, case, p))]
+    case = prepared.export_case
+    jobs: list[tuple[Path, Any]] = [(args.output, lambda p: save_prediction_nifti(out.label, case, p))]
     if args.probabilities is not None:
         jobs.append(
             (
                 args.probabilities,
-                lambda p: save_probabilities_nifti(
-                    prediction.probabilities, case, p, regions=prediction.regions
-                ),
+                lambda p: save_probabilities_nifti(out.probabilities, case, p, regions=out.regions),
             )
         )
     if args.uncertainty is not None:
-        jobs.append((args.uncertainty, lambda p: save_uncertainty_nifti(prediction.uncertainty, case, p)))
+        jobs.append((args.uncertainty, lambda p: save_uncertainty_nifti(out.uncertainty, case, p)))
+    if args.dicom_seg is not None and prepared.reference_datasets is not None:
+        from medvision.dicom.seg_export import write_dicom_seg
+
+        # highdicom logs every module it copies, naming instance UIDs: not for a user's terminal.
+        logging.getLogger("highdicom").setLevel(logging.WARNING)
+        jobs.append((args.dicom_seg, lambda p: write_dicom_seg(out.label, prepared.reference_datasets, p)))
     if args.report is not None:
         jobs.append((args.report, lambda p: write_text_atomic(p, csv_text)))
+    return jobs
+
+
+def _write_outputs(
+    args: argparse.Namespace, prepared: PreparedInput, out: _Exported, csv_text: str
+) -> list[Path]:
+    """Write every requested file; if one fails, remove those this run already wrote."""
     written: list[Path] = []
     try:
-        for path, write in jobs:
+        for path, write in _jobs(args, prepared, out, csv_text):
             write(path)
             written.append(path)
     except BaseException as exc:
@@ -187,11 +265,14 @@ def _write_outputs(args: argparse.Namespace, case: Case, prediction: Any, csv_te
     return written
 
 
-def _summary(case: Case, prediction: Any, vol: dict[str, Any], predictor: Any, seconds: float) -> str:
+def _summary(
+    prepared: PreparedInput, out: _Exported, vol: dict[str, Any], predictor: Any, seconds: float
+) -> str:
+    case = prepared.export_case  # the grid written; the modalities are those the model was given
     lines = [
         f"{case.case_id}: {case.shape[0]} slices of {case.shape[1]}x{case.shape[2]}, "
         f"{predictor.describe()}, {seconds:.1f} s",
-        f"  modalities used: {', '.join(case.available)}",
+        f"  modalities used: {', '.join(prepared.case.available)}",
     ]
     volumes = ", ".join(f"{k.removesuffix('_cm3')} {v:.2f}" for k, v in vol.items() if k.endswith("_cm3"))
     lines.append(f"  volumes (cm^3): {volumes}")
@@ -202,23 +283,19 @@ def _summary(case: Case, prediction: Any, vol: dict[str, Any], predictor: Any, s
             f"  tumour on axial slices {vol['first_slice']}-{vol['last_slice']}; largest axial diameter "
             f"{vol['max_diameter_mm']:.1f} mm (slice {vol['largest_slice']})"
         )
-    if prediction.uncertainty_score is not None:
+    if out.uncertainty_score is not None:
         lines.append(
-            f"  uncertainty score (mean std of P(tumour) in predicted tumour): "
-            f"{prediction.uncertainty_score:.4f}"
+            f"  uncertainty score (mean std of P(tumour) in predicted tumour): {out.uncertainty_score:.4f}"
         )
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> int:
+def _predictor(args: argparse.Namespace) -> Any:
     from medvision.inference import Predictor
     from medvision.onnx_backend import user_cache_dir
-    from medvision.volumetry import volumetry, volumetry_csv
 
-    _check_args(args)
-    case = _load_case(args.input, args.modalities)
     try:
-        predictor = Predictor(
+        return Predictor(
             args.checkpoint,
             device=args.device,
             threads=args.threads or "auto",
@@ -226,10 +303,21 @@ def run(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:  # e.g. --device cuda without CUDA
         raise PredictError(str(exc)) from exc
+
+
+def predict_case(args: argparse.Namespace, predictor: Any | None = None) -> None:
+    """Read ``args.input``, predict, write every output ``args`` names; ``predictor``: one already built
+    (a batch shares it), else built after the input was read (so a bad input is reported first)."""
+    from medvision.volumetry import volumetry, volumetry_csv
+
+    prepared, lines = _load(args)
+    for line in lines:
+        print(line)
+    predictor = predictor if predictor is not None else _predictor(args)
     start = time.perf_counter()
     try:
         prediction = predictor.predict_volume(
-            case,
+            prepared.case,
             tta=args.tta,
             mc_samples=args.mc_samples,
             seed=args.seed,
@@ -238,10 +326,26 @@ def run(args: argparse.Namespace) -> int:
     except MedVisionError:
         raise
     except (RuntimeError, ValueError, MemoryError) as exc:
-        raise PredictError(f"{args.input}: prediction failed ({type(exc).__name__}: {exc})") from exc
+        raise PredictError(
+            f"{args.input or prepared.case.case_id}: prediction failed ({type(exc).__name__}: {exc})"
+        ) from exc
     seconds = time.perf_counter() - start
-    vol = volumetry(prediction.label, case.spacing, regions=prediction.regions)
-    _write_outputs(args, case, prediction, volumetry_csv(vol, case_id=case.case_id))
-    print(_summary(case, prediction, vol, predictor, seconds))
-    print(f"wrote {args.output}", file=sys.stdout)
+    out = _exported(prepared, prediction)
+    case = prepared.export_case
+    # Volumes from the export grid: the scan's own spacing, not the model's resampled one.
+    vol = volumetry(out.label, case.spacing, regions=out.regions)
+    _write_outputs(args, prepared, out, volumetry_csv(vol, case_id=case.case_id))
+    print(_summary(prepared, out, vol, predictor, seconds))
+    print(f"wrote {args.output}" + (f" and {args.dicom_seg}" if args.dicom_seg else ""), file=sys.stdout)
+
+
+def run(args: argparse.Namespace) -> int:
+    from medvision.commands.predict_batch import is_batch, run_batch
+
+    if is_batch(args):
+        _check_options(args)
+        return run_batch(args, predict_case, _predictor)
+    args.output = Path(args.output)
+    _check_args(args)
+    predict_case(args)
     return 0

@@ -145,8 +145,9 @@ def _scan_names(folder: Path, names: Sequence[str]) -> _FolderScan:
     for name in sorted(names):
         if name.startswith("."):  # hidden files, macOS "._" resource forks
             continue
-        if has_nifti_suffix(name):
-            found = classify_name(nifti_stem(name))
+        stem = _case_file_stem(name)
+        if stem is not None:
+            found = classify_name(stem)
             if found:
                 files.setdefault(found[1], []).append(folder / name)
                 prefixes.setdefault(found[1], found[0])
@@ -155,6 +156,17 @@ def _scan_names(folder: Path, names: Sequence[str]) -> _FolderScan:
             if found and "." in name:
                 wrong.setdefault(found[1], []).append(folder / name)
     return _FolderScan(files, prefixes, wrong)
+
+
+# Seen in the wild: a .nii.gz gzipped once more. Read by content (sniff.open_any_nifti), never by name.
+DOUBLE_GZIP_SUFFIX = ".nii.gz.gz"
+
+
+def _case_file_stem(name: str) -> str | None:
+    """The stem of a modality/label file name (``.nii``, ``.nii.gz`` or ``.nii.gz.gz``), else None."""
+    if name.lower().endswith(DOUBLE_GZIP_SUFFIX):
+        return name[: -len(DOUBLE_GZIP_SUFFIX)]
+    return nifti_stem(name) if has_nifti_suffix(name) else None
 
 
 def _scan_folder(folder: Path, within: Confinement) -> _FolderScan:
@@ -181,10 +193,62 @@ def _case_id_from_prefixes(prefixes: Mapping[str, str], fallback: str) -> str:
 
 
 def _read_brats_label(volume: NiftiVolume) -> np.ndarray:
-    raw = read_nifti_data(volume)
+    return _brats_label(read_nifti_data(volume), volume.path)
+
+
+def _brats_label(raw: np.ndarray, path: Path) -> np.ndarray:
     if (raw == 3).any() and (raw == 4).any():
-        raise InputDataError(volume.path, "label holds both 3 (BraTS 2023 ET) and 4 (BraTS 2018-2021 ET)")
-    return labels_to_brats(raw, volume.path, BRATS_LABEL_MAP)
+        raise InputDataError(path, "label holds both 3 (BraTS 2023 ET) and 4 (BraTS 2018-2021 ET)")
+    return labels_to_brats(raw, path, BRATS_LABEL_MAP)
+
+
+def _read_sniffed_files(
+    modality_paths: Mapping[str, Path],
+    label_path: Path | None,
+    case_id: str,
+    *,
+    within: Confinement,
+    max_case_voxels: int,
+) -> Case:
+    """Like ``_read_modality_files`` for a case with a ``.nii.gz.gz`` file among its files: every file is
+    read by content (gzip layers removed in memory, each bounded), then checked against the first's grid."""
+    from medvision.data.sniff import open_any_nifti
+
+    available = tuple(m for m in MODALITIES if m in modality_paths)
+    paths = [modality_paths[m] for m in available] + ([label_path] if label_path is not None else [])
+    volumes, total = [], 0
+    for path in paths:
+        volume = open_any_nifti(path, within=within)
+        reference = volumes[0] if volumes else volume
+        if volume.data.shape != reference.data.shape or not np.allclose(
+            volume.affine, reference.affine, atol=1e-3
+        ):
+            raise InputDataError(
+                path, f"not on the same grid as {reference.path.name} (shape or affine differ)"
+            )
+        total += volume.data.size if path != label_path else 0
+        if total > max_case_voxels:
+            raise InputDataError(path, f"the case holds more than {max_case_voxels:,} image voxels")
+        volumes.append(volume)
+    size_i, size_j, size_k = volumes[0].data.shape
+    image = np.zeros((len(MODALITIES), size_k, size_i, size_j), dtype=np.float32)
+    for modality, volume in zip(available, volumes, strict=False):
+        check_not_empty(volume.data, volume.path)
+        image[MODALITIES.index(modality)] = nifti_to_case_axes(volume.data)
+    label = None
+    if label_path is not None:
+        raw = np.rint(volumes[-1].data).astype(np.int16)
+        label = np.ascontiguousarray(nifti_to_case_axes(_brats_label(raw, label_path)))
+    zi, zj, zk = np.sqrt((volumes[0].affine[:3, :3] ** 2).sum(axis=0))
+    return Case(
+        case_id=case_id,
+        image=image,
+        affine=volumes[0].affine,
+        spacing=(float(zk), float(zi), float(zj)),
+        label=label,
+        source_paths=tuple(paths),
+        available=available,
+    )
 
 
 def _read_modality_files(
@@ -197,6 +261,11 @@ def _read_modality_files(
 ) -> Case:
     """Validate every header first (shapes, affines, sizes, voxel budget), then read the voxels into one
     (4, D, H, W). Modalities without a path keep all-zero channels and are left out of ``available``."""
+    named = [*modality_paths.values(), *([label_path] if label_path is not None else [])]
+    if any(p.name.lower().endswith(DOUBLE_GZIP_SUFFIX) for p in named):
+        return _read_sniffed_files(
+            modality_paths, label_path, case_id, within=within, max_case_voxels=max_case_voxels
+        )
     available = tuple(m for m in MODALITIES if m in modality_paths)
     volumes = [open_nifti(modality_paths[m], ndim=3, within=within) for m in available]
     reference = volumes[0]
