@@ -305,6 +305,20 @@ def _predictor(args: argparse.Namespace) -> Any:
         raise PredictError(str(exc)) from exc
 
 
+def _check_model_takes(args: argparse.Namespace, case: Case) -> None:
+    """Refuse a subset of the modalities for a model that needs all four before the model is loaded
+    (or exported), from its metadata file alone."""
+    if not case.missing:
+        return
+    from medvision.checkpoint import read_checkpoint_meta
+    from medvision.inference import DEFAULT_CHECKPOINT
+    from medvision.inference.spec import check_modalities, takes_availability
+
+    meta = read_checkpoint_meta(args.checkpoint or DEFAULT_CHECKPOINT)
+    where = str(case.source_paths[0]) if case.source_paths else case.case_id
+    check_modalities(takes_availability(meta), case.available, where)
+
+
 def predict_case(args: argparse.Namespace, predictor: Any | None = None) -> None:
     """Read ``args.input``, predict, write every output ``args`` names; ``predictor``: one already built
     (a batch shares it), else built after the input was read (so a bad input is reported first)."""
@@ -313,6 +327,7 @@ def predict_case(args: argparse.Namespace, predictor: Any | None = None) -> None
     prepared, lines = _load(args)
     for line in lines:
         print(line)
+    _check_model_takes(args, prepared.case)
     predictor = predictor if predictor is not None else _predictor(args)
     start = time.perf_counter()
     try:

@@ -27,12 +27,11 @@ import torch.nn.functional as F
 
 from medvision.data.case import MODALITIES
 from medvision.data.modality_sets import keep_only
-from medvision.errors import InputDataError
 from medvision.inference import geometry
 from medvision.inference.backend import InferenceBackend
 from medvision.inference.geometry import PreparedVolume
 from medvision.inference.postprocess import THRESHOLD, final_label, uncertainty_score
-from medvision.inference.spec import ModelSpec
+from medvision.inference.spec import ModelSpec, check_modalities
 from medvision.models import mc_dropout_mode
 
 ProgressFn = Callable[[float], None]
@@ -113,13 +112,8 @@ class SegmentationEngine:
         ``available``: the modalities given (the others' channels are set to zero); a model without
         availability planes needs all four (InputDataError naming ``where`` and what is missing).
         """
+        check_modalities(self.spec.availability, tuple(available), where)
         missing = [m for m in MODALITIES if m not in available]
-        if missing and not self.spec.availability:
-            raise InputDataError(
-                where,
-                f"missing modality {', '.join(missing)}: this model needs all four; the shipped default "
-                "model (trained with modality dropout) accepts any subset",
-            )
         image = keep_only(image, available) if missing else image
         return geometry.prepare_case_image(image, self.spec.multiple, self._patch(), tuple(available))
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from medvision.data.case import MODALITIES
 from medvision.data.regions import TARGET_TABLE
-from medvision.errors import CheckpointError
+from medvision.errors import CheckpointError, InputDataError
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,24 @@ def _target(meta: dict[str, Any], out_channels: int) -> str:
             where, f"target {target!r} needs {needed} outputs, the model has {out_channels}"
         )
     return str(target)
+
+
+def takes_availability(meta: dict[str, Any]) -> bool:
+    """Whether a checkpoint (its metadata file alone, before any weights are loaded) accepts a subset of
+    the modalities."""
+    model = meta.get("model") if isinstance(meta.get("model"), dict) else {}
+    return _availability(meta, int(model.get("in_channels", len(MODALITIES))))
+
+
+def check_modalities(availability: bool, available: tuple[str, ...], where: str) -> None:
+    """InputDataError naming ``where`` when a model without availability planes is given a subset."""
+    missing = [m for m in MODALITIES if m not in available]
+    if missing and not availability:
+        raise InputDataError(
+            where,
+            f"missing modality {', '.join(missing)}: this model needs all four; the shipped default "
+            "model (trained with modality dropout) accepts any subset",
+        )
 
 
 def _availability(meta: dict[str, Any], in_channels: int) -> bool:
