@@ -82,3 +82,25 @@ def test_cross_validation_is_recorded_and_shown_for_the_given_subset(tmp_path: P
     )
     assert modalities_line(("flair", "t1ce")) == "Given: FLAIR, T1CE · missing: T1, T2"
     assert modalities_line(("flair", "t1", "t1ce", "t2")).endswith("(all four)")
+
+
+def test_failure_figure_draws_truth_beside_prediction(tmp_path: Path):
+    from PIL import Image
+
+    from medvision.checkpoint import save_checkpoint
+    from medvision.data.store import prepare_store
+    from medvision.models import AttentionUNet
+    from medvision.train.card_figures import failure_figure
+    from tests.test_trainer import tiny_case
+
+    store = prepare_store([tiny_case("Tiny_000", 0)], tmp_path / "s.h5", workers=1, progress=False)
+    checkpoint = tmp_path / "m.safetensors"
+    save_checkpoint(
+        checkpoint, AttentionUNet(8, 3, 4, 2, 0.1), {"target": "regions", "modality_input": "availability"}
+    )
+    out = tmp_path / "fig.png"
+    index = failure_figure(str(checkpoint), str(store), "Tiny_000", out, ("flair", "t1ce"))
+    picture = np.asarray(Image.open(out))
+    assert 0 <= index < 8 and picture.shape[2] == 3 and picture.shape[1] % 2 == 0
+    left = picture[:, : picture.shape[1] // 2].astype(int)
+    assert ((left[..., 0] - left[..., 2]) > 60).any(), "the true tumour is drawn in colour"
