@@ -79,6 +79,7 @@ fi
 # Ship the final run's last epoch as checkpoints/default.*, with the cross-validated means per subset
 # in its metadata (the Predict page shows the row of the modalities a user gave).
 cp "$run/checkpoints/last.safetensors" checkpoints/default.safetensors
+mkdir -p checkpoints/default_run && cp "$run/metrics.jsonl" "$run/config.json" checkpoints/default_run/
 $PY - "$run/checkpoints/last.json" checkpoints/default.json <<'PY'
 import json, sys
 meta = json.load(open(sys.argv[1]))

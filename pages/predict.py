@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pandas as pd
 import streamlit as st
 
-from medvision.app_support import figures, mesh, render, viewer
+from medvision.app_support import catalog, figures, mesh, render, subset_expectations, viewer
 from medvision.app_support.catalog import CaseChoice, case_choices
 from medvision.app_support.kept_state import came_from_another_page, keep_widget_values
 from medvision.app_support.plain_text import plain
@@ -29,7 +29,7 @@ if settings is None:
     st.stop()
 if model is None:
     st.info(
-        "No model to predict with yet: train one on the Train page (or ship checkpoints/demo.safetensors)."
+        "No model to predict with yet: train one on the Train page (or ship checkpoints/default.safetensors)."
     )
     st.stop()
 
@@ -161,6 +161,13 @@ except (MedVisionError, OSError) as error:
     st.error(f"Cannot load the model {plain(model.label)}: {plain(error)}")
     st.stop()
 model_key = f"{model.checkpoint}:{predictor.checkpoint_hash[:12]}"
+if case.missing and not predictor.engine.spec.availability:
+    st.error(
+        f"{plain(model.label)} needs all four modalities; this case has "
+        f"{', '.join(m.upper() for m in case.available)}. Choose the shipped default model in the sidebar: "
+        "it takes any subset."
+    )
+    st.stop()
 
 # --------------------------------------------------------------------- new case or model: reset state
 active = (case_key, model_key)
@@ -195,6 +202,11 @@ st.caption(
     f"{spacing_text} mm · {truth_text} ground truth · "
     f"model: {plain(model.label)} ({predictor.target}, {predictor.device})"
 )
+try:
+    expected = subset_expectations.expectation_line(catalog.model_meta(model), case.available)
+except MedVisionError:  # the metadata went away since the model was loaded: say nothing about it
+    expected = None
+st.caption(subset_expectations.modalities_line(case.available) + (f" · {expected}" if expected else ""))
 
 if not job.finished:
 
