@@ -55,11 +55,11 @@ def subset_means(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 
 
 def subset_table(pooled: dict[str, list[dict[str, Any]]]) -> str:
-    """Markdown: one row per subset (cases, Dice WT/TC/ET, median HD95 WT/TC/ET, small-tumour Dice)."""
+    """Markdown: one row per subset (cases, mean Dice WT/TC/ET, median HD95 WT/TC/ET in mm). Small-tumour
+    Dice is a per-split figure of ``evaluate``, not a per-case one, so folds cannot be pooled for it."""
     lines = [
-        "| modalities | cases | Dice WT | Dice TC | Dice ET | HD95 WT | HD95 TC | HD95 ET "
-        "| small WT | small TC | small ET |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| modalities | cases | Dice WT | Dice TC | Dice ET | HD95 WT | HD95 TC | HD95 ET |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for subset in SUBSETS:
         name = subset_name(subset)
@@ -68,13 +68,8 @@ def subset_table(pooled: dict[str, list[dict[str, Any]]]) -> str:
         means = subset_means(pooled[name])
         cells = [f"{means[r]['dice']:.3f}" for r in REGIONS]
         cells += [f"{means[r]['hd95_median']:.1f}" for r in REGIONS]
-        cells += [_fmt(means[r]["dice_small"]) for r in REGIONS]
         lines.append(f"| {name} | {len(pooled[name])} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def _fmt(value: float) -> str:
-    return "n/a" if math.isnan(value) else f"{value:.3f}"
 
 
 def worst_additions(pooled: dict[str, list[dict[str, Any]]], tolerance: float = 0.01) -> list[str]:
