@@ -22,6 +22,7 @@ import os
 import tempfile
 import time
 import zipfile
+import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -241,10 +242,14 @@ def _zip_holds_dicom(path: Path) -> bool:
             for info in members[:_PROBE_FILES]:
                 if info.flag_bits & 0x1:  # encrypted: safe_extract refuses it with a clear message later
                     continue
+                # Only stored or deflated members are peeked at: a bzip2/LZMA decoder allocates its whole
+                # window (100+ MiB for a bomb) before the first byte, and safe_extract judges those later.
+                if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                    continue
                 with archive.open(info) as stream:
                     if sniff_bytes(stream.read(HEAD_BYTES)) == "dicom":
                         return True
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError):
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError, zlib.error):
         return False
     return False
 
