@@ -32,7 +32,7 @@ import os
 import re
 import tempfile
 import zipfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,7 +51,6 @@ from medvision.data.kaggle_h5 import (
 )
 from medvision.data.nifti_checks import (
     DEFAULT_CASE_VOXEL_BUDGET,
-    NiftiVolume,
     check_case_voxels,
     check_finite,
     check_not_empty,
@@ -192,14 +191,43 @@ def _case_id_from_prefixes(prefixes: Mapping[str, str], fallback: str) -> str:
 # ------------------------------------------------------------------------------ NIfTI case files
 
 
-def _read_brats_label(volume: NiftiVolume) -> np.ndarray:
-    return _brats_label(read_nifti_data(volume), volume.path)
-
-
 def _brats_label(raw: np.ndarray, path: Path) -> np.ndarray:
     if (raw == 3).any() and (raw == 4).any():
         raise InputDataError(path, "label holds both 3 (BraTS 2023 ET) and 4 (BraTS 2018-2021 ET)")
     return labels_to_brats(raw, path, BRATS_LABEL_MAP)
+
+
+def _assemble_case(
+    case_id: str,
+    grid: tuple[tuple[int, int, int], np.ndarray, tuple[float, float, float]],
+    modalities: Sequence[tuple[str, Path, Callable[[], np.ndarray]]],
+    label: tuple[Path, Callable[[], np.ndarray]] | None,
+) -> Case:
+    """The one place a case's (4, D, H, W) image and label are built from files already checked to share
+    a grid: ``grid`` is the NIfTI (i, j, k) shape, affine and (D, H, W) spacing; each modality's voxels
+    are read only when its channel is filled, so at most one raw volume is held at a time."""
+    (size_i, size_j, size_k), affine, spacing = grid
+    image = np.zeros((len(MODALITIES), size_k, size_i, size_j), dtype=np.float32)
+    for modality, path, read in modalities:
+        data = read()
+        check_finite(data, path)
+        check_not_empty(data, path)
+        image[MODALITIES.index(modality)] = nifti_to_case_axes(data)
+    case_label = None
+    if label is not None:
+        label_path, read_label = label
+        case_label = np.ascontiguousarray(nifti_to_case_axes(_brats_label(read_label(), label_path)))
+    sources = tuple(path for _, path, _ in modalities) + ((label[0],) if label is not None else ())
+    logger.debug("read case %s from %d files", case_id, len(sources))
+    return Case(
+        case_id=case_id,
+        image=image,
+        affine=affine,
+        spacing=spacing,
+        label=case_label,
+        source_paths=sources,
+        available=tuple(m for m, _, _ in modalities),
+    )
 
 
 def _read_sniffed_files(
@@ -230,25 +258,14 @@ def _read_sniffed_files(
         if total > max_case_voxels:
             raise InputDataError(path, f"the case holds more than {max_case_voxels:,} image voxels")
         volumes.append(volume)
-    size_i, size_j, size_k = volumes[0].data.shape
-    image = np.zeros((len(MODALITIES), size_k, size_i, size_j), dtype=np.float32)
-    for modality, volume in zip(available, volumes, strict=False):
-        check_not_empty(volume.data, volume.path)
-        image[MODALITIES.index(modality)] = nifti_to_case_axes(volume.data)
-    label = None
-    if label_path is not None:
-        raw = np.rint(volumes[-1].data).astype(np.int16)
-        label = np.ascontiguousarray(nifti_to_case_axes(_brats_label(raw, label_path)))
-    zi, zj, zk = np.sqrt((volumes[0].affine[:3, :3] ** 2).sum(axis=0))
-    return Case(
-        case_id=case_id,
-        image=image,
-        affine=volumes[0].affine,
-        spacing=(float(zk), float(zi), float(zj)),
-        label=label,
-        source_paths=tuple(paths),
-        available=available,
+    first = volumes[0]
+    zi, zj, zk = np.sqrt((first.affine[:3, :3] ** 2).sum(axis=0))
+    grid = (first.data.shape, first.affine, (float(zk), float(zi), float(zj)))
+    reads = [(m, v.path, lambda v=v: v.data) for m, v in zip(available, volumes, strict=False)]
+    label = (
+        (label_path, lambda: np.rint(volumes[-1].data).astype(np.int16)) if label_path is not None else None
     )
+    return _assemble_case(case_id, grid, reads, label)
 
 
 def _read_modality_files(
@@ -275,28 +292,10 @@ def _read_modality_files(
     if label_volume is not None:
         check_same_grid(label_volume, reference)
     check_case_voxels(volumes, max_case_voxels, reference.path)
-
-    size_i, size_j, size_k = reference.shape
-    image = np.zeros((len(MODALITIES), size_k, size_i, size_j), dtype=np.float32)
-    for modality, volume in zip(available, volumes, strict=True):
-        data = read_nifti_data(volume)
-        check_finite(data, volume.path)
-        check_not_empty(data, volume.path)
-        image[MODALITIES.index(modality)] = nifti_to_case_axes(data)
-    label = None
-    if label_volume is not None:
-        label = np.ascontiguousarray(nifti_to_case_axes(_read_brats_label(label_volume)))
-    sources = tuple(v.path for v in volumes) + ((label_volume.path,) if label_volume is not None else ())
-    logger.debug("read case %s from %d NIfTI files", case_id, len(sources))
-    return Case(
-        case_id=case_id,
-        image=image,
-        affine=reference.affine,
-        spacing=reference.spacing_dhw,
-        label=label,
-        source_paths=sources,
-        available=available,
-    )
+    grid = (reference.shape, reference.affine, reference.spacing_dhw)
+    reads = [(m, v.path, lambda v=v: read_nifti_data(v)) for m, v in zip(available, volumes, strict=True)]
+    label = (label_volume.path, lambda: read_nifti_data(label_volume)) if label_volume is not None else None
+    return _assemble_case(case_id, grid, reads, label)
 
 
 def read_brats_folder(
