@@ -157,22 +157,14 @@ def case_from_uploads(
     ``max_case_voxels`` decoded image voxels (checked from the NIfTI headers before voxels are read).
     """
     kind = classify(files)
-    sizes = [int(f.size) for f in files]
-    total = sum(sizes)
-    if total > max_bytes:
-        raise InputDataError(
-            files[0].name, f"upload is {total / 1e6:.0f} MB, more than the {max_bytes / 1e6:.0f} MB limit"
-        )
-    for f, size in zip(files, sizes, strict=True):
-        if size <= 0:
-            raise InputDataError(f.name, "the file is empty")
+    sizes = checked_sizes(files, max_bytes)
     upload_root.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix="upload-", dir=upload_root))
     try:
         paths: dict[str, Path] = {}
         for f, size in zip(files, sizes, strict=True):
             path = folder / safe_name(f.name)
-            _copy_at_most(f, size, path)
+            copy_at_most(f, size, path)
             paths[f.name] = path
         try:
             return _read(kind, paths, folder, max_case_voxels)
@@ -185,7 +177,22 @@ def case_from_uploads(
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _copy_at_most(upload: Upload, size: int, path: Path) -> None:
+def checked_sizes(files: Sequence[Upload], max_bytes: int) -> list[int]:
+    """The reported sizes of ``files``, once their total is within ``max_bytes`` and none is empty;
+    judged before a byte is copied (InputDataError naming the file otherwise)."""
+    sizes = [int(f.size) for f in files]
+    total = sum(sizes)
+    if total > max_bytes:
+        raise InputDataError(
+            files[0].name, f"upload is {total / 1e6:.0f} MB, more than the {max_bytes / 1e6:.0f} MB limit"
+        )
+    for f, size in zip(files, sizes, strict=True):
+        if size <= 0:
+            raise InputDataError(f.name, "the file is empty")
+    return sizes
+
+
+def copy_at_most(upload: Upload, size: int, path: Path) -> None:
     """Copy ``upload`` to ``path`` in chunks, refusing it as soon as it holds more than its reported size."""
     written = 0
     with open(path, "wb") as out:

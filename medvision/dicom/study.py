@@ -26,6 +26,7 @@ import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -44,11 +45,11 @@ from medvision.data.safe_zip import safe_extract
 from medvision.data.sniff import HEAD_BYTES, sniff, sniff_bytes
 from medvision.dicom.modality import Assignment, assign_modality
 from medvision.dicom.report import SeriesRow, StudyReport
-from medvision.dicom.scan import Series, StudyScan, scan_study
+from medvision.dicom.scan import MAX_FILES, Series, StudyScan, scan_study
 from medvision.dicom.volume import read_series_volume
 from medvision.errors import InputDataError
 
-__all__ = ["NativeGrid", "NativeStudy", "is_dicom_study", "load_study", "read_study"]
+__all__ = ["NativeGrid", "NativeStudy", "is_dicom_study", "load_study", "read_study", "zip_holds_dicom"]
 
 logger = logging.getLogger(__name__)
 
@@ -235,9 +236,11 @@ def _read_folder(
 _PROBE_FILES = 32
 
 
-def _zip_holds_dicom(path: Path) -> bool:
+def zip_holds_dicom(source: Path | BinaryIO) -> bool:
+    """True when the first few members of a .zip (a path, or a seekable stream such as an upload) are
+    DICOM; only a kilobyte of each is inflated, so a decompression bomb costs nothing here. Never raises."""
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(source) as archive:
             members = [i for i in archive.infolist() if not i.is_dir() and "__MACOSX" not in i.filename]
             for info in members[:_PROBE_FILES]:
                 if info.flag_bits & 0x1:  # encrypted: safe_extract refuses it with a clear message later
@@ -262,7 +265,7 @@ def is_dicom_study(path: str | Path, *, roots: tuple[str | Path, ...] | None = N
         within = Confinement.around(path) if roots is None else Confinement.of(roots)
         kind = sniff(path, within=within)
         if kind == "zip":
-            return _zip_holds_dicom(path)
+            return zip_holds_dicom(path)
         if kind != "folder":
             return False
         for count, (folder, _dirs, files) in enumerate(os.walk(path)):
@@ -285,7 +288,9 @@ def _study_folder(path: Path, scratch_dir: Path | None) -> Iterator[Path]:
     if scratch_dir is not None:
         scratch_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="medvision-dicom-", dir=scratch_dir) as tmp:
-        safe_extract(path, tmp)
+        # A study holds hundreds to thousands of images, more than a case folder's member limit: the
+        # scan's own file limit bounds it instead (sizes and ratios are still checked per member).
+        safe_extract(path, tmp, max_members=MAX_FILES)
         yield Path(tmp)
 
 
