@@ -42,7 +42,7 @@ class VolumeJob:
         still_wanted: Callable[[], bool] | None = None,
         **options: Any,
     ) -> None:
-        allowed = {"tta", "mc_samples", "seed", "min_component_voxels"}
+        allowed = {"tta", "mc_samples", "seed", "min_component_voxels", "min_component_fraction"}
         unknown = sorted(set(options) - allowed)
         if unknown:
             raise ValueError(f"unknown predict_volume options {unknown}; allowed: {sorted(allowed)}")

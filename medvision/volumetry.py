@@ -144,6 +144,29 @@ def remove_small_components(label_or_regions: np.ndarray, min_voxels: int) -> np
     return out
 
 
+def remove_minor_components(label: np.ndarray, min_fraction: float) -> np.ndarray:
+    """Drop whole-tumour pieces smaller than ``min_fraction`` of the largest one (26-connectivity).
+
+    A relative rule, unlike :func:`remove_small_components`: a scattered false-positive speck is small
+    next to the tumour whatever the voxel size. ``min_fraction >= 1`` keeps the largest piece only (ties
+    keep all the largest); ``<= 0`` returns an unchanged copy. Sub-labels of kept pieces stay.
+    """
+    array = np.asarray(label)
+    if array.ndim != 3 or not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"expected an integer label volume (D, H, W), got {array.dtype} {array.shape}")
+    out = array.copy()
+    tumour = array > 0
+    if min_fraction <= 0 or not tumour.any():
+        return out
+    components = measure.label(tumour, connectivity=tumour.ndim)
+    sizes = np.bincount(components.ravel())
+    sizes[0] = 0
+    keep = sizes >= min(1.0, min_fraction) * sizes.max()
+    keep[0] = False
+    out[~keep[components]] = 0
+    return out
+
+
 def _keep_large(mask: np.ndarray, min_voxels: int) -> np.ndarray:
     if min_voxels <= 1 or not mask.any():
         return mask.copy()

@@ -53,6 +53,7 @@ def save_tiny(
     neighbours: int = 0,
     attention: bool = True,
     seed: int = 0,
+    meta: dict | None = None,
 ) -> Path:
     torch.manual_seed(seed)
     model = AttentionUNet(4 * (1 + 2 * neighbours), out_channels, 4, 2, 0.2, attention)
@@ -63,7 +64,10 @@ def save_tiny(
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.running_var.fill_(0.05)
     checkpoint = path / f"tiny_{target}_{neighbours}.safetensors"
-    save_checkpoint(checkpoint, model, {"target": target, "neighbours": neighbours, "patch_size": [32, 48]})
+    extra = meta or {}
+    save_checkpoint(
+        checkpoint, model, {"target": target, "neighbours": neighbours, "patch_size": [32, 48], **extra}
+    )
     return checkpoint
 
 
@@ -186,6 +190,28 @@ def test_results_are_cached_by_content_and_options(predictor: Predictor, case: C
     calls: list[float] = []
     assert predictor.predict_volume(case, progress=calls.append) is first
     assert calls == [1.0]
+
+
+def test_the_models_recorded_clean_up_applies_unless_turned_off(tmp_path: Path, case: Case) -> None:
+    from skimage import measure
+
+    recorded = save_tiny(tmp_path, meta={"postprocess": {"min_component_fraction": 1.0}})
+    predictor = Predictor(recorded, device="cpu", dtype="float32", backend="torch")
+    assert predictor.engine.spec.min_component_fraction == 1.0
+    kept_all = predictor.predict_volume(case, min_component_fraction=0.0)
+    pieces = measure.label(kept_all.label > 0, connectivity=3).max()
+    assert pieces >= 2, "the untrained model should scatter several pieces for this check to mean anything"
+    assert np.array_equal(kept_all.label, probabilities_to_label(kept_all.probabilities, predictor.regions))
+    default = predictor.predict_volume(case)
+    assert measure.label(default.label > 0, connectivity=3).max() == 1  # the largest piece only
+    assert default.options["min_component_fraction"] == 1.0
+    assert np.array_equal(default.probabilities, kept_all.probabilities)  # clean-up touches the label only
+    assert ((default.label > 0) <= (kept_all.label > 0)).all()
+    with pytest.raises(ValueError, match="min_component_fraction"):
+        predictor.predict_volume(case, min_component_fraction=1.5)
+    bad = save_tiny(tmp_path / "bad", meta={"postprocess": {"min_component_fraction": "most"}})
+    with pytest.raises(CheckpointError, match="min_component_fraction"):
+        Predictor(bad, device="cpu", dtype="float32", backend="torch")
 
 
 def test_progress_is_reported_and_can_abort(checkpoint: Path, case: Case) -> None:

@@ -13,6 +13,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from medvision.commands.arguments import unit_fraction
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -39,6 +41,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--no-hd95", action="store_true", help="skip the (slow) HD95 distance")
+    parser.add_argument(
+        "--min-component-fraction",
+        type=unit_fraction,
+        default=None,
+        metavar="F",
+        help="as predict --min-component-fraction (default: the model's own clean-up)",
+    )
     parser.add_argument(
         "--modalities",
         default="flair+t1+t1ce+t2",
@@ -84,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
                 with_hd95=not args.no_hd95,
                 progress=progress,
                 modalities=subset,
+                min_component_fraction=args.min_component_fraction,
             )
             for subset in _subsets(args.modalities)
         ]

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from medvision.commands.arguments import unit_fraction
 from medvision.commands.predict_inputs import PreparedInput, add_input_arguments, load_input, strip_skull
 from medvision.data.case import Case
 from medvision.errors import InputDataError, MedVisionError
@@ -113,6 +114,14 @@ def register(subparsers: Any) -> None:
         type=_non_negative_int,
         default=0,
         help="drop 3-D tumour pieces smaller than this many voxels (0 = keep all)",
+    )
+    parser.add_argument(
+        "--min-component-fraction",
+        type=unit_fraction,
+        default=None,
+        metavar="F",
+        help="drop tumour pieces smaller than F x the largest piece (default: the model's own choice, "
+        "recorded in its checkpoint; 0 keeps every piece)",
     )
     parser.add_argument("--report", type=Path, default=None, help="write the volumetry as CSV here")
     parser.add_argument(
@@ -337,6 +346,7 @@ def predict_case(args: argparse.Namespace, predictor: Any | None = None) -> None
             mc_samples=args.mc_samples,
             seed=args.seed,
             min_component_voxels=args.min_component_voxels,
+            min_component_fraction=args.min_component_fraction,
         )
     except MedVisionError:
         raise

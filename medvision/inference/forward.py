@@ -99,6 +99,13 @@ class SegmentationEngine:
     def regions(self) -> tuple[str, ...]:
         return self.spec.regions
 
+    def component_fraction(self, asked: float | None) -> float:
+        """The relative clean-up a volume gets: ``asked``, or the model's own when None."""
+        fraction = self.spec.min_component_fraction if asked is None else float(asked)
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"min_component_fraction must be in [0, 1], got {asked!r}")
+        return fraction
+
     # -------------------------------------------------------------------------------------- inputs
 
     def _patch(self) -> tuple[int, int] | None:
@@ -134,6 +141,7 @@ class SegmentationEngine:
         mc_samples: int = 0,
         seed: int = 0,
         min_component_voxels: int = 0,
+        min_component_fraction: float | None = None,
         progress: ProgressFn | None = None,
         on_logits: LogitsHook | None = None,
         slices: np.ndarray | None = None,
@@ -146,6 +154,8 @@ class SegmentationEngine:
             mc_samples: N >= 2 adds MC-dropout uncertainty (N passes, each with the flips when ``tta``).
             seed: seed of the dropout draws (the caller's RNG state is left untouched).
             min_component_voxels: drop smaller 3-D tumour pieces from the label (probabilities stay).
+            min_component_fraction: drop pieces smaller than this fraction of the largest; None: the
+                model's own choice (``spec.min_component_fraction``), 0: keep every piece.
             progress: called with the fraction done after every batch; an exception raised by it aborts.
             on_logits: see :data:`LogitsHook`; plain PyTorch passes only (no TTA, no MC dropout).
             slices: run only these crop slices (the others stay 0); None: every slice with brain.
@@ -177,7 +187,11 @@ class SegmentationEngine:
         if progress is not None and not batches:
             progress(1.0)
         label = final_label(
-            probabilities, self.regions, threshold=self.threshold, min_component_voxels=min_component_voxels
+            probabilities,
+            self.regions,
+            threshold=self.threshold,
+            min_component_voxels=min_component_voxels,
+            min_component_fraction=self.component_fraction(min_component_fraction),
         )
         if mc is None:
             return CropPrediction(probabilities, label)

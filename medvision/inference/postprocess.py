@@ -3,8 +3,10 @@
 The label applies threshold 0.5 with nesting enforced (TC within WT, ET within TC), so ``label > 0`` is
 exactly ``P(WT) > 0.5``, ``label in {1, 4}`` exactly TC and ``label == 4`` exactly ET. A ``wt`` model's
 label marks tumour as 2 (sub-regions unknown); a ``necrotic`` model's marks NCR as 1. Optional clean-up
-drops 3-D tumour pieces smaller than ``min_component_voxels``. Evaluation scores the regions of this
-label (:func:`label_masks`), not the raw probabilities, so it scores what ``predict`` writes.
+drops 3-D tumour pieces smaller than ``min_component_voxels`` or than ``min_component_fraction`` of the
+largest piece (a model records the fraction cross-validation chose for it, see medvision.inference.spec).
+Evaluation scores the regions of this label (:func:`label_masks`), not the raw probabilities, so it
+scores what ``predict`` writes.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import numpy as np
 
 from medvision.data.case import REGIONS, regions_to_label
 from medvision.data.regions import NECROTIC_REGION, labels_to_masks, target_of_regions
-from medvision.volumetry import remove_small_components
+from medvision.volumetry import remove_minor_components, remove_small_components
 
 THRESHOLD = 0.5
 
@@ -45,11 +47,15 @@ def final_label(
     *,
     threshold: float = THRESHOLD,
     min_component_voxels: int = 0,
+    min_component_fraction: float = 0.0,
 ) -> np.ndarray:
-    """The label a prediction reports: thresholded, nested, and small 3-D pieces removed when asked."""
+    """The label a prediction reports: thresholded, nested, and 3-D pieces removed when asked (smaller than
+    ``min_component_voxels``, or than ``min_component_fraction`` of the largest piece)."""
     label = probabilities_to_label(probabilities, regions, threshold)
     if min_component_voxels > 1:
         label = remove_small_components(label, min_component_voxels)
+    if min_component_fraction > 0:
+        label = remove_minor_components(label, min_component_fraction)
     return label
 
 

@@ -317,6 +317,7 @@ class Predictor:
         seed: int = 0,
         progress: ProgressFn | None = None,
         min_component_voxels: int = 0,
+        min_component_fraction: float | None = None,
     ) -> VolumePrediction:
         """Segment the whole case (see :meth:`SegmentationEngine.predict` for the options).
 
@@ -327,6 +328,7 @@ class Predictor:
             ValueError: bad ``mc_samples`` or ``min_component_voxels``, or a case image not (4, D, H, W).
         """
         check_volume_options(mc_samples, min_component_voxels)
+        fraction = self.engine.component_fraction(min_component_fraction)
         case_hash = case_content_hash(case)
         key = (
             "volume",
@@ -335,6 +337,7 @@ class Predictor:
             mc_samples,
             int(seed) if mc_samples else None,
             min_component_voxels,
+            fraction,
         )
         cached = self._results.get(key)
         if cached is not None:
@@ -349,6 +352,7 @@ class Predictor:
             mc_samples=mc_samples,
             seed=seed,
             min_component_voxels=min_component_voxels,
+            min_component_fraction=fraction,
             progress=progress,
         )
         uncertainty = to_full_volume(prepared, crop.uncertainty) if crop.uncertainty is not None else None
@@ -357,6 +361,7 @@ class Predictor:
             "mc_samples": mc_samples,
             "seed": int(seed),
             "min_component_voxels": min_component_voxels,
+            "min_component_fraction": fraction,
         }
         result = VolumePrediction(
             probabilities=_read_only(to_full_volume(prepared, crop.probabilities)),

@@ -1,4 +1,5 @@
-"""What a checkpoint says about its input and output: target, regions, neighbour slices, padding multiple.
+"""What a checkpoint says about its input and output: target, regions, neighbour slices, padding multiple,
+and the label clean-up chosen for it.
 
 Read from the checkpoint's metadata (or a nested training config), checked against the model's own
 channel counts, so a checkpoint whose metadata and weights disagree fails with a message naming it.
@@ -7,6 +8,7 @@ channel counts, so a checkpoint whose metadata and weights disagree fails with a
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +33,9 @@ class ModelSpec:
     # Trained with modality dropout: after the image channels come 4 availability planes, and any
     # non-empty subset of the modalities may be given (medvision.data.modality_sets).
     availability: bool = False
+    # Whole-tumour pieces smaller than this fraction of the largest are dropped from the label (0: none);
+    # recorded as ``postprocess.min_component_fraction`` when cross-validation chose it for this model.
+    min_component_fraction: float = 0.0
 
     @property
     def image_channels(self) -> int:
@@ -127,4 +132,19 @@ def model_spec(model: nn.Module, meta: dict[str, Any]) -> ModelSpec:
         multiple=2 ** int(config.get("depth", getattr(model, "depth", 4))),
         patch_size=(int(patch[0]), int(patch[1])) if patch else None,
         availability=availability,
+        min_component_fraction=_min_component_fraction(meta),
     )
+
+
+def _min_component_fraction(meta: dict[str, Any]) -> float:
+    recorded = (meta.get("postprocess") or {}).get("min_component_fraction", 0.0)
+    try:
+        fraction = float(recorded)
+    except (TypeError, ValueError):
+        fraction = math.nan
+    if not 0.0 <= fraction <= 1.0:
+        raise CheckpointError(
+            meta.get("weights_file", "checkpoint"),
+            f"postprocess.min_component_fraction must be a number in [0, 1], got {recorded!r}",
+        )
+    return fraction

@@ -82,6 +82,7 @@ def predict_stored_case(
     *,
     tta: bool = False,
     min_component_voxels: int = 0,
+    min_component_fraction: float | None = None,
     modalities: tuple[str, ...] = MODALITIES,
 ) -> np.ndarray:
     """The label (D, h, w) uint8 that ``predict`` would write for a stored case, on its brain crop.
@@ -97,7 +98,12 @@ def predict_stored_case(
             )
         image = keep_only(prepared.image, modalities)
         prepared = dataclasses.replace(prepared, image=image, available=modalities)
-    return engine.predict(prepared, tta=tta, min_component_voxels=min_component_voxels).label
+    return engine.predict(
+        prepared,
+        tta=tta,
+        min_component_voxels=min_component_voxels,
+        min_component_fraction=min_component_fraction,
+    ).label
 
 
 # Training names precision by AMP mode, inference by dtype; evaluate takes the training names.
@@ -133,6 +139,7 @@ def evaluate_checkpoint(
     with_hd95: bool = True,
     tta: bool = False,
     min_component_voxels: int = 0,
+    min_component_fraction: float | None = None,
     progress: Callable[[int, int, str], None] | None = None,
     modalities: tuple[str, ...] = MODALITIES,
 ) -> dict[str, Any]:
@@ -146,6 +153,7 @@ def evaluate_checkpoint(
             training's names: auto, bf16, fp16, off).
         with_hd95: compute HD95 (the slow part); ``nan`` otherwise.
         tta, min_component_voxels: as ``predict --tta`` / ``--min-component-voxels``.
+        min_component_fraction: None: the model's own clean-up (as ``predict``); 0: keep every piece.
         progress: called with (index, number of cases, case id) before each case.
         modalities: the subset each case is given as (``predict --modalities``).
     Returns:
@@ -173,6 +181,7 @@ def evaluate_checkpoint(
                 case_id,
                 tta=tta,
                 min_component_voxels=min_component_voxels,
+                min_component_fraction=min_component_fraction,
                 modalities=modalities,
             )
             truth = label_masks(store.read_label(case_id), regions)

@@ -1,0 +1,70 @@
+"""Choosing post-processing by nested cross-validation, on small made-up held-out predictions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medvision.data.case import REGIONS
+from medvision.inference import label_masks
+from medvision.train.postprocess_study import (
+    BASELINE,
+    CANDIDATES,
+    HeldOutCase,
+    Variant,
+    apply_variant,
+    grid,
+    run_study,
+)
+from medvision.volumetry import remove_minor_components
+
+
+def _label_with_speck() -> np.ndarray:
+    label = np.zeros((8, 24, 24), dtype=np.uint8)
+    label[2:6, 4:14, 4:14] = 2  # the tumour: 400 voxels
+    label[3:5, 7:11, 7:11] = 4
+    label[6:8, 20:22, 20:22] = 2  # a speck of 8 voxels, far away
+    return label
+
+
+def test_minor_components_go_relative_to_the_largest_piece() -> None:
+    label = _label_with_speck()
+    kept = remove_minor_components(label, 0.1)
+    assert kept[6:8, 20:22, 20:22].max() == 0  # 8 < 0.1 x 400
+    assert np.array_equal(kept[:6], label[:6])  # the tumour and its sub-labels are untouched
+    assert np.array_equal(remove_minor_components(label, 0.0), label)
+    assert np.array_equal(remove_minor_components(label, 0.01), label)  # 8 >= 0.01 x 400
+    assert (remove_minor_components(label, 1.0) > 0).sum() == 400  # largest piece only
+    with pytest.raises(ValueError, match="integer label volume"):
+        remove_minor_components(label.astype(np.float32), 0.1)
+
+
+def _held_out(fold: int, case_id: str, rng: np.random.Generator) -> HeldOutCase:
+    truth_label = _label_with_speck()
+    truth_label[6:8, 20:22, 20:22] = 0  # the truth has no speck
+    truth = label_masks(truth_label, REGIONS)
+    # The "network" is right about the tumour and also fires on the speck.
+    predicted = label_masks(_label_with_speck(), REGIONS).astype(np.float32)
+    probabilities = np.clip(0.1 + 0.8 * predicted + rng.normal(0, 0.02, predicted.shape), 0, 1)
+    return HeldOutCase(fold, case_id, truth, (1.0, 1.0, 1.0), {False: probabilities, True: probabilities})
+
+
+def test_nested_choice_removes_a_false_speck_and_beats_the_baseline() -> None:
+    rng = np.random.default_rng(0)
+    cases = [_held_out(fold, f"case_{fold}_{i}", rng) for fold in range(3) for i in range(2)]
+    study = run_study(cases, REGIONS)
+    assert study["baseline"]["WT"]["dice"] < 0.995  # the speck costs the baseline
+    assert study["nested"]["WT"]["dice"] > study["baseline"]["WT"]["dice"] + 0.005
+    chosen = Variant(**study["chosen"]["variant"])
+    assert chosen.min_voxels > 8 or chosen.min_fraction > 0.02
+    assert not chosen.tta  # TTA gives the same probabilities here, so the simpler variant wins the tie
+    assert len(study["nested"]["per_fold_choice"]) == 3
+    cleaned = apply_variant(cases[0].probabilities[False], REGIONS, chosen)
+    assert np.array_equal(label_masks(cleaned, REGIONS), cases[0].truth)
+    assert apply_variant(cases[0].probabilities[False], REGIONS, BASELINE)[6:8, 20:22, 20:22].all()
+
+
+def test_the_candidates_are_declared_and_the_grid_covers_them() -> None:
+    assert CANDIDATES[0] == BASELINE
+    assert len(set(grid())) == 72
+    assert set(CANDIDATES) <= set(grid())
