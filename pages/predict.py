@@ -7,10 +7,11 @@ from dataclasses import dataclass
 
 import pandas as pd
 import streamlit as st
+from niivue_component import niivue_viewer
 
-from medvision.app_support import catalog, figures, mesh, render, subset_expectations, viewer
+from medvision.app_support import browser_volumes, catalog, figures, mesh, render, subset_expectations, viewer
 from medvision.app_support.catalog import CaseChoice, case_choices
-from medvision.app_support.kept_state import came_from_another_page, keep_widget_values
+from medvision.app_support.kept_state import came_from_another_page, keep_widget_values, resend_widget_values
 from medvision.app_support.plain_text import plain
 from medvision.app_support.session_life import current_session_alive
 from medvision.app_support.uploads import case_from_uploads, streamed_upload
@@ -34,6 +35,22 @@ if model is None:
     st.stop()
 
 INPUT_SOURCE = "Case from the data source"
+VIEWER_NIIVUE = "3-D WebGL (NiiVue)"
+VIEWER_SIMPLE = "Simple images"
+NV_LAYOUTS = {
+    "multiplanar": "Three planes + 3-D",
+    "axial": "Axial",
+    "coronal": "Coronal",
+    "sagittal": "Sagittal",
+    "3d": "3-D rendering",
+}
+NV_PREDICTION, NV_TRUTH, NV_ERRORS, NV_UNCERTAINTY, NV_NONE = (
+    "Prediction",
+    "Ground truth",
+    "Errors",
+    "Uncertainty",
+    "None",
+)
 INPUT_UPLOAD = "Upload files"
 LABEL_TOGGLES = {
     1: ("view_show_ncr", "NCR", "necrotic / non-enhancing core, drawn red"),
@@ -56,6 +73,9 @@ KEPT_WIDGETS = (
     "view_attention",
     "view_uncertainty",
     "view_3d",
+    "view_renderer",
+    "view_nv_layer",
+    "view_nv_layout",
     *(key for key, _, _ in LABEL_TOGGLES.values()),
     *(f"view_slice_{view}" for view in render.VIEWS),
 )
@@ -65,8 +85,13 @@ for key, default in (
     *((key, True) for key, _, _ in LABEL_TOGGLES.values()),
     ("view_opacity", 0.45),
     ("predict_mc_samples", 6),
+    ("view_renderer", VIEWER_SIMPLE),
+    ("view_nv_layout", "multiplanar"),
 ):
     st.session_state.setdefault(key, default)
+# Every run sends these values with their widgets: after a run that stopped before the viewer (an upload
+# still to come) the browser would otherwise draw the label toggles unticked and the opacity at 0.
+resend_widget_values(st.session_state, KEPT_WIDGETS)
 
 
 @st.cache_resource(max_entries=2, show_spinner="Loading the model…")
@@ -256,11 +281,27 @@ class _Shown:
     frame: render.DisplayFrame
 
 
+# Widgets only one of the two viewers draws; the other keeps their values (undrawn widget state is dropped).
+ONE_VIEWER_WIDGETS = ("view_plane", "view_level", "view_width", "view_nv_layer", "view_nv_layout")
+
+
 def _keep_slice_state() -> None:
-    for name in render.VIEWS:
-        # Keep each view's slice while another view's slider is shown (unrendered widget state is dropped).
-        if f"view_slice_{name}" in st.session_state:
-            st.session_state[f"view_slice_{name}"] = st.session_state[f"view_slice_{name}"]
+    # Keep each view's slice while another view's slider is shown, and each viewer's choices while the
+    # other viewer is shown.
+    for key in (*(f"view_slice_{name}" for name in render.VIEWS), *ONE_VIEWER_WIDGETS):
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]
+
+
+def _label_toggles() -> tuple[list[int], float]:
+    """(labels shown, overlay opacity) from four small columns."""
+    shown = []
+    toggles = st.columns(4)
+    for col, (value, (key, text, meaning)) in zip(toggles, LABEL_TOGGLES.items(), strict=False):
+        if col.checkbox(text, key=key, help=meaning):
+            shown.append(value)
+    opacity = float(toggles[3].slider("Opacity", 0.0, 1.0, key="view_opacity", step=0.05))
+    return shown, opacity
 
 
 def _plane_and_overlay() -> tuple[str, str, list[int], float]:
@@ -268,13 +309,8 @@ def _plane_and_overlay() -> tuple[str, str, list[int], float]:
     c1, c2, c3 = st.columns([2, 2, 3])
     view = c1.radio("View", render.VIEWS, key="view_plane", horizontal=True, format_func=str.capitalize)
     modality = c2.selectbox("Modality", MODALITIES, key="view_modality", format_func=str.upper)
-    shown = []
     with c3:
-        toggles = st.columns(4)
-        for col, (value, (key, text, meaning)) in zip(toggles, LABEL_TOGGLES.items(), strict=False):
-            if col.checkbox(text, key=key, help=meaning):
-                shown.append(value)
-        opacity = float(toggles[3].slider("Opacity", 0.0, 1.0, key="view_opacity", step=0.05))
+        shown, opacity = _label_toggles()
     return view, modality, shown, opacity
 
 
@@ -412,10 +448,147 @@ def _dice_strip(view: str, index: int) -> None:
     )
 
 
+# ------------------------------------------------------------------------------- browser-side viewer
+def _derived(key: tuple, make):
+    """A value computed once per case and prediction (the page's ``derived`` store)."""
+    if key not in derived:
+        derived[key] = make()
+    return derived[key]
+
+
+def _nv_layers() -> list[str]:
+    layers = [NV_PREDICTION]
+    if case.label is not None:
+        layers += [NV_TRUTH, NV_ERRORS]
+    mc_job = st.session_state.get("predict_mc_job")
+    if mc_job is not None and mc_job.state == "done":
+        layers.append(NV_UNCERTAINTY)
+    return [*layers, NV_NONE]
+
+
+def _nv_overlay(layer: str, labels: list[int], box: browser_volumes.Box) -> browser_volumes.Overlay | None:
+    """The one overlay sent with the scan (None: nothing to draw, or the prediction is not done yet)."""
+    region = st.session_state.get("view_error_region", "WT")
+    mc_job = st.session_state.get("predict_mc_job")
+    if layer == NV_PREDICTION and result is not None:
+        make = lambda: browser_volumes.label_overlay(  # noqa: E731
+            result.label, case.affine, box, labels_shown=labels, name="prediction.nii.gz"
+        )
+    elif layer == NV_TRUTH and case.label is not None:
+        make = lambda: browser_volumes.label_overlay(  # noqa: E731
+            case.label, case.affine, box, labels_shown=labels, name="truth.nii.gz"
+        )
+    elif layer == NV_ERRORS and result is not None and case.label is not None:
+        make = lambda: browser_volumes.error_overlay(result.label, case.label, region, case.affine, box)  # noqa: E731
+    elif layer == NV_UNCERTAINTY and mc_job is not None and mc_job.state == "done":
+        uncertainty = mc_job.result.uncertainty
+        make = lambda: browser_volumes.heat_overlay(  # noqa: E731
+            uncertainty, case.affine, box, vmax=0.5, name="uncertainty.nii.gz"
+        )
+    else:
+        return None
+    return _derived(("nv_overlay", layer, tuple(labels), region, box, id(mc_job)), make)
+
+
+def _nv_layer_caption(layer: str, overlay: browser_volumes.Overlay | None) -> str:
+    if layer == NV_PREDICTION and result is None:
+        return "The prediction overlay appears when the whole volume is predicted. "
+    if layer == NV_ERRORS:
+        region = st.session_state.get("view_error_region", "WT")
+        return f"Errors ({region}): true positive green, false positive magenta, false negative cyan. "
+    if layer == NV_UNCERTAINTY:
+        return "Uncertainty: std of the WT probability over the MC passes, 0 (clear) to 0.5 (white). "
+    if layer in (NV_PREDICTION, NV_TRUTH):
+        empty = "nothing to draw with these labels; " if overlay is None else ""
+        return f"{layer}: {empty}NCR/NET red, ED yellow, ET blue. "
+    return ""
+
+
+def _nv_caption(
+    report: browser_volumes.TransferReport,
+    layer: str,
+    overlay: browser_volumes.Overlay | None,
+    box: browser_volumes.Box,
+    frame: render.DisplayFrame,
+) -> str:
+    """What was sent, what happens in the browser, the overlay's colours and the geometry."""
+    text = (
+        f"Sent to the browser: **{report.text()}**, once: scrolling (mouse wheel), plane and layout (the "
+        "viewer's View menu), crosshair (click), zoom and window/level (right-drag) happen in the browser; "
+        f"a new modality or overlay is sent again. {_nv_layer_caption(layer, overlay)}"
+        f"{frame.convention.capitalize()} convention, orientation from the affine ({frame.axis_codes()})."
+    )
+    if box != browser_volumes.full_box(case):
+        size = "×".join(str(n) for n in box.shape)
+        text += (
+            f" This browser draws WebGL in software, so it gets the scan's box only ({size} voxels, same "
+            "world coordinates; voxel numbers in the viewer count from the box's corner)."
+        )
+    if overlay is not None and overlay.outside_box:
+        text += f" {overlay.outside_box} overlay voxels lie outside that box and are not drawn."
+    return text
+
+
+def _niivue_viewer() -> None:
+    """The scan and one overlay, sent once; slices, planes, zoom and window/level change in the browser."""
+    c1, c2, c3, c4 = st.columns([2, 3, 2, 4])
+    modality = c1.selectbox("Modality", MODALITIES, key="view_modality", format_func=str.upper)
+    layers = _nv_layers()
+    if st.session_state.get("view_nv_layer") not in layers:
+        st.session_state["view_nv_layer"] = layers[0]
+    layer = c2.radio("Overlay", layers, key="view_nv_layer", horizontal=True)
+    layout = c3.selectbox("Layout", tuple(NV_LAYOUTS), key="view_nv_layout", format_func=NV_LAYOUTS.get)
+    with c4:
+        labels, opacity = _label_toggles()
+    # The scan's box only (see browser_volumes): a third of the bytes, and software WebGL (no GPU) loads
+    # the whole 240x240x155 volume about 2.5x slower than the box.
+    box = browser_volumes.scan_box(case)
+    window = windows[modality]
+    scan = _derived(
+        ("nv_scan", modality, box),
+        lambda: browser_volumes.scan_nifti(case, modality, (window.low, window.high), box),
+    )
+    overlay = _nv_overlay(layer, labels, box)
+    frame = _frame()
+    niivue_viewer(
+        **browser_volumes.niivue_arguments(
+            scan, overlay, opacity=opacity, radiological=frame.convention == "radiological", layout=layout
+        ),
+        key="view_niivue",
+    )
+    report = browser_volumes.transfer_report(scan, [(layer.lower(), overlay.data)] if overlay else [])
+    st.caption(_nv_caption(report, layer, overlay, box, frame))
+    if st.session_state.get("view_attention"):
+        st.caption("The attention-gate map is drawn in the simple images view.")
+    _dice_strip("axial", int(st.session_state.get("view_slice_axial", 0)))
+
+
+def _viewer_choice() -> bool:
+    """The viewer radio; True when NiiVue is to be drawn. Simple images are the default: they need no
+    WebGL2, and the page does not ask the browser whether it has WebGL2."""
+    v1, v2 = st.columns([2, 5])
+    wanted = v1.radio("Viewer", (VIEWER_SIMPLE, VIEWER_NIIVUE), key="view_renderer", horizontal=True)
+    if wanted == VIEWER_SIMPLE:
+        v2.caption(
+            "In use: simple images (each slice drawn on the server), the default because every browser can "
+            "show them; the page does not check whether yours has WebGL2. Choose the 3-D WebGL viewer to "
+            "scroll, zoom and window in the browser itself."
+        )
+        return False
+    v2.caption(
+        "In use: 3-D WebGL viewer (NiiVue), drawn in your browser. It needs WebGL2, which the page does not "
+        "check: if it stays blank, choose Simple images."
+    )
+    return True
+
+
 @st.fragment
 def _viewer() -> None:
     keep_widget_values(st.session_state, KEPT_WIDGETS, restore=False)  # fragment reruns skip the top
     _keep_slice_state()
+    if _viewer_choice():
+        _niivue_viewer()
+        return
     view, modality, labels, opacity = _plane_and_overlay()
     window = _window_controls(modality)
     frame = _frame()

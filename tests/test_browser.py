@@ -180,6 +180,13 @@ def _wait_for_change(page, pattern, old: str, timeout_s: float = 90) -> str:
     raise AssertionError(f"the slice did not change from {old!r}")
 
 
+def _assert_overlay_controls_at_defaults(page) -> None:
+    """The NCR/ED/ET toggles ticked and the opacity at 0.45, as the browser shows them."""
+    for label in ("NCR", "ED", "ET"):
+        assert page.get_by_role("checkbox", name=label, exact=True).last.is_checked(), label
+    assert page.get_by_role("slider", name="Opacity").first.input_value() == "0.45"
+
+
 def _open_page(page, title: str) -> None:
     page.get_by_test_id("stSidebarNav").get_by_text(title, exact=True).click()
     page.wait_for_timeout(500)
@@ -211,6 +218,12 @@ def test_every_page_and_an_uploaded_case_in_a_real_browser(server, browser):
     _shot(page, "3_models")
 
     _open_page(page, "Predict")
+    slice_caption = re.compile(r"^Axial slice \d+ of \d+")
+    # A demo case is shown first; the run after "Upload files" stops before the viewer (nothing uploaded
+    # yet), and the viewer drawn after the upload must show the overlay controls as they were.
+    page.get_by_text(slice_caption).first.wait_for(timeout=120_000)
+    _settle(page)
+    _assert_overlay_controls_at_defaults(page)
     page.get_by_text("Upload files").click()
     _settle(page)
     files = sorted(str(p) for p in REAL_CASE.glob("*.nii*"))
@@ -219,7 +232,7 @@ def test_every_page_and_an_uploaded_case_in_a_real_browser(server, browser):
     _settle(page)
     page.get_by_text("Ground truth").first.wait_for(timeout=60_000)
     page.wait_for_timeout(1500)
-    slice_caption = re.compile(r"^Axial slice \d+ of \d+")
+    _assert_overlay_controls_at_defaults(page)
     before = page.get_by_text(slice_caption).first.inner_text()
     # Panel 2 is the ground truth: its tumour overlay must be visible on the first slice shown.
     assert _coloured_pixels(_chart_png(page, 1)) > 200
@@ -234,6 +247,7 @@ def test_every_page_and_an_uploaded_case_in_a_real_browser(server, browser):
     moved = _wait_for_change(page, slice_caption, after)
     assert moved.split(" · ")[0] == _shift(after, -1), (after, moved)
     assert _coloured_pixels(_chart_png(page, 1)) > 200
+    _assert_overlay_controls_at_defaults(page)  # two reruns later, still what the server draws with
     _shot(page, "5_predict_scrolled")
 
     # The whole volume finishes in the background; then error map and Dice strip appear.

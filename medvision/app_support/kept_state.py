@@ -36,3 +36,19 @@ def keep_widget_values(state: MutableMapping[str, Any], keys: Iterable[str], *, 
 def came_from_another_page(state: MutableMapping[str, Any]) -> bool:
     """Whether the app's previous full run showed another page (set by app.py before each page runs)."""
     return state.get("mv_previous_page") != state.get("mv_current_page")
+
+
+def resend_widget_values(state: MutableMapping[str, Any], keys: Iterable[str]) -> None:
+    """Assign each present widget key its own value, so the widget is drawn showing it.
+
+    A run that ends in ``st.stop()`` skips Streamlit's clean-up of the widgets it did not draw: the
+    server keeps their values while the browser forgets the widgets. When such a widget is drawn
+    again, the server does not send the value it kept (only one assigned through session state in
+    this run, or stored before the widget first existed), so the browser shows the widget's default
+    (a checkbox unticked, a slider at its minimum) and its next message turns that default into the
+    server's value. Call at the page's top, before any of these widgets is drawn; the assignment
+    also keeps a value through runs that do not draw its widget.
+    """
+    for key in keys:
+        if key in state:
+            state[key] = state[key]

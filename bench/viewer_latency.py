@@ -1,0 +1,229 @@
+"""Benchmark: slice change to repaint on the Predict page, NiiVue (in the browser) vs the Streamlit slider.
+
+Starts ``streamlit run app.py`` on a free loopback port with a fresh workspace (the shipped demo model),
+drives headless Chromium (Debian's /usr/bin/chromium; WebGL2 there is SwiftShader, i.e. drawn by the CPU),
+uploads the real case BraTS2021_00006 and waits for its whole-volume prediction. Then, in one run:
+
+- **NiiVue**: the 3-D WebGL viewer in its axial layout with the prediction overlay; one slice step is a
+  mouse-wheel event on its canvas, timed until the browser has presented the next two animation frames
+  (NiiVue draws in the event handler; no message goes to the server).
+- **slider**: the simple images; one slice step is ArrowRight on the slice slider, timed until the slice
+  caption shows the new slice, Streamlit has finished the fragment rerun and the browser has presented
+  two frames (the server cuts and colours the slices and Plotly draws them).
+
+    python bench/viewer_latency.py [--steps 20] [--note TEXT] [--no-record] [--under-load]
+
+Prints median and 90th percentile per path and their ratio; appends a section to bench/RESULTS.md.
+Run it on a quiet machine (``uptime`` load below 0.5): other processes slow both paths unevenly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+REAL_CASE = ROOT.parent / "shared" / "data" / "brats2021_00006"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
+NIIVUE_FRAME = "iframe[title*='niivue']"
+SLICE_CAPTION = re.compile(r"^Axial slice \d+ of \d+")
+
+# One wheel step on the NiiVue canvas, resolved once the browser has presented two more frames.
+WHEEL_AND_PAINT = """
+async (canvas) => {
+  const frame = () => new Promise((resolve) => requestAnimationFrame(resolve));
+  const box = canvas.getBoundingClientRect();
+  const start = performance.now();
+  canvas.dispatchEvent(new WheelEvent("wheel", {
+    deltaY: 100, clientX: box.left + box.width / 2, clientY: box.top + box.height / 2,
+    bubbles: true, cancelable: true }));
+  await frame();
+  await frame();
+  return performance.now() - start;
+}
+"""
+TWO_FRAMES = "() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)))"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _start_app(home: Path) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    env = dict(os.environ, MEDVISION_HOME=str(home), PYTHONPATH=str(ROOT))
+    env.pop("MEDVISION_DATA_ROOTS", None)
+    command = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true"]
+    command += ["--server.port", str(port), "--browser.gatherUsageStats", "false"]
+    log = (home / "streamlit.log").open("wb")
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2):
+                return process, url
+        except OSError:
+            time.sleep(0.5)
+    process.terminate()
+    raise SystemExit(f"streamlit did not start: {(home / 'streamlit.log').read_text()[-2000:]}")
+
+
+def _settle(page) -> None:
+    page.wait_for_timeout(300)
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=240_000
+    )
+
+
+def _still_canvas(page) -> None:
+    """Wait until two screenshots of the viewer's canvas a second apart are equal (loading is over)."""
+    canvas = page.frame_locator(NIIVUE_FRAME).first.locator("canvas").first
+    last = b""
+    for _ in range(300):
+        shot = canvas.screenshot(timeout=240_000)
+        if shot == last:
+            return
+        last = shot
+        page.wait_for_timeout(1000)
+    raise SystemExit("the viewer did not settle")
+
+
+def _open_case(page, url: str) -> None:
+    page.goto(url, wait_until="domcontentloaded")
+    page.get_by_text("Research demo — not for clinical use").first.wait_for(timeout=240_000)
+    _settle(page)
+    page.get_by_test_id("stSidebarNav").get_by_text("Predict", exact=True).click()
+    _settle(page)
+    page.get_by_text("Upload files").click()
+    _settle(page)
+    page.locator("input[type=file]").set_input_files(sorted(str(p) for p in REAL_CASE.glob("*.nii*")))
+    # The simple images are the page's default; the 3-D viewer is one click away.
+    page.get_by_text("In use: simple images", exact=False).first.wait_for(timeout=240_000)
+    _settle(page)
+    page.get_by_text("3-D WebGL (NiiVue)", exact=True).click()
+    page.get_by_text("In use: 3-D WebGL viewer", exact=False).first.wait_for(timeout=240_000)
+    page.get_by_label("Layout").click()
+    page.get_by_role("option", name="Axial", exact=True).click()
+    page.get_by_text("Scores against the ground truth").wait_for(timeout=600_000)
+    _settle(page)
+
+
+def time_niivue(page, steps: int) -> list[float]:
+    """Milliseconds from a wheel event on the canvas to two presented frames, ``steps`` times."""
+    _still_canvas(page)
+    canvas = page.frame_locator(NIIVUE_FRAME).first.locator("canvas").first
+    handle = canvas.element_handle()
+    times = []
+    for _ in range(steps):
+        times.append(float(handle.evaluate(WHEEL_AND_PAINT)))
+        page.wait_for_timeout(100)
+    return times
+
+
+def time_slider(page, steps: int) -> list[float]:
+    """Milliseconds from ArrowRight on the slice slider to the redrawn slice, ``steps`` times."""
+    page.get_by_text("Simple images", exact=True).click()
+    page.get_by_text("In use: simple images", exact=False).first.wait_for(timeout=120_000)
+    _settle(page)
+    page.locator(".stPlotlyChart").first.wait_for(timeout=120_000)
+    times = []
+    for _ in range(steps):
+        old = page.get_by_text(SLICE_CAPTION).first.inner_text()
+        page.get_by_role("slider").last.focus()
+        start = time.perf_counter()
+        page.keyboard.press("ArrowRight")
+        page.wait_for_function(
+            "(old) => [...document.querySelectorAll('p')].some("
+            "(p) => /^Axial slice \\d+ of/.test(p.innerText) && p.innerText !== old)",
+            arg=old,
+            polling="raf",
+            timeout=120_000,
+        )
+        page.wait_for_function(
+            "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')",
+            polling="raf",
+            timeout=120_000,
+        )
+        page.evaluate(TWO_FRAMES)
+        times.append((time.perf_counter() - start) * 1000.0)
+        page.wait_for_timeout(100)
+    return times
+
+
+def _summary(times: list[float]) -> tuple[float, float]:
+    ordered = sorted(times)
+    return statistics.median(ordered), ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--steps", type=int, default=20, help="slice steps timed per path")
+    parser.add_argument("--note", default="", help="a line for RESULTS.md (e.g. how quiet the machine was)")
+    parser.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
+    parser.add_argument(
+        "--under-load",
+        action="store_true",
+        help="other work shares the cores: say so in the RESULTS.md heading and next to the figures",
+    )
+    args = parser.parse_args()
+    if not CHROMIUM.is_file() or not REAL_CASE.is_dir():
+        raise SystemExit("needs /usr/bin/chromium and ../shared/data/brats2021_00006")
+    from bench_report import Reporter, append_results, machine_calibration, report_machine
+    from playwright.sync_api import sync_playwright
+
+    from medvision.precision import cpu_kind
+
+    calibration, load_before = machine_calibration(), os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="viewer_latency_") as tmp:
+        process, url = _start_app(Path(tmp))
+        try:
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+                page = browser.new_page(viewport={"width": 1500, "height": 1100})
+                _open_case(page, url)
+                niivue = time_niivue(page, args.steps)
+                slider = time_slider(page, args.steps)
+                browser.close()
+        finally:
+            process.terminate()
+            process.wait(30)
+    report = Reporter()
+    report(f"- CPU: {cpu_kind()}; browser: headless Chromium, WebGL2 by SwiftShader (no GPU)")
+    report(
+        f"- what: one axial slice step on BraTS2021_00006 (240x240x155; NiiVue is sent the scan's box) with "
+        f"its prediction, {args.steps} steps per path"
+    )
+    n_med, n_p90 = _summary(niivue)
+    s_med, s_p90 = _summary(slider)
+    report(f"- NiiVue (wheel, drawn in the browser): median {n_med:.1f} ms, p90 {n_p90:.1f} ms")
+    report(f"- Streamlit slider (rerun, Plotly redraw): median {s_med:.1f} ms, p90 {s_p90:.1f} ms")
+    report(f"- ratio: the NiiVue slice change repaints {s_med / n_med:.1f}x sooner (medians)")
+    if args.under_load:
+        report("- under load: other work shared the cores during this run; not quiet-machine figures")
+    if args.note:
+        report(f"- note: {args.note}")
+    report_machine(calibration, load_before, report)
+    if not args.no_record:
+        heading = "viewer_latency (bench/viewer_latency.py)" + (", under load" if args.under_load else "")
+        append_results(heading, report.lines)
+
+
+if __name__ == "__main__":
+    main()
