@@ -9,7 +9,17 @@ import pandas as pd
 import streamlit as st
 from niivue_component import niivue_viewer
 
-from medvision.app_support import browser_volumes, catalog, figures, mesh, render, subset_expectations, viewer
+from medvision.app_support import (
+    browser_volumes,
+    catalog,
+    dicom_panel,
+    dicom_upload,
+    figures,
+    mesh,
+    render,
+    subset_expectations,
+    viewer,
+)
 from medvision.app_support.catalog import CaseChoice, case_choices
 from medvision.app_support.kept_state import came_from_another_page, keep_widget_values, resend_widget_values
 from medvision.app_support.plain_text import plain
@@ -116,14 +126,25 @@ def _read_upload(uploads: list) -> None:
     for f in sorted(uploads, key=lambda f: f.name):
         digest.update(f"{f.name}:{f.size}:{f.file_id}".encode())
     upload_key = "upload:" + digest.hexdigest()
+    files = [streamed_upload(f) for f in uploads]  # sizes checked before any byte is copied
+    if dicom_upload.is_dicom_upload(files):
+        upload_key = dicom_panel.upload_key(upload_key)
+        held = st.session_state.get("predict_upload_case")
+        if held is None or held[0] != upload_key:
+            study = dicom_panel.read_upload(
+                files, upload_key, settings.workspace.uploads, settings.max_upload_mb * 1_000_000
+            )
+            st.session_state["predict_upload_case"] = (upload_key, study.case)
+        return
     held = st.session_state.get("predict_upload_case")
     if held is not None and held[0] == upload_key:
         return
     st.session_state.pop("predict_upload_case", None)
+    dicom_panel.forget()
     try:
         with st.spinner("Reading the upload…"):
             uploaded_case = case_from_uploads(
-                [streamed_upload(f) for f in uploads],  # sizes checked before any byte is copied
+                files,
                 settings.workspace.uploads,
                 max_bytes=settings.max_upload_mb * 1_000_000,
             )
@@ -135,10 +156,11 @@ def _read_upload(uploads: list) -> None:
 
 # ---------------------------------------------------------------------------------------------- input
 mode = st.radio("Input", (INPUT_SOURCE, INPUT_UPLOAD), key="predict_input", horizontal=True)
+dicom_study = None  # the DICOM study behind an uploaded case
 if mode == INPUT_UPLOAD:
     uploads = st.file_uploader(
         "Four NIfTI files of one case (FLAIR, T1, T1ce, T2, optionally the seg), a .zip of a case folder, "
-        "or one 4-D NIfTI (Decathlon channel order)",
+        "one 4-D NIfTI (Decathlon channel order), or a DICOM study (a .zip of it, or its files)",
         accept_multiple_files=True,
         key="predict_upload",
     )
@@ -150,11 +172,13 @@ if mode == INPUT_UPLOAD:
         st.caption(f"Showing the case uploaded earlier, **{plain(held_id)}**; upload files to replace it.")
         if st.button("Forget this upload", key="predict_forget_upload"):
             st.session_state.pop("predict_upload_case")
+            dicom_panel.forget()
             st.rerun()
     else:
         st.info("Upload a scan to segment it. Files stay on this server only while they are read.")
         st.stop()
     case_key, case = st.session_state["predict_upload_case"]
+    dicom_study = dicom_panel.held_study(case_key)
 else:
     if source is None:
         st.info("Choose a data source in the sidebar, or upload a scan.")
@@ -232,6 +256,12 @@ try:
 except MedVisionError:  # the metadata went away since the model was loaded: say nothing about it
     expected = None
 st.caption(subset_expectations.modalities_line(case.available) + (f" · {expected}" if expected else ""))
+if dicom_study is not None:
+    dicom_panel.study_panel(
+        dicom_study,
+        can_reread=bool(uploads),
+        convention=st.session_state.get("view_convention", render.CONVENTIONS[0]),
+    )
 
 if not job.finished:
 
@@ -703,6 +733,8 @@ d2.download_button(
     key="predict_download_csv",
     on_click="ignore",
 )
+if dicom_study is not None:
+    dicom_panel.downloads(dicom_study, result.label, case.case_id, st.columns([1, 1, 2]))
 
 # ------------------------------------------------------------------------------------------- 3-D view
 if st.toggle("3-D view of the predicted regions", key="view_3d"):

@@ -378,3 +378,36 @@ def test_predict_keeps_its_state_across_page_switches(app, tmp_path):
     assert "Upload_007" in " ".join(_values(app.caption)) and not app.info
     app.button(key="predict_forget_upload").click().run()
     assert any("Upload a scan" in i for i in _values(app.info))
+
+
+def test_upload_a_dicom_study_and_change_its_mapping(app, tmp_path):
+    """BRAINIX zipped as a user would send it: series table, mapping, pictures, DICOM-SEG download."""
+    import io
+    import zipfile
+
+    from dicom_fixtures import BRAINIX
+
+    if not (BRAINIX / "DICOM").is_dir():
+        pytest.skip("BRAINIX DICOM study not available in ../shared/data")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted((BRAINIX / "DICOM").rglob("*.dcm")):
+            zf.write(path, path.relative_to(BRAINIX).as_posix())
+    _open(app, "pages/predict.py")
+    app.radio(key="predict_input").set_value("Upload files").run()
+    app.get("file_uploader")[0].set_value([("study.zip", buffer.getvalue(), "application/zip")]).run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert not app.error, _values(app.error)
+    assert any("DICOM study study.zip" in e.label for e in app.expander)
+    assert app.selectbox(key="predict_dicom_pick_flair").value.startswith("series")
+    assert app.selectbox(key="predict_dicom_pick_t1ce").value == "none"  # BRAINIX has no T1ce
+    assert len(app.get("image")) == 4  # checkerboards of T1 and T2 against FLAIR, brain outline and cut
+    captions = " ".join(_values(app.caption))
+    assert "FLAIR" in captions and "A at the top" in captions
+    # Leave T1 out: the study is read again and the case has FLAIR and T2 only.
+    app.selectbox(key="predict_dicom_pick_t1").set_value("none").run()
+    assert not app.exception and not app.error, _values(app.error)
+    assert app.session_state["predict_upload_case"][1].available == ("flair", "t2")
+    _wait_for_volume(app, 180)
+    keys = {b.key for b in app.get("download_button")}
+    assert {"predict_download_dicom_nifti", "predict_download_dicom_seg"} <= keys

@@ -1,0 +1,161 @@
+"""The Predict page's part for a DICOM study: reading it, its series table and modality mapping, the
+preprocessing steps with before/after pictures, and the downloads on the study's own grid.
+
+The page calls :func:`read_upload` when :func:`medvision.app_support.dicom_upload.is_dicom_upload` says
+the files are DICOM, :func:`study_panel` once the case is shown, and :func:`downloads` beside its own
+downloads. The mapping the user picks lives in the session (``OPTIONS_KEY``); a changed pick reads the
+study again with it. Everything that came from the files (descriptions, notes) is shown as plain text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import numpy as np
+import streamlit as st
+
+from medvision.app_support import dicom_choices, dicom_pictures, dicom_upload
+from medvision.app_support.plain_text import plain
+from medvision.app_support.uploads import Upload
+from medvision.data.case import MODALITIES
+from medvision.errors import MedVisionError
+
+OPTIONS_KEY = "predict_dicom_options"  # the DicomOptions the study is read with (the user's mapping)
+HELD_KEY = "predict_dicom"  # (upload key, DicomUpload) of the study shown
+
+
+def options() -> dicom_upload.DicomOptions:
+    held = st.session_state.get(OPTIONS_KEY)
+    return held if isinstance(held, dicom_upload.DicomOptions) else dicom_upload.DicomOptions()
+
+
+def upload_key(file_key: str) -> str:
+    """The files' key with the mapping added: another mapping is another case."""
+    return file_key + ":" + hashlib.sha1(repr(options()).encode()).hexdigest()[:12]
+
+
+def read_upload(files: Sequence[Upload], key: str, upload_root, max_bytes: int) -> dicom_upload.DicomUpload:
+    """Read the study (once per files and mapping); an unreadable one is an error on the page and a stop."""
+    held = st.session_state.get(HELD_KEY)
+    if held is not None and held[0] == key:
+        return held[1]
+    st.session_state.pop(HELD_KEY, None)
+    try:
+        with st.spinner("Reading the DICOM study…"):
+            study = dicom_upload.read_dicom_upload(files, upload_root, max_bytes=max_bytes, options=options())
+    except MedVisionError as error:
+        st.error(f"Cannot use this DICOM study — {plain(error)}")
+        st.stop()
+    st.session_state[HELD_KEY] = (key, study)
+    return study
+
+
+def held_study(case_key: str) -> dicom_upload.DicomUpload | None:
+    """The study behind the case shown, or None when the case is not a DICOM upload."""
+    held = st.session_state.get(HELD_KEY)
+    return held[1] if held is not None and held[0] == case_key else None
+
+
+def forget() -> None:
+    st.session_state.pop(HELD_KEY, None)
+    st.session_state.pop(OPTIONS_KEY, None)
+
+
+def _mapping(study: dicom_upload.DicomUpload, can_reread: bool) -> None:
+    """Four selectboxes; a changed pick stores the new mapping and reruns, which reads the study again."""
+    choices = dicom_choices.modality_options(study)
+    columns = st.columns(len(MODALITIES))
+    picked = {}
+    for column, modality in zip(columns, MODALITIES, strict=True):
+        offered = choices[modality]
+        current = dicom_choices.current_choice(study, modality)
+        picked[modality] = column.selectbox(
+            modality.upper(),
+            offered,
+            index=offered.index(current) if current in offered else 0,
+            key=f"predict_dicom_pick_{modality}",
+            disabled=not can_reread,
+        )
+    if not can_reread:
+        st.caption("Upload the study again to change the mapping (the files are not kept).")
+        return
+    if all(choice == dicom_choices.NONE for choice in picked.values()):
+        st.warning("Keep at least one modality: the study is shown as read before.")
+        return
+    overrides = dicom_choices.overrides_from_choices(study, picked)
+    if overrides != dict(study.options.overrides):
+        st.session_state[OPTIONS_KEY] = dicom_upload.DicomOptions(
+            overrides=overrides,
+            reference=study.options.reference,
+            register=study.options.register,
+            brain_extraction=study.options.brain_extraction,
+        )
+        st.rerun()
+
+
+def _pictures(study: dicom_upload.DicomUpload, convention: str) -> None:
+    count = dicom_pictures.axial_slice_count(study, convention)
+    index = st.slider(
+        "Axial slice of the reference series", 0, count - 1, count // 2, key="predict_dicom_slice"
+    )
+    pictures = dicom_pictures.slice_pictures(study, index, convention=convention)
+    e = pictures.edges
+    st.caption(
+        f"Axial slice {index} of the {pictures.reference.upper()} series, {convention} convention: "
+        f"{e['top']} at the top, {e['bottom']} at the bottom, {e['left']} on the left, "
+        f"{e['right']} on the right."
+    )
+    shown: list[tuple[str, np.ndarray]] = [
+        (f"Registration: {pictures.reference.upper()} / {m.upper()} checkerboard", image)
+        for m, image in pictures.registration.items()
+    ]
+    if pictures.brain_outline is not None and pictures.brain_cut is not None:
+        shown += [("Brain extraction: the mask's outline (green)", pictures.brain_outline)]
+        shown += [("After brain extraction: what the model sees", pictures.brain_cut)]
+    if not shown:
+        st.caption("One series and no brain extraction: nothing to compare.")
+        return
+    for column, (title, image) in zip(st.columns(min(3, len(shown))), shown[:3], strict=False):
+        column.image(image, caption=title, width="stretch")
+    for column, (title, image) in zip(st.columns(3), shown[3:], strict=False):
+        column.image(image, caption=title, width="stretch")
+
+
+def study_panel(study: dicom_upload.DicomUpload, *, can_reread: bool, convention: str) -> None:
+    """The series table, the modality mapping, the steps done and the before/after pictures."""
+    with st.expander(
+        f"DICOM study {plain(study.name)}: series, modality mapping, preprocessing", expanded=True
+    ):
+        st.dataframe(dicom_choices.series_rows(study), hide_index=True)
+        st.markdown("**Modality mapping** (the series each modality is read from)")
+        _mapping(study, can_reread)
+        st.markdown("**What was done**")
+        st.text("\n".join(study.steps) if study.steps else "nothing beyond reading the series")
+        st.caption(
+            "The model runs on the reference series' slices resampled to about 1 mm in-plane; the "
+            "segmentation downloads come back on the reference series' own grid."
+        )
+        _pictures(study, convention)
+
+
+def downloads(study: dicom_upload.DicomUpload, label: np.ndarray, case_id: str, columns: Sequence) -> None:
+    """Segmentation NIfTI on the reference grid and a DICOM-SEG referencing the reference series."""
+    columns[0].download_button(
+        "Segmentation on the study's grid (NIfTI)",
+        icon=":material/download:",
+        data=lambda: dicom_upload.segmentation_nifti_bytes(label, study),
+        file_name=f"{case_id}_medvision_seg.nii.gz",
+        mime="application/gzip",
+        key="predict_download_dicom_nifti",
+        on_click="ignore",
+    )
+    columns[1].download_button(
+        "Segmentation (DICOM-SEG)",
+        icon=":material/download:",
+        data=lambda: dicom_upload.dicom_seg_bytes(label, study),
+        file_name=f"{case_id}_medvision_seg.dcm",
+        mime="application/dicom",
+        key="predict_download_dicom_seg",
+        on_click="ignore",
+    )
