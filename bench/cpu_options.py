@@ -5,7 +5,7 @@
 Training: the ``demo`` preset (base 16, batch 8, 128x128 crops, light augmentation, cosine schedule) through
 the real ``Trainer.train_step`` on a small phantom store, with each precision / memory-format option:
 what ``--amp auto`` picks here, fp32 with and without channels_last, and bf16 autocast + channels_last.
-Inference: ``Predictor.predict_volume`` of the shipped demo model on the real case BraTS2021_00006 (a
+Inference: ``Predictor.predict_volume`` of the shipped default model on the real case BraTS2021_00006 (a
 phantom where it is missing) with the default options and with each backend / precision / batch option.
 
 Rounds are interleaved (option A, B, C, A, B, C, ...) so background load hits every option alike; medians
@@ -159,7 +159,7 @@ def bench_inference(rounds: int, report: Callable[[str], None]) -> None:
             )
         default = predictors[INFER_OPTIONS[0][0]]
         report(
-            f"- inference, shipped demo model on the {what} {case.shape}; "
+            f"- inference, shipped default model on the {what} {case.shape}; "
             f"default runs as: {default.describe()}"
         )
         samples: dict[str, list[float]] = {label: [] for label in predictors}

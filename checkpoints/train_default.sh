@@ -56,13 +56,26 @@ for fold in 0 1 2; do
     $PY -m medvision train --data "$STORE" --run-dir "$run" --preset real \
       --split-file "$OUT/folds/fold_$fold.json" "${THREADS[@]}" "${resume[@]}"
   fi
-  if [ ! -f "$run/cv_subsets.json" ]; then
-    $PY -m medvision evaluate --checkpoint "$run/checkpoints/last.safetensors" --data "$STORE" \
-      --split val --modalities subsets --out "$run/cv_subsets.json" > "$run/cv_subsets.txt"
-  fi
   if [ ! -f "$run/calibration.json" ]; then
     $PY -m medvision.train.calibration "$run/checkpoints/last.safetensors" "$STORE" --split val \
       --mc-samples 4 --out "$run/calibration.json"
+  fi
+done
+
+# Post-processing by nested cross-validation on the folds' held-out probabilities (kept in the cache),
+# then every subset scored per fold with the clean-up it chose.
+if [ ! -f "$OUT/postprocess_study.json" ]; then
+  $PY -m medvision.train.postprocess_study "$STORE" "$OUT"/fold_0 "$OUT"/fold_1 "$OUT"/fold_2 \
+    --cache "$OUT/heldout_probabilities" --out "$OUT/postprocess_study.json" > "$OUT/postprocess_study.txt"
+fi
+FRACTION=$($PY -c "import json,sys; print(json.load(open(sys.argv[1]))['chosen']['variant']['min_fraction'])" \
+  "$OUT/postprocess_study.json")
+for fold in 0 1 2; do
+  run="$OUT/fold_$fold"
+  if [ ! -f "$run/cv_subsets_clean.json" ]; then
+    $PY -m medvision evaluate --checkpoint "$run/checkpoints/last.safetensors" --data "$STORE" \
+      --split val --modalities subsets --min-component-fraction "$FRACTION" \
+      --out "$run/cv_subsets_clean.json" > "$run/cv_subsets_clean.txt"
   fi
 done
 
@@ -72,9 +85,10 @@ if [ ! -f "$run/checkpoints/last.safetensors" ] || ! grep -q '"finished"' "$run/
   $PY -m medvision train --data "$STORE" --run-dir "$run" --preset real \
     --split-file "$OUT/folds/final.json" "${THREADS[@]}" "${resume[@]}"
 fi
-if [ ! -f "$run/synthetic_subsets.json" ]; then
+if [ ! -f "$run/synthetic_subsets_clean.json" ]; then
   $PY -m medvision evaluate --checkpoint "$run/checkpoints/last.safetensors" --data "$STORE" \
-    --split test --modalities subsets --out "$run/synthetic_subsets.json" > "$run/synthetic_subsets.txt"
+    --split test --modalities subsets --min-component-fraction "$FRACTION" \
+    --out "$run/synthetic_subsets_clean.json" > "$run/synthetic_subsets_clean.txt"
 fi
 # Ship the final run's last epoch as checkpoints/default.*, with the cross-validated means per subset
 # in its metadata (the Predict page shows the row of the modalities a user gave).
@@ -86,7 +100,9 @@ meta = json.load(open(sys.argv[1]))
 meta["weights_file"] = "default.safetensors"
 json.dump(meta, open(sys.argv[2], "w"), indent=2)
 PY
-$PY -m medvision.train.model_card "$OUT"/fold_*/cv_subsets.json --into checkpoints/default.json \
+$PY -m medvision.train.model_card "$OUT"/fold_*/cv_subsets_clean.json --into checkpoints/default.json \
   > "$OUT/cv_table.md"
-$PY -m medvision.train.model_card "$run/synthetic_subsets.json" > "$OUT/synthetic_table.md"
+$PY -m medvision.train.postprocess_study "$STORE" "$OUT"/fold_0 "$OUT"/fold_1 "$OUT"/fold_2 \
+  --cache "$OUT/heldout_probabilities" --into checkpoints/default.json > /dev/null
+$PY -m medvision.train.model_card "$run/synthetic_subsets_clean.json" > "$OUT/synthetic_table.md"
 echo "done: checkpoints/default.safetensors; tables in $OUT/cv_table.md and $OUT/synthetic_table.md"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -14,6 +17,7 @@ from medvision.train.postprocess_study import (
     Variant,
     apply_variant,
     grid,
+    record_in_checkpoint,
     run_study,
 )
 from medvision.volumetry import remove_minor_components
@@ -49,7 +53,7 @@ def _held_out(fold: int, case_id: str, rng: np.random.Generator) -> HeldOutCase:
     return HeldOutCase(fold, case_id, truth, (1.0, 1.0, 1.0), {False: probabilities, True: probabilities})
 
 
-def test_nested_choice_removes_a_false_speck_and_beats_the_baseline() -> None:
+def test_nested_choice_removes_a_false_speck_and_beats_the_baseline(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     cases = [_held_out(fold, f"case_{fold}_{i}", rng) for fold in range(3) for i in range(2)]
     study = run_study(cases, REGIONS)
@@ -62,6 +66,12 @@ def test_nested_choice_removes_a_false_speck_and_beats_the_baseline() -> None:
     cleaned = apply_variant(cases[0].probabilities[False], REGIONS, chosen)
     assert np.array_equal(label_masks(cleaned, REGIONS), cases[0].truth)
     assert apply_variant(cases[0].probabilities[False], REGIONS, BASELINE)[6:8, 20:22, 20:22].all()
+    checkpoint_json = tmp_path / "model.json"
+    checkpoint_json.write_text(json.dumps({"weights_file": "model.safetensors"}))
+    record_in_checkpoint(checkpoint_json, study)
+    meta = json.loads(checkpoint_json.read_text())
+    assert meta["weights_file"] == "model.safetensors"  # the rest of the metadata is kept
+    assert meta["postprocess"]["min_component_fraction"] == chosen.min_fraction
 
 
 def test_the_candidates_are_declared_and_the_grid_covers_them() -> None:

@@ -248,6 +248,31 @@ def format_study(study: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def record_in_checkpoint(checkpoint_json: Path, study: dict[str, Any]) -> dict[str, Any]:
+    """Record the chosen clean-up in a checkpoint's metadata (``postprocess``), which predict applies.
+
+    Only the relative clean-up is applied by default: TTA costs four passes (``predict --tta`` stays
+    the user's choice, and the record says whether it was chosen) and the threshold stays 0.5, so a
+    study choosing another threshold or an absolute size is refused rather than half-recorded.
+    """
+    from medvision.atomic import write_json_atomic
+
+    chosen = Variant(**study["chosen"]["variant"])
+    if chosen.threshold != BASELINE.threshold or chosen.min_voxels:
+        raise ValueError(f"only a relative clean-up can be recorded, the study chose {chosen.name()}")
+    record = {
+        "min_component_fraction": chosen.min_fraction,
+        "tta_chosen": chosen.tta,
+        "chosen_by": "nested cross-validation over the real cases (medvision.train.postprocess_study)",
+        "nested_cv": {r: round(study["nested"][r]["dice"], 4) for r in study["regions"]},
+        "baseline_cv": {r: round(study["baseline"][r]["dice"], 4) for r in study["regions"]},
+    }
+    meta = json.loads(checkpoint_json.read_text(encoding="utf-8"))
+    meta["postprocess"] = record
+    write_json_atomic(checkpoint_json, meta, indent=2)
+    return record
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m medvision.train.postprocess_study", description=__doc__)
     parser.add_argument("store", type=Path, help="the prepared store the folds were trained on")
@@ -258,6 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--grid", action="store_true", help="choose among all 72 variants instead of the 4 declared ones"
     )
+    parser.add_argument("--into", type=Path, help="record the chosen clean-up in this checkpoint .json")
     args = parser.parse_args(argv)
     regions = tuple(read_checkpoint_meta(args.run_dirs[0] / "checkpoints" / "last.safetensors")["regions"])
     cases = predict_held_out(args.store, args.run_dirs, batch_size=args.batch_size, cache=args.cache)
@@ -266,6 +292,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out:
         args.out.write_text(json.dumps(study, indent=2))
         print(f"saved {args.out}")
+    if args.into:
+        print(f"recorded in {args.into}: {record_in_checkpoint(args.into, study)}")
     return 0
 
 
