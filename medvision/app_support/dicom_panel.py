@@ -9,8 +9,10 @@ study again with it. Everything that came from the files (descriptions, notes) i
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import streamlit as st
@@ -21,21 +23,30 @@ from medvision.app_support.uploads import Upload
 from medvision.data.case import MODALITIES
 from medvision.errors import MedVisionError
 
-OPTIONS_KEY = "predict_dicom_options"  # the DicomOptions the study is read with (the user's mapping)
+OPTIONS_KEY = "predict_dicom_options"  # (files key, DicomOptions): the user's mapping for those files
 HELD_KEY = "predict_dicom"  # (upload key, DicomUpload) of the study shown
 
 
-def options() -> dicom_upload.DicomOptions:
+def options(file_key: str) -> dicom_upload.DicomOptions:
+    """The mapping picked for these files; another study starts from its own (series numbers differ)."""
     held = st.session_state.get(OPTIONS_KEY)
-    return held if isinstance(held, dicom_upload.DicomOptions) else dicom_upload.DicomOptions()
+    if isinstance(held, tuple) and held[0] == file_key:
+        return held[1]
+    return dicom_upload.DicomOptions()
 
 
 def upload_key(file_key: str) -> str:
     """The files' key with the mapping added: another mapping is another case."""
-    return file_key + ":" + hashlib.sha1(repr(options()).encode()).hexdigest()[:12]
+    return file_key + ":" + hashlib.sha1(repr(options(file_key)).encode()).hexdigest()[:12]
 
 
-def read_upload(files: Sequence[Upload], key: str, upload_root, max_bytes: int) -> dicom_upload.DicomUpload:
+def _file_key(key: str) -> str:
+    return key.rsplit(":", 1)[0]
+
+
+def read_upload(
+    files: Sequence[Upload], key: str, upload_root: Path, max_bytes: int
+) -> dicom_upload.DicomUpload:
     """Read the study (once per files and mapping); an unreadable one is an error on the page and a stop."""
     held = st.session_state.get(HELD_KEY)
     if held is not None and held[0] == key:
@@ -43,7 +54,9 @@ def read_upload(files: Sequence[Upload], key: str, upload_root, max_bytes: int) 
     st.session_state.pop(HELD_KEY, None)
     try:
         with st.spinner("Reading the DICOM study…"):
-            study = dicom_upload.read_dicom_upload(files, upload_root, max_bytes=max_bytes, options=options())
+            study = dicom_upload.read_dicom_upload(
+                files, upload_root, max_bytes=max_bytes, options=options(_file_key(key))
+            )
     except MedVisionError as error:
         st.error(f"Cannot use this DICOM study — {plain(error)}")
         st.stop()
@@ -85,12 +98,10 @@ def _mapping(study: dicom_upload.DicomUpload, can_reread: bool) -> None:
         return
     overrides = dicom_choices.overrides_from_choices(study, picked)
     if overrides != dict(study.options.overrides):
-        st.session_state[OPTIONS_KEY] = dicom_upload.DicomOptions(
-            overrides=overrides,
-            reference=study.options.reference,
-            register=study.options.register,
-            brain_extraction=study.options.brain_extraction,
-        )
+        held = st.session_state.get(HELD_KEY)
+        if held is not None:
+            chosen = dataclasses.replace(study.options, overrides=overrides)
+            st.session_state[OPTIONS_KEY] = (_file_key(held[0]), chosen)
         st.rerun()
 
 
