@@ -340,18 +340,18 @@ def main() -> None:
     report("")
     report(f"Dice / volume ratio (predicted / true) / seconds per volume{load}:")
     report("")
-    report("| method | " + " | ".join(known) + " |")
-    report("|---" * (len(known) + 1) + "|")
-    for name in names:
-        report(f"| {name} | " + " | ".join(rows.get((name, v), "-") for v in known) + " |")
-    report("")
+
+    def table(columns: list[str]) -> None:
+        report("| method | " + " | ".join(columns) + " |")
+        report("|---" * (len(columns) + 1) + "|")
+        for name in names:
+            report(f"| {name} | " + " | ".join(rows.get((name, v), "-") for v in columns) + " |")
+        report("")
+
+    table(known)
     report(f"BRAINIX (no known brain): mask volume, tumour ROI inside, Dice vs ours on FLAIR / s{load}:")
     report("")
-    report("| method | " + " | ".join(raw) + " |")
-    report("|---" * (len(raw) + 1) + "|")
-    for name in names:
-        report(f"| {name} | " + " | ".join(rows.get((name, v), "-") for v in raw) + " |")
-    report("")
+    table(raw)
     if args.note:
         report(f"- note: {args.note}")
     report_machine(calibration, load_before, report)

@@ -158,22 +158,19 @@ def remove_minor_components(label: np.ndarray, min_fraction: float) -> np.ndarra
     tumour = array > 0
     if min_fraction <= 0 or not tumour.any():
         return out
-    components = measure.label(tumour, connectivity=tumour.ndim)
-    sizes = np.bincount(components.ravel())
-    sizes[0] = 0
-    keep = sizes >= min(1.0, min_fraction) * sizes.max()
-    keep[0] = False
-    out[~keep[components]] = 0
+    out[~_keep_large(tumour, 0, min_fraction=min_fraction)] = 0
     return out
 
 
-def _keep_large(mask: np.ndarray, min_voxels: int) -> np.ndarray:
-    if min_voxels <= 1 or not mask.any():
+def _keep_large(mask: np.ndarray, min_voxels: int, *, min_fraction: float = 0.0) -> np.ndarray:
+    """The pieces of ``mask`` of at least ``min_voxels`` voxels and ``min_fraction`` of the largest."""
+    if (min_voxels <= 1 and min_fraction <= 0) or not mask.any():
         return mask.copy()
     # connectivity=ndim -> 26-neighbourhood in 3-D: diagonal contact keeps pieces together. Labelling and
     # counting by hand (rather than morphology.remove_small_objects) avoids its min_size/max_size rename.
     components = measure.label(mask, connectivity=mask.ndim)
     sizes = np.bincount(components.ravel())
-    keep = sizes >= min_voxels
+    sizes[0] = 0
+    keep = (sizes >= min_voxels) & (sizes >= min(1.0, min_fraction) * sizes.max())
     keep[0] = False
     return keep[components]

@@ -126,28 +126,21 @@ def _read_upload(uploads: list) -> None:
     for f in sorted(uploads, key=lambda f: f.name):
         digest.update(f"{f.name}:{f.size}:{f.file_id}".encode())
     upload_key = "upload:" + digest.hexdigest()
-    files = [streamed_upload(f) for f in uploads]  # sizes checked before any byte is copied
-    if dicom_upload.is_dicom_upload(files):
-        upload_key = dicom_panel.upload_key(upload_key)
-        held = st.session_state.get("predict_upload_case")
-        if held is None or held[0] != upload_key:
-            study = dicom_panel.read_upload(
-                files, upload_key, settings.workspace.uploads, settings.max_upload_mb * 1_000_000
-            )
-            st.session_state["predict_upload_case"] = (upload_key, study.case)
-        return
     held = st.session_state.get("predict_upload_case")
     if held is not None and held[0] == upload_key:
+        return
+    files = [streamed_upload(f) for f in uploads]  # sizes checked before any byte is copied
+    max_bytes = settings.max_upload_mb * 1_000_000
+    if dicom_panel.holds(upload_key) or dicom_upload.is_dicom_upload(files):
+        # Keyed by the files and the mapping: read once each (dicom_panel), not on every rerun.
+        case_key, study = dicom_panel.read_upload(files, upload_key, settings.workspace.uploads, max_bytes)
+        st.session_state["predict_upload_case"] = (case_key, study.case)
         return
     st.session_state.pop("predict_upload_case", None)
     dicom_panel.forget()
     try:
         with st.spinner("Reading the upload…"):
-            uploaded_case = case_from_uploads(
-                files,
-                settings.workspace.uploads,
-                max_bytes=settings.max_upload_mb * 1_000_000,
-            )
+            uploaded_case = case_from_uploads(files, settings.workspace.uploads, max_bytes=max_bytes)
     except MedVisionError as error:
         st.error(f"Cannot use this upload — {plain(error)}")
         st.stop()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,51 +24,64 @@ from medvision.app_support.uploads import Upload
 from medvision.data.case import MODALITIES
 from medvision.errors import MedVisionError
 
-OPTIONS_KEY = "predict_dicom_options"  # (files key, DicomOptions): the user's mapping for those files
-HELD_KEY = "predict_dicom"  # (upload key, DicomUpload) of the study shown
+OPTIONS_KEY = "predict_dicom_options"  # (files key, DicomOptions): the mapping wanted for those files
+HELD_KEY = "predict_dicom"  # the _Held study shown
 
 
-def options(file_key: str) -> dicom_upload.DicomOptions:
+@dataclass(frozen=True)
+class _Held:
+    files_key: str  # the uploaded files, as the page keys them
+    study: dicom_upload.DicomUpload  # read with study.options
+
+    @property
+    def case_key(self) -> str:
+        """The files' key with the mapping added: another mapping is another case."""
+        return f"{self.files_key}:{hashlib.sha1(repr(self.study.options).encode()).hexdigest()[:12]}"
+
+
+def _wanted_options(files_key: str) -> dicom_upload.DicomOptions:
     """The mapping picked for these files; another study starts from its own (series numbers differ)."""
-    held = st.session_state.get(OPTIONS_KEY)
-    if isinstance(held, tuple) and held[0] == file_key:
-        return held[1]
+    wanted = st.session_state.get(OPTIONS_KEY)
+    if isinstance(wanted, tuple) and wanted[0] == files_key:
+        return wanted[1]
     return dicom_upload.DicomOptions()
 
 
-def upload_key(file_key: str) -> str:
-    """The files' key with the mapping added: another mapping is another case."""
-    return file_key + ":" + hashlib.sha1(repr(options(file_key)).encode()).hexdigest()[:12]
+def _held() -> _Held | None:
+    held = st.session_state.get(HELD_KEY)
+    return held if isinstance(held, _Held) else None
 
 
-def _file_key(key: str) -> str:
-    return key.rsplit(":", 1)[0]
+def holds(files_key: str) -> bool:
+    """Whether the study shown was read from these files (the page need not look at their bytes again)."""
+    held = _held()
+    return held is not None and held.files_key == files_key
 
 
 def read_upload(
-    files: Sequence[Upload], key: str, upload_root: Path, max_bytes: int
-) -> dicom_upload.DicomUpload:
-    """Read the study (once per files and mapping); an unreadable one is an error on the page and a stop."""
-    held = st.session_state.get(HELD_KEY)
-    if held is not None and held[0] == key:
-        return held[1]
+    files: Sequence[Upload], files_key: str, upload_root: Path, max_bytes: int
+) -> tuple[str, dicom_upload.DicomUpload]:
+    """(case key, study): read once per files and mapping; an unreadable study is an error and a stop."""
+    wanted = _wanted_options(files_key)
+    held = _held()
+    if held is not None and held.files_key == files_key and held.study.options == wanted:
+        return held.case_key, held.study
     st.session_state.pop(HELD_KEY, None)
     try:
         with st.spinner("Reading the DICOM study…"):
-            study = dicom_upload.read_dicom_upload(
-                files, upload_root, max_bytes=max_bytes, options=options(_file_key(key))
-            )
+            study = dicom_upload.read_dicom_upload(files, upload_root, max_bytes=max_bytes, options=wanted)
     except MedVisionError as error:
         st.error(f"Cannot use this DICOM study — {plain(error)}")
         st.stop()
-    st.session_state[HELD_KEY] = (key, study)
-    return study
+    held = _Held(files_key, study)
+    st.session_state[HELD_KEY] = held
+    return held.case_key, study
 
 
 def held_study(case_key: str) -> dicom_upload.DicomUpload | None:
     """The study behind the case shown, or None when the case is not a DICOM upload."""
-    held = st.session_state.get(HELD_KEY)
-    return held[1] if held is not None and held[0] == case_key else None
+    held = _held()
+    return held.study if held is not None and held.case_key == case_key else None
 
 
 def forget() -> None:
@@ -98,10 +112,10 @@ def _mapping(study: dicom_upload.DicomUpload, can_reread: bool) -> None:
         return
     overrides = dicom_choices.overrides_from_choices(study, picked)
     if overrides != dict(study.options.overrides):
-        held = st.session_state.get(HELD_KEY)
+        held = _held()
         if held is not None:
             chosen = dataclasses.replace(study.options, overrides=overrides)
-            st.session_state[OPTIONS_KEY] = (_file_key(held[0]), chosen)
+            st.session_state[OPTIONS_KEY] = (held.files_key, chosen)
         st.rerun()
 
 

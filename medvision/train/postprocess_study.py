@@ -183,22 +183,30 @@ def run_study(
     all_variants = list(candidates)
     with_hd95 = len(all_variants) <= len(CANDIDATES)
     dice = {v: [score_case(c, regions, v, with_hd95=with_hd95) for c in cases] for v in all_variants}
-    folds = sorted({c.fold for c in cases})
+    with_distance: dict[tuple[Variant, int], dict[str, dict[str, float]]] = {}
+
+    def scored(variant: Variant, i: int) -> dict[str, dict[str, float]]:
+        """Case i's scores with HD95, each (variant, case) computed once."""
+        if with_hd95 and variant in dice:
+            return dice[variant][i]
+        if (variant, i) not in with_distance:
+            with_distance[variant, i] = score_case(cases[i], regions, variant, with_hd95=True)
+        return with_distance[variant, i]
 
     def best(on_cases: list[int]) -> Variant:
         # max() keeps the first of equals: no TTA, t=0.5 and the least clean-up come first.
         return max(all_variants, key=lambda v: round(_mean_dice([dice[v][i] for i in on_cases], regions), 6))
 
+    everyone = list(range(len(cases)))
     nested_scores: list[dict[str, dict[str, float]]] = []
     chosen_per_fold = {}
-    for fold in folds:
-        others = [i for i, c in enumerate(cases) if c.fold != fold]
-        choice = best(others)
+    for fold in sorted({c.fold for c in cases}):
+        choice = best([i for i, c in enumerate(cases) if c.fold != fold])
         chosen_per_fold[fold] = choice
-        nested_scores += [score_case(c, regions, choice, with_hd95=True) for c in cases if c.fold == fold]
-    chosen = best(list(range(len(cases))))
-    baseline = [score_case(c, regions, BASELINE, with_hd95=True) for c in cases]
-    final = [score_case(c, regions, chosen, with_hd95=True) for c in cases]
+        nested_scores += [scored(choice, i) for i, c in enumerate(cases) if c.fold == fold]
+    chosen = best(everyone)
+    baseline = [scored(BASELINE, i) for i in everyone]
+    final = [scored(chosen, i) for i in everyone]
     ranking = sorted(all_variants, key=lambda v: -_mean_dice(dice[v], regions))
     return {
         "cases": [c.case_id for c in cases],
