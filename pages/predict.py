@@ -19,6 +19,7 @@ from medvision.app_support import (
     render,
     subset_expectations,
     viewer,
+    webgl_probe,
 )
 from medvision.app_support.catalog import CaseChoice, case_choices
 from medvision.app_support.kept_state import came_from_another_page, keep_widget_values, resend_widget_values
@@ -45,6 +46,7 @@ if model is None:
     st.stop()
 
 INPUT_SOURCE = "Case from the data source"
+VIEWER_AUTO = "Automatic"
 VIEWER_NIIVUE = "3-D WebGL (NiiVue)"
 VIEWER_SIMPLE = "Simple images"
 NV_LAYOUTS = {
@@ -95,7 +97,7 @@ for key, default in (
     *((key, True) for key, _, _ in LABEL_TOGGLES.values()),
     ("view_opacity", 0.45),
     ("predict_mc_samples", 6),
-    ("view_renderer", VIEWER_SIMPLE),
+    ("view_renderer", VIEWER_AUTO),
     ("view_nv_layout", "multiplanar"),
 ):
     st.session_state.setdefault(key, default)
@@ -544,8 +546,8 @@ def _nv_caption(
     if box != browser_volumes.full_box(case):
         size = "×".join(str(n) for n in box.shape)
         text += (
-            f" This browser draws WebGL in software, so it gets the scan's box only ({size} voxels, same "
-            "world coordinates; voxel numbers in the viewer count from the box's corner)."
+            f" This browser {_webgl_words()}, so it gets the scan's box only ({size} voxels, same world "
+            "coordinates; voxel numbers in the viewer count from the box's corner)."
         )
     if overlay is not None and overlay.outside_box:
         text += f" {overlay.outside_box} overlay voxels lie outside that box and are not drawn."
@@ -563,9 +565,12 @@ def _niivue_viewer() -> None:
     layout = c3.selectbox("Layout", tuple(NV_LAYOUTS), key="view_nv_layout", format_func=NV_LAYOUTS.get)
     with c4:
         labels, opacity = _label_toggles()
-    # The scan's box only (see browser_volumes): a third of the bytes, and software WebGL (no GPU) loads
-    # the whole 240x240x155 volume about 2.5x slower than the box.
-    box = browser_volumes.scan_box(case)
+    # Software WebGL (no GPU) loads the whole 240x240x155 volume about 2.5x slower than the scan's box (a
+    # third of the bytes, see browser_volumes); with a graphics card the whole grid keeps the file's voxel
+    # numbers.
+    support = st.session_state.get(webgl_probe.SUPPORT_KEY)
+    small = webgl_probe.needs_small_volumes(support)
+    box = browser_volumes.scan_box(case) if small else browser_volumes.full_box(case)
     window = windows[modality]
     scan = _derived(
         ("nv_scan", modality, box),
@@ -586,22 +591,39 @@ def _niivue_viewer() -> None:
     _dice_strip("axial", int(st.session_state.get("view_slice_axial", 0)))
 
 
+def _webgl_words() -> str:
+    support = st.session_state.get(webgl_probe.SUPPORT_KEY)
+    if support is None:
+        return "has not said whether it draws WebGL2 on a graphics card"
+    return "draws WebGL2 in software" if support.software else "has no WebGL2"
+
+
 def _viewer_choice() -> bool:
-    """The viewer radio; True when NiiVue is to be drawn. Simple images are the default: they need no
-    WebGL2, and the page does not ask the browser whether it has WebGL2."""
-    v1, v2 = st.columns([2, 5])
-    wanted = v1.radio("Viewer", (VIEWER_SIMPLE, VIEWER_NIIVUE), key="view_renderer", horizontal=True)
-    if wanted == VIEWER_SIMPLE:
+    """The viewer radio; True when NiiVue is to be drawn. Automatic (the default) asks the browser whether
+    it draws WebGL2 on a graphics card (webgl_probe) and says what it chose and why."""
+    support = webgl_probe.browser_webgl(st.session_state)
+    v1, v2 = st.columns([3, 5])
+    wanted = v1.radio(
+        "Viewer", (VIEWER_AUTO, VIEWER_SIMPLE, VIEWER_NIIVUE), key="view_renderer", horizontal=True
+    )
+    if wanted == VIEWER_AUTO:
+        choice = webgl_probe.automatic_viewer(support)
+        why = f"chosen automatically: {choice.reason}"
+        if support is not None and support.renderer:
+            why += f" (renderer: {plain(support.renderer)})"
+        niivue = choice.niivue
+    else:
+        why, niivue = "chosen by you", wanted == VIEWER_NIIVUE
+    if not niivue:
         v2.caption(
-            "In use: simple images (each slice drawn on the server), the default because every browser can "
-            "show them; the page does not check whether yours has WebGL2. Choose the 3-D WebGL viewer to "
-            "scroll, zoom and window in the browser itself."
+            f"In use: simple images (each slice drawn on the server), {why}. They need no WebGL; the 3-D "
+            "WebGL viewer scrolls, zooms and windows in the browser itself."
         )
         return False
-    v2.caption(
-        "In use: 3-D WebGL viewer (NiiVue), drawn in your browser. It needs WebGL2, which the page does not "
-        "check: if it stays blank, choose Simple images."
-    )
+    warning = ""
+    if support is None or not support.webgl2:
+        warning = " It needs WebGL2: if it stays blank, choose Simple images."
+    v2.caption(f"In use: 3-D WebGL viewer (NiiVue), drawn in your browser, {why}.{warning}")
     return True
 
 

@@ -278,6 +278,32 @@ def test_predict_a_case_of_the_data_source_and_scroll(app):
     assert "Synth_001" in " ".join(_values(app.caption))
 
 
+def test_predict_chooses_the_viewer_from_what_the_browser_said(app):
+    from medvision.app_support.webgl_probe import SUPPORT_KEY, WebGLSupport
+
+    _open(app, "pages/predict.py")
+    # No browser here: the probe never answers, so the simple images are drawn and the page says why.
+    captions = " ".join(_values(app.caption))
+    assert "In use: simple images" in captions
+    assert "chosen automatically: the browser has not said yet whether it has WebGL2" in captions
+    # A browser that draws WebGL2 on a graphics card gets the 3-D viewer with the whole grid (no box).
+    app.session_state[SUPPORT_KEY] = WebGLSupport(True, "ANGLE (NVIDIA GeForce RTX 3060)")
+    app.run()
+    captions = " ".join(_values(app.caption))
+    assert not app.exception
+    assert "In use: 3-D WebGL viewer (NiiVue)" in captions
+    assert "chosen automatically: this browser draws WebGL2 on a graphics card" in captions
+    assert "box only" not in captions and "Sent to the browser:" in captions
+    # Software WebGL2: the simple images again, unless the user picks the 3-D viewer, which then gets the box.
+    app.session_state[SUPPORT_KEY] = WebGLSupport(True, "SwiftShader Device")
+    app.run()
+    assert "draws WebGL2 in software" in " ".join(_values(app.caption))
+    app.radio(key="view_renderer").set_value("3-D WebGL (NiiVue)").run()
+    captions = " ".join(_values(app.caption))
+    assert "chosen by you" in captions and "box only" in captions
+    assert not app.exception
+
+
 def _upload(files):
     return [(path.name, path.read_bytes(), "application/gzip") for path in files]
 

@@ -4,8 +4,8 @@ Headless Chromium here draws WebGL2 in software (SwiftShader), so a volume takes
 tests wait for the viewer's own "matrix size" line and for the canvas to hold still. What they check:
 the real case loads into the viewer with its prediction, what was sent stays under 10 MB, a mouse-wheel
 slice change repaints the canvas without any message to the server (no script rerun), a rerun caused by
-another widget does not send the volumes again, and a browser without WebGL gets the simple images (the
-default viewer, which needs no WebGL).
+another widget does not send the volumes again, the page's automatic choice names the software renderer, and a
+browser without WebGL gets the simple images, chosen automatically and said on the page.
 """
 
 from __future__ import annotations
@@ -87,6 +87,12 @@ def test_niivue_viewer_shows_the_real_case_and_scrolls_in_the_browser(server, br
     _settle(page)
     page.locator("input[type=file]").set_input_files(sorted(str(p) for p in REAL_CASE.glob("*.nii*")))
     page.get_by_text("In use: simple images", exact=False).first.wait_for(timeout=240_000)
+    # The page asked the browser: headless Chromium draws WebGL2 with SwiftShader, so the automatic choice
+    # is the simple images, and the renderer's name is on the page.
+    page.get_by_text(
+        "chosen automatically: this browser draws WebGL2 in software", exact=False
+    ).first.wait_for(timeout=60_000)
+    assert page.get_by_text("SwiftShader", exact=False).count() >= 1
     _settle(page)
     page.get_by_text("3-D WebGL (NiiVue)", exact=True).click()
     page.get_by_text("In use: 3-D WebGL viewer", exact=False).first.wait_for(timeout=120_000)
@@ -144,9 +150,13 @@ def test_a_browser_without_webgl_gets_the_simple_images(server, browser):
         _settle(page)
         _open_page(page, "Predict")
         page.get_by_text("In use: simple images", exact=False).first.wait_for(timeout=240_000)
+        page.get_by_text("chosen automatically: this browser has no WebGL2", exact=False).first.wait_for(
+            timeout=60_000
+        )
         page.locator(".stPlotlyChart").first.wait_for(timeout=60_000)
         _settle(page)
-        # The simple images are the default: they need no WebGL, and their labels are drawn from the start.
+        # The simple images are the automatic choice: they need no WebGL, and their labels are drawn from the
+        # start.
         for label in ("NCR", "ED", "ET"):
             assert page.get_by_role("checkbox", name=label).last.is_checked(), label
         assert page.locator(NIIVUE_FRAME).count() == 0
