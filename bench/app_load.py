@@ -389,7 +389,11 @@ class Session:
                 result.requests.append(await self.rerun("auto", fragment=fragment, auto=True))
 
 
-async def run_session(port: int, case_id: str, clicks: int, think_s: float, seed: int) -> SessionResult:
+async def run_session(
+    port: int, case_id: str, clicks: int, think_s: float, seed: int, stop: threading.Event | None = None
+) -> SessionResult:
+    """One session: open the Predict page, choose ``case_id``, click "next slice" ``clicks`` times (fewer if
+    ``stop`` is set meanwhile)."""
     import websockets
 
     result = SessionResult(case_id)
@@ -406,6 +410,8 @@ async def run_session(port: int, case_id: str, clicks: int, think_s: float, seed
                 pick = session.widget("predict_case", string_value=case_id)
                 result.requests.append(await session.rerun("select", [pick]))
                 for _ in range(clicks):
+                    if stop is not None and stop.is_set():
+                        break
                     await asyncio.sleep(think_s * rng.uniform(0.5, 1.5))
                     await session.answer_auto_reruns(result)
                     click = session.widget("view_next", trigger_value=True)

@@ -2,7 +2,8 @@
 
 Starts ``streamlit run app.py`` on a free loopback port with a fresh workspace (the shipped demo model),
 drives headless Chromium (Debian's /usr/bin/chromium; WebGL2 there is SwiftShader, i.e. drawn by the CPU),
-uploads the real case BraTS2021_00006 and waits for its whole-volume prediction. Then, in one run:
+uploads the real case BraTS2021_00006, times the upload to its first visible prediction (the visible
+slice, drawn before the whole volume) and to the whole volume's scores. Then, in one run:
 
 - **NiiVue**: the 3-D WebGL viewer in its axial layout with the prediction overlay; one slice step is a
   mouse-wheel event on its canvas, timed until the browser has presented the next two animation frames
@@ -11,7 +12,11 @@ uploads the real case BraTS2021_00006 and waits for its whole-volume prediction.
   caption shows the new slice, Streamlit has finished the fragment rerun and the browser has presented
   two frames (the server cuts and colours the slices and Plotly draws them).
 
-    python bench/viewer_latency.py [--steps 20] [--note TEXT] [--no-record] [--under-load]
+    python bench/viewer_latency.py [--steps 20] [--busy-sessions 7] [--note TEXT] [--no-record] [--under-load]
+
+``--busy-sessions N``: while both paths are timed, N more sessions (websocket clients of bench/app_load.py,
+one synthetic case each) scroll the simple images on the same server, so the browser's session is one of
+N + 1: the NiiVue figure shows what server load does to scrolling that needs no server.
 
 Prints median and 90th percentile per path and their ratio; appends a section to bench/RESULTS.md.
 Run it on a quiet machine (``uptime`` load below 0.5): other processes slow both paths unevenly.
@@ -27,8 +32,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,9 +70,9 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _start_app(home: Path) -> tuple[subprocess.Popen, str]:
+def _start_app(home: Path, extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
     port = _free_port()
-    env = dict(os.environ, MEDVISION_HOME=str(home), PYTHONPATH=str(ROOT))
+    env = {**os.environ, **(extra_env or {}), "MEDVISION_HOME": str(home), "PYTHONPATH": str(ROOT)}
     env.pop("MEDVISION_DATA_ROOTS", None)
     command = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true"]
     command += ["--server.port", str(port), "--browser.gatherUsageStats", "false"]
@@ -103,7 +110,13 @@ def _still_canvas(page) -> None:
     raise SystemExit("the viewer did not settle")
 
 
-def _open_case(page, url: str) -> None:
+@dataclass
+class UploadTimes:
+    first_prediction_s: float  # files handed to the uploader -> the visible slice's prediction drawn
+    whole_volume_s: float  # -> the whole volume's scores shown
+
+
+def _open_case(page, url: str) -> UploadTimes:
     page.goto(url, wait_until="domcontentloaded")
     page.get_by_text("Research demo — not for clinical use").first.wait_for(timeout=240_000)
     _settle(page)
@@ -111,16 +124,77 @@ def _open_case(page, url: str) -> None:
     _settle(page)
     page.get_by_text("Upload files").click()
     _settle(page)
+    # The run after "Upload files" stops before the viewer (nothing uploaded yet): no chart is on the page.
+    assert page.locator(".stPlotlyChart").count() == 0
+    start = time.perf_counter()
     page.locator("input[type=file]").set_input_files(sorted(str(p) for p in REAL_CASE.glob("*.nii*")))
-    # The simple images are the page's default; the 3-D viewer is one click away.
+    # First visible prediction: the prediction panel's figure has drawn its slice image.
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.stPlotlyChart')].some((c) => c.querySelector('image'))",
+        polling="raf",
+        timeout=240_000,
+    )
+    page.evaluate(TWO_FRAMES)
+    first = time.perf_counter() - start
+    page.get_by_text("Scores against the ground truth").wait_for(timeout=600_000)
+    whole = time.perf_counter() - start
+    # The simple images are the automatic choice here (SwiftShader); the 3-D viewer is one click away.
     page.get_by_text("In use: simple images", exact=False).first.wait_for(timeout=240_000)
     _settle(page)
     page.get_by_text("3-D WebGL (NiiVue)", exact=True).click()
     page.get_by_text("In use: 3-D WebGL viewer", exact=False).first.wait_for(timeout=240_000)
     page.get_by_label("Layout").click()
     page.get_by_role("option", name="Axial", exact=True).click()
-    page.get_by_text("Scores against the ground truth").wait_for(timeout=600_000)
     _settle(page)
+    return UploadTimes(first, whole)
+
+
+class BusySessions:
+    """``n`` websocket sessions scrolling the simple images on the server until stopped (app_load's)."""
+
+    def __init__(self, port: int, n: int) -> None:
+        self.port, self.n = port, n
+        self.stop_event = threading.Event()
+        self.results: list = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import asyncio
+
+        from app_load import run_session
+
+        async def together() -> list:
+            return await asyncio.gather(
+                *(
+                    run_session(self.port, f"Synth_{i:03d}", 100_000, 0.1, i, stop=self.stop_event)
+                    for i in range(self.n)
+                )
+            )
+
+        self.results = asyncio.run(together())
+
+    def __enter__(self) -> BusySessions:
+        if self.n:
+            self.thread.start()
+            time.sleep(10)  # let every session open the page and start its volume
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.stop_event.set()
+        if self.n:
+            self.thread.join(300)
+
+    def summary(self) -> str:
+        clicks = [r.seconds for s in self.results for r in s.requests if r.kind == "next"]
+        failed = sum(1 for s in self.results if s.error)
+        if not clicks:
+            return f"{self.n} busy sessions: no slice step finished ({failed} failed)"
+        return (
+            f"{self.n} busy sessions (synthetic cases, simple images, 'next slice' every 0.05-0.15 s): "
+            f"{len(clicks)} server-drawn slice steps meanwhile, "
+            f"median {statistics.median(clicks) * 1000:.0f} ms; "
+            f"failed sessions: {failed}"
+        )
 
 
 def time_niivue(page, steps: int) -> list[float]:
@@ -175,6 +249,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--steps", type=int, default=20, help="slice steps timed per path")
+    parser.add_argument(
+        "--busy-sessions", type=int, default=0, help="more sessions scrolling on the same server meanwhile"
+    )
     parser.add_argument("--note", default="", help="a line for RESULTS.md (e.g. how quiet the machine was)")
     parser.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
     parser.add_argument(
@@ -192,14 +269,22 @@ def main() -> None:
 
     calibration, load_before = machine_calibration(), os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="viewer_latency_") as tmp:
-        process, url = _start_app(Path(tmp))
+        extra_env = {}
+        if args.busy_sessions:
+            from app_load import prepare_workspace
+
+            # The busy sessions' cohort, made before the server starts (as bench/app_load.py does).
+            extra_env, _model = prepare_workspace(Path(tmp), max(args.busy_sessions, 2), (96, 128, 128))
+        process, url = _start_app(Path(tmp), extra_env)
         try:
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
                 page = browser.new_page(viewport={"width": 1500, "height": 1100})
-                _open_case(page, url)
-                niivue = time_niivue(page, args.steps)
-                slider = time_slider(page, args.steps)
+                upload = _open_case(page, url)
+                port = int(url.rsplit(":", 1)[1])
+                with BusySessions(port, args.busy_sessions) as busy:
+                    niivue = time_niivue(page, args.steps)
+                    slider = time_slider(page, args.steps)
                 browser.close()
         finally:
             process.terminate()
@@ -208,13 +293,21 @@ def main() -> None:
     report(f"- CPU: {cpu_kind()}; browser: headless Chromium, WebGL2 by SwiftShader (no GPU)")
     report(
         f"- what: one axial slice step on BraTS2021_00006 (240x240x155; NiiVue is sent the scan's box) with "
-        f"its prediction, {args.steps} steps per path"
+        f"its prediction, {args.steps} steps per path; sessions on the server while timing: "
+        f"{1 + args.busy_sessions}"
+    )
+    report(
+        f"- upload of the case's 4 files to the first visible prediction (the visible slice): "
+        f"{upload.first_prediction_s:.1f} s; to the whole volume's scores: {upload.whole_volume_s:.1f} s "
+        "(before the busy sessions started)"
     )
     n_med, n_p90 = _summary(niivue)
     s_med, s_p90 = _summary(slider)
     report(f"- NiiVue (wheel, drawn in the browser): median {n_med:.1f} ms, p90 {n_p90:.1f} ms")
     report(f"- Streamlit slider (rerun, Plotly redraw): median {s_med:.1f} ms, p90 {s_p90:.1f} ms")
     report(f"- ratio: the NiiVue slice change repaints {s_med / n_med:.1f}x sooner (medians)")
+    if args.busy_sessions:
+        report(f"- {busy.summary()}")
     if args.under_load:
         report("- under load: other work shared the cores during this run; not quiet-machine figures")
     if args.note:

@@ -222,7 +222,9 @@ if st.session_state.get("predict_active") != active:
     for stale in ("predict_mc_job", "predict_derived"):
         st.session_state.pop(stale, None)
     st.session_state["predict_active"] = active
-    st.session_state["predict_job"] = VolumeJob(predictor, case, still_wanted=current_session_alive()).start()
+    # Started once the visible slice is drawn (below): on 2 cores the whole volume would otherwise take
+    # the CPU from the first view, and it reuses the normalised case that the visible slice prepared.
+    st.session_state["predict_job"] = VolumeJob(predictor, case, still_wanted=current_session_alive())
     st.session_state["predict_derived"] = {}
     # Open every view through the tumour's centre (or the volume's), along the axis the affine gives it.
     centre = [s // 2 for s in case.shape]
@@ -233,7 +235,7 @@ if st.session_state.get("predict_active") != active:
 derived: dict = st.session_state["predict_derived"]
 job: VolumeJob = st.session_state["predict_job"]
 if job.state == "cancelled":  # its session went away (a closed tab) and has come back: predict again
-    job = VolumeJob(predictor, case, still_wanted=current_session_alive()).start()
+    job = VolumeJob(predictor, case, still_wanted=current_session_alive())
     st.session_state["predict_job"] = job
 if "windows" not in derived:
     derived["windows"] = viewer.auto_windows(case)
@@ -258,10 +260,18 @@ if dicom_study is not None:
         convention=st.session_state.get("view_convention", render.CONVENTIONS[0]),
     )
 
+
+def _start_volume_job() -> None:
+    """Start the whole-volume job if it is still waiting (it waits for the visible slice to be drawn)."""
+    if job.state == "pending":
+        job.start()
+
+
 if not job.finished:
 
     @st.fragment(run_every=1)
     def _volume_progress() -> None:
+        _start_volume_job()  # where a run stopped before the viewer
         if job.finished:
             st.rerun()
         st.progress(
@@ -670,6 +680,7 @@ o4.selectbox(
     "sagittal) are at the top in both; sagittal views have anterior on the left.",
 )
 _viewer()
+_start_volume_job()
 
 # ------------------------------------------------------------------------------------- uncertainty
 if st.session_state.get("view_uncertainty"):

@@ -59,7 +59,7 @@ def test_subset_table_pools_folds_and_flags_drops(tmp_path: Path):
     assert len(pooled["flair"]) == 4
     table = subset_table(pooled)
     assert "| flair | 4 | 0.800 | 0.500 | 0.500 | 4.0 | 4.0 | 373.1 |" in table
-    assert worst_additions(pooled) == ["flair -> +t1: WT Dice +0.100 lower"]
+    assert worst_additions(pooled) == ["flair -> +t1: WT Dice 0.100 lower"]
 
 
 def test_cross_validation_is_recorded_and_shown_for_the_given_subset(tmp_path: Path):

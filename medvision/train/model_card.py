@@ -87,7 +87,7 @@ def worst_additions(pooled: dict[str, list[dict[str, Any]]], tolerance: float = 
             for region in REGIONS:
                 drop = means[small][region]["dice"] - means[bigger][region]["dice"]
                 if drop > tolerance:
-                    found.append(f"{small} -> +{modality}: {region} Dice {drop:+.3f} lower")
+                    found.append(f"{small} -> +{modality}: {region} Dice {drop:.3f} lower")
     return found
 
 
