@@ -182,6 +182,31 @@ def test_mc_dropout_uncertainty_is_seeded(predictor: Predictor, case: Case) -> N
     assert not any(m.training for m in predictor.model.modules())
 
 
+def test_mc_passes_stacked_in_one_forward_match_one_pass_per_forward(
+    predictor: Predictor, case: Case, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medvision.inference import forward
+
+    # One pass per forward (two seeds: how far two 8-pass estimates lie apart), then all 8 passes of a
+    # batch stacked into one forward.
+    monkeypatch.setattr(forward, "MC_SLICES_PER_FORWARD", 1)
+    apart = predictor.predict_volume(case, mc_samples=8, seed=3)
+    apart_again = predictor.predict_volume(case, mc_samples=8, seed=4)
+    predictor.clear_cache()
+    monkeypatch.setattr(forward, "MC_SLICES_PER_FORWARD", 10_000)
+    stacked = predictor.predict_volume(case, mc_samples=8, seed=3)
+    # Every stacked copy of a slice drew its own dropout masks (a shared mask would give no spread), and
+    # the stacked estimate is as close to the one-pass-per-forward one as two seeds of that are.
+    brain = case.image.any(axis=0)
+
+    def distance(a, b) -> float:
+        return float(np.abs(a.probabilities - b.probabilities)[:, brain].mean())
+
+    assert stacked.uncertainty.max() > 0.0
+    assert not np.array_equal(stacked.uncertainty, apart.uncertainty)
+    assert distance(stacked, apart) < 1.5 * distance(apart_again, apart) + 1e-3
+
+
 def test_results_are_cached_by_content_and_options(predictor: Predictor, case: Case) -> None:
     first = predictor.predict_volume(case)
     copy = Case(case.case_id + "_copy", case.image.copy(), case.affine.copy(), case.spacing)

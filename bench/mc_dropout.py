@@ -1,0 +1,87 @@
+"""Benchmark: MC-dropout uncertainty of the shipped default model on the real case, passes stacked into one
+forward (the default) vs one forward per pass.
+
+    python bench/mc_dropout.py [--samples 6] [--rounds 2] [--note TEXT] [--no-record] [--under-load]
+
+``Predictor.predict_volume(case, mc_samples=N)`` on BraTS2021_00006 (240x240x155): N dropout passes over
+every brain slice, on PyTorch (the ONNX export has dropout folded away). "stacked" sends up to
+``forward.MC_SLICES_PER_FORWARD`` slices (several passes of one batch) through the network at once;
+"one per pass" sets that bound to 1, as the engine did before. Rounds alternate the two ways so that
+background load hits both alike; medians and their ratio are printed and appended to bench/RESULTS.md
+with the CPU model. Run it on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+REAL_CASE = ROOT.parent / "shared" / "data" / "brats2021_00006"
+CHECKPOINT = ROOT / "checkpoints" / "default.safetensors"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--samples", type=int, default=6, help="MC passes (the Predict page's default: 6)")
+    parser.add_argument("--rounds", type=int, default=2, help="timed volumes per way")
+    parser.add_argument("--note", default="", help="a line for RESULTS.md (e.g. how quiet the machine was)")
+    parser.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
+    parser.add_argument("--under-load", action="store_true", help="say that other work shared the cores")
+    args = parser.parse_args()
+    if not REAL_CASE.is_dir():
+        raise SystemExit("needs ../shared/data/brats2021_00006")
+    from bench_report import Reporter, append_results, machine_calibration, report_machine
+
+    from medvision.data.readers import load_case
+    from medvision.inference import Predictor, forward
+    from medvision.precision import cpu_kind
+
+    calibration, load_before = machine_calibration(), os.getloadavg()
+    case = load_case(REAL_CASE)
+    predictor = Predictor(CHECKPOINT, device="cpu")
+    stacked_bound = forward.MC_SLICES_PER_FORWARD
+    ways = {"stacked": stacked_bound, "one per pass": 1}
+    times: dict[str, list[float]] = {name: [] for name in ways}
+    predictor.predict_volume(case, mc_samples=2, seed=0)  # warm-up: threads, allocator, prepared case
+    for _ in range(args.rounds):
+        for name, bound in ways.items():
+            forward.MC_SLICES_PER_FORWARD = bound
+            predictor.clear_cache()
+            start = time.perf_counter()
+            predictor.predict_volume(case, mc_samples=args.samples, seed=0)
+            times[name].append(time.perf_counter() - start)
+    forward.MC_SLICES_PER_FORWARD = stacked_bound
+
+    report = Reporter()
+    report(f"- CPU: {cpu_kind()}; predictor: {predictor.describe()}")
+    report(
+        f"- what: MC dropout, {args.samples} passes over BraTS2021_00006 (240x240x155, its brain crop), "
+        f"{args.rounds} rounds per way, alternating"
+    )
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    for name, t in times.items():
+        bound = ways[name]
+        shown = ", ".join(f"{x:.1f}" for x in t)
+        report(f"- {name} (at most {bound} slices per forward): median {medians[name]:.1f} s ({shown})")
+    report(f"- ratio: stacked passes take {medians['one per pass'] / medians['stacked']:.2f}x less time")
+    if args.under_load:
+        report("- under load: other work shared the cores during this run; not quiet-machine figures")
+    if args.note:
+        report(f"- note: {args.note}")
+    report_machine(calibration, load_before, report)
+    if not args.no_record:
+        heading = "mc_dropout (bench/mc_dropout.py)" + (", under load" if args.under_load else "")
+        append_results(heading, report.lines)
+
+
+if __name__ == "__main__":
+    main()
