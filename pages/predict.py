@@ -26,7 +26,7 @@ from medvision.app_support.kept_state import came_from_another_page, keep_widget
 from medvision.app_support.plain_text import plain
 from medvision.app_support.session_life import current_session_alive
 from medvision.app_support.uploads import case_from_uploads, streamed_upload
-from medvision.data.case import MODALITIES
+from medvision.data.case import MODALITIES, Case
 from medvision.errors import MedVisionError
 from medvision.inference import Predictor
 from medvision.volume_job import VolumeJob
@@ -64,6 +64,7 @@ NV_PREDICTION, NV_TRUTH, NV_ERRORS, NV_UNCERTAINTY, NV_NONE = (
     "None",
 )
 INPUT_UPLOAD = "Upload files"
+NV_GRID_NATIVE, NV_GRID_MODEL = "Reference series (as acquired)", "Model grid"
 LABEL_TOGGLES = {
     1: ("view_show_ncr", "NCR", "necrotic / non-enhancing core, drawn red"),
     2: ("view_show_ed", "ED", "peritumoral edema, drawn yellow"),
@@ -88,6 +89,7 @@ KEPT_WIDGETS = (
     "view_renderer",
     "view_nv_layer",
     "view_nv_layout",
+    "view_nv_grid",
     *(key for key, _, _ in LABEL_TOGGLES.values()),
     *(f"view_slice_{view}" for view in render.VIEWS),
 )
@@ -317,7 +319,14 @@ class _Shown:
 
 
 # Widgets only one of the two viewers draws; the other keeps their values (undrawn widget state is dropped).
-ONE_VIEWER_WIDGETS = ("view_plane", "view_level", "view_width", "view_nv_layer", "view_nv_layout")
+ONE_VIEWER_WIDGETS = (
+    "view_plane",
+    "view_level",
+    "view_width",
+    "view_nv_layer",
+    "view_nv_layout",
+    "view_nv_grid",
+)
 
 
 def _keep_slice_state() -> None:
@@ -545,6 +554,7 @@ def _nv_caption(
     overlay: browser_volumes.Overlay | None,
     box: browser_volumes.Box,
     frame: render.DisplayFrame,
+    shown_case: Case,
 ) -> str:
     """What was sent, what happens in the browser, the overlay's colours and the geometry."""
     text = (
@@ -553,7 +563,7 @@ def _nv_caption(
         f"a new modality or overlay is sent again. {_nv_layer_caption(layer, overlay)}"
         f"{frame.convention.capitalize()} convention, orientation from the affine ({frame.axis_codes()})."
     )
-    if box != browser_volumes.full_box(case):
+    if box != browser_volumes.full_box(shown_case):
         size = "×".join(str(n) for n in box.shape)
         text += (
             f" This browser {_webgl_words()}, so it gets the scan's box only ({size} voxels, same world "
@@ -564,11 +574,38 @@ def _nv_caption(
     return text
 
 
+def _nv_native_grid() -> bool:
+    """For a DICOM study: show it on its reference series' own grid (the default) or on the model grid."""
+    if dicom_study is None:
+        return False
+    grid = st.radio("Grid", (NV_GRID_NATIVE, NV_GRID_MODEL), key="view_nv_grid", horizontal=True)
+    return grid == NV_GRID_NATIVE
+
+
+def _nv_native_overlay(
+    layer: str, labels: list[int], box: browser_volumes.Box
+) -> browser_volumes.Overlay | None:
+    """The prediction brought back onto the reference series' grid, as the downloads write it."""
+    if layer != NV_PREDICTION or result is None or dicom_study is None:
+        return None
+    native = dicom_study.native
+    label = _derived(("native_label",), lambda: native(result.label))
+    return _derived(
+        ("nv_native_overlay", tuple(labels), box),
+        lambda: browser_volumes.label_overlay(
+            label, native.case.affine, box, labels_shown=labels, name="prediction.nii.gz"
+        ),
+    )
+
+
 def _niivue_viewer() -> None:
     """The scan and one overlay, sent once; slices, planes, zoom and window/level change in the browser."""
+    native = _nv_native_grid()
+    shown_case = dicom_study.native.case if native else case
     c1, c2, c3, c4 = st.columns([2, 3, 2, 4])
     modality = c1.selectbox("Modality", MODALITIES, key="view_modality", format_func=str.upper)
-    layers = _nv_layers()
+    # On the reference grid only the prediction exists (truth, errors and uncertainty are model-grid maps).
+    layers = [NV_PREDICTION, NV_NONE] if native else _nv_layers()
     if st.session_state.get("view_nv_layer") not in layers:
         st.session_state["view_nv_layer"] = layers[0]
     layer = c2.radio("Overlay", layers, key="view_nv_layer", horizontal=True)
@@ -580,13 +617,16 @@ def _niivue_viewer() -> None:
     # numbers.
     support = st.session_state.get(webgl_probe.SUPPORT_KEY)
     small = webgl_probe.needs_small_volumes(support)
-    box = browser_volumes.scan_box(case) if small else browser_volumes.full_box(case)
-    window = windows[modality]
-    scan = _derived(
-        ("nv_scan", modality, box),
-        lambda: browser_volumes.scan_nifti(case, modality, (window.low, window.high), box),
+    box = browser_volumes.scan_box(shown_case) if small else browser_volumes.full_box(shown_case)
+    shown_windows = (
+        _derived(("native_windows",), lambda: viewer.auto_windows(shown_case)) if native else windows
     )
-    overlay = _nv_overlay(layer, labels, box)
+    window = shown_windows[modality]
+    scan = _derived(
+        ("nv_scan", native, modality, box),
+        lambda: browser_volumes.scan_nifti(shown_case, modality, (window.low, window.high), box),
+    )
+    overlay = _nv_native_overlay(layer, labels, box) if native else _nv_overlay(layer, labels, box)
     frame = _frame()
     niivue_viewer(
         **browser_volumes.niivue_arguments(
@@ -595,7 +635,14 @@ def _niivue_viewer() -> None:
         key="view_niivue",
     )
     report = browser_volumes.transfer_report(scan, [(layer.lower(), overlay.data)] if overlay else [])
-    st.caption(_nv_caption(report, layer, overlay, box, frame))
+    st.caption(_nv_caption(report, layer, overlay, box, frame, shown_case))
+    if native:
+        shape = "×".join(str(n) for n in shown_case.shape)
+        spacing = " × ".join(f"{x:.2f}" for x in shown_case.spacing)
+        st.caption(
+            f"On the reference series' own grid ({shape} voxels, {spacing} mm), as acquired and as the "
+            "downloads are written; the model ran on its slices resampled to about 1 mm in-plane."
+        )
     if st.session_state.get("view_attention"):
         st.caption("The attention-gate map is drawn in the simple images view.")
     _dice_strip("axial", int(st.session_state.get("view_slice_axial", 0)))

@@ -437,3 +437,14 @@ def test_upload_a_dicom_study_and_change_its_mapping(app, tmp_path):
     _wait_for_volume(app, 180)
     keys = {b.key for b in app.get("download_button")}
     assert {"predict_download_dicom_nifti", "predict_download_dicom_seg"} <= keys
+    # The 3-D viewer shows the study on its reference series' own grid by default, the prediction with it.
+    app.radio(key="view_renderer").set_value("3-D WebGL (NiiVue)").run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert app.radio(key="view_nv_grid").value == "Reference series (as acquired)"
+    assert app.radio(key="view_nv_layer").options == ["Prediction", "None"]
+    captions = " ".join(_values(app.caption))
+    assert "On the reference series' own grid (22×288×288 voxels" in captions
+    assert "Sent to the browser:" in captions and "prediction" in captions
+    app.radio(key="view_nv_grid").set_value("Model grid").run()
+    assert not app.exception
+    assert "On the reference series' own grid" not in " ".join(_values(app.caption))
