@@ -4,6 +4,7 @@ the file, non-zero exit, no traceback, no output left behind)."""
 from __future__ import annotations
 
 import gzip
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -239,6 +240,43 @@ def test_batch_folder_output_is_resumable_and_goes_past_a_broken_case(
     assert code == 0, err
     assert stdout.count("exists, skipped") == 2 and "batch: 1 predicted, 2 skipped" in stdout
     assert (out / "Broken_001.nii.gz").exists()
+
+
+def test_batch_shards_split_the_items_between_ranks() -> None:
+    from medvision.commands.predict_batch import BatchShardError, Shard, shard_from_env
+
+    items = [Path(f"case_{i}") for i in range(5)]
+    shares = [Shard(rank, 2).take(items) for rank in range(2)]
+    assert [n for n, _ in shares[0]] == [1, 3, 5] and [n for n, _ in shares[1]] == [2, 4]
+    assert sorted(item for share in shares for _, item in share) == items  # each item once
+    assert Shard().take(items) == list(enumerate(items, start=1)) and Shard().prefix == ""
+    assert shard_from_env({}) == Shard()
+    env = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
+    assert shard_from_env(env) == Shard(3, 4, 1, 2)
+    for bad in ({"RANK": "4", "WORLD_SIZE": "4"}, {"RANK": "x", "WORLD_SIZE": "2"}):
+        with pytest.raises(BatchShardError):
+            shard_from_env(bad)
+
+
+def test_batch_under_torchrun_spreads_the_cases_over_two_processes(tmp_path: Path, checkpoint: Path) -> None:
+    import shutil
+
+    root = tmp_path / "cases"
+    first = write_case_folder(root)
+    for name in ("Synth_043", "Synth_044"):
+        shutil.copytree(first, root / name)
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    command += ["-m", "medvision", "predict", str(root), "-o", f"{out}/", "--checkpoint", str(checkpoint)]
+    command += ["--device", "cpu"]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == [f"Synth_04{i}.nii.gz" for i in (2, 3, 4)]
+    # Rank 0 took cases 1 and 3, rank 1 case 2; each said so.
+    assert "[rank 0/2] [1/3] Synth_042" in proc.stdout and "[rank 0/2] [3/3] Synth_044" in proc.stdout
+    assert "[rank 1/2] [2/3] Synth_043" in proc.stdout
+    assert "[rank 0/2] batch: 2 predicted" in proc.stdout and "[rank 1/2] batch: 1 predicted" in proc.stdout
 
 
 def test_batch_refuses_single_file_options(tmp_path: Path, checkpoint: Path, capsys) -> None:

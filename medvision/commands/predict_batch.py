@@ -6,6 +6,12 @@ the same study), is one item. Outputs are ``OUTPUT_FOLDER/<item name>.nii.gz``, 
 a run stopped half way is resumed by running it again: items whose output exists are skipped. A broken
 item is reported in one line and the run goes on; the failures are listed at the end and the exit status
 is 1 when there were any. One model is loaded for the whole batch.
+
+Many GPUs or machines: start the same command with torchrun (``torchrun --nproc_per_node=N -m medvision
+predict FOLDER -o OUT/``, or with ``--nnodes``/``--rdzv-endpoint`` over machines sharing OUT). Rank r of
+W takes items r, r + W, r + 2W, ... of the name-ordered list, on GPU LOCAL_RANK where there are GPUs
+(on a CPU each process gets its share of the cores); no process waits for another, since the outputs
+are separate files written atomically. Each rank prints its own lines and summary, prefixed by its rank.
 """
 
 from __future__ import annotations
@@ -14,7 +20,8 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +29,7 @@ from medvision.confinement import Confinement
 from medvision.data.case import MODALITIES
 from medvision.errors import InputDataError, MedVisionError
 
-__all__ = ["batch_items", "is_batch", "run_batch"]
+__all__ = ["Shard", "batch_items", "is_batch", "run_batch", "shard_from_env"]
 
 # Options that name one file (or one series) and so make no sense for many cases at once.
 _SINGLE_CASE_OPTIONS = ("dicom_seg", "probabilities", "uncertainty", "report", *MODALITIES)
@@ -100,39 +107,95 @@ def _check_batch_args(args: argparse.Namespace) -> None:
         raise InputDataError(args.output, "a folder output needs INPUT, a folder of cases or studies")
 
 
+class BatchShardError(MedVisionError):
+    """torchrun's environment does not describe a valid share of the batch."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's part of a batch: rank ``rank`` of ``world`` (0 of 1 without torchrun)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    local_world: int = 1
+
+    @property
+    def prefix(self) -> str:
+        return f"[rank {self.rank}/{self.world}] " if self.world > 1 else ""
+
+    def take(self, items: list[Path]) -> list[tuple[int, Path]]:
+        """(number in the whole batch, item) of this rank's items: every ``world``-th from ``rank``."""
+        return [(n, item) for n, item in enumerate(items, start=1) if (n - 1) % self.world == self.rank]
+
+
+def shard_from_env(env: Mapping[str, str] = os.environ) -> Shard:
+    """The shard torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE) describe."""
+    try:
+        world = int(env.get("WORLD_SIZE", "1"))
+        rank = int(env.get("RANK", "0"))
+        local_rank = int(env.get("LOCAL_RANK", str(rank)))
+        local_world = int(env.get("LOCAL_WORLD_SIZE", str(world)))
+    except ValueError as exc:
+        raise BatchShardError(f"torchrun's RANK/WORLD_SIZE/LOCAL_RANK are not integers: {exc}") from exc
+    if world < 1 or not 0 <= rank < world or not 0 <= local_rank < max(local_world, 1):
+        raise BatchShardError(f"rank {rank} of world size {world} (local {local_rank}) is not a valid shard")
+    return Shard(rank, world, local_rank, max(local_world, 1))
+
+
+def _place_on_device(args: argparse.Namespace, shard: Shard) -> argparse.Namespace:
+    """One GPU per local rank where there are GPUs; else a share of the CPU cores per process."""
+    if shard.world == 1:
+        return args
+    import torch
+
+    if args.device != "cpu" and torch.cuda.is_available():
+        torch.cuda.set_device(shard.local_rank % torch.cuda.device_count())
+        return args
+    if args.threads:
+        return args
+    share = max(1, (os.cpu_count() or 1) // shard.local_world)
+    return argparse.Namespace(**{**vars(args), "threads": share})
+
+
 def run_batch(
     args: argparse.Namespace,
     predict_case: Callable[[argparse.Namespace, Any], None],
     build_predictor: Callable[[argparse.Namespace], Any],
+    shard: Shard | None = None,
 ) -> int:
-    """Predict every item of ``args.input`` into the folder ``args.output``; 1 when any item failed."""
+    """Predict every item of ``args.input`` (this rank's share under torchrun) into the folder
+    ``args.output``; 1 when any item failed."""
     _check_batch_args(args)
+    shard = shard or shard_from_env()
     out_dir = Path(args.output)
     items = batch_items(Path(args.input))
     out_dir.mkdir(parents=True, exist_ok=True)
+    args = _place_on_device(args, shard)
     predictor = build_predictor(args)
     failures: list[str] = []
     done = skipped = 0
     start = time.perf_counter()
-    for number, item in enumerate(items, start=1):
+    tag = shard.prefix
+    for number, item in shard.take(items):
         output = out_dir / _output_name(item)
         if output.exists():
-            print(f"[{number}/{len(items)}] {item.name}: {output} exists, skipped")
+            print(f"{tag}[{number}/{len(items)}] {item.name}: {output} exists, skipped")
             skipped += 1
             continue
-        print(f"[{number}/{len(items)}] {item.name}")
+        print(f"{tag}[{number}/{len(items)}] {item.name}")
         one = argparse.Namespace(**{**vars(args), "input": item, "output": output})
         try:
             predict_case(one, predictor)
             done += 1
         except MedVisionError as exc:  # one broken case must not stop the others
             message = " ".join(str(exc).split())
-            print(f"  failed: {message}", file=sys.stderr)
+            print(f"{tag}  failed: {message}", file=sys.stderr)
             failures.append(f"{item.name}: {message}")
     print(
-        f"batch: {done} predicted, {skipped} skipped (already done), {len(failures)} failed, "
+        f"{tag}batch: {done} predicted, {skipped} skipped (already done), {len(failures)} failed, "
         f"{time.perf_counter() - start:.1f} s"
     )
     for line in failures:
-        print(f"failed: {line}", file=sys.stderr)
+        print(f"{tag}failed: {line}", file=sys.stderr)
     return 1 if failures else 0
