@@ -151,6 +151,29 @@ def test_broken_stacks_are_refused_naming_the_series(tmp_path: Path, brats_slab,
     assert "series 7 't2_flair_tra'" in str(caught.value)
 
 
+def test_a_study_over_the_voxel_budget_is_refused_before_decoding(
+    tmp_path: Path, brats_slab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medvision.dicom import study as study_module
+
+    flair, _, affine = brats_slab
+    write_series(tmp_path / "study", flair, affine, description="t2_flair_tra", series_number=7)
+    voxels = flair.size
+    decoded: list[str] = []
+    real_read = study_module.read_series_volume
+    monkeypatch.setattr(
+        study_module, "read_series_volume", lambda s, **kw: decoded.append(s.label) or real_read(s, **kw)
+    )
+    with pytest.raises(InputDataError, match="more than the limit") as caught:
+        read_study(tmp_path / "study", max_voxels=voxels - 1)
+    assert f"series 7 't2_flair_tra' {voxels:,}" in str(caught.value) and str(tmp_path / "study") in str(
+        caught.value
+    )
+    assert decoded == []  # refused from the headers alone
+    assert read_study(tmp_path / "study", max_voxels=voxels).case.available == ("flair",)
+    assert decoded == ["series 7 't2_flair_tra'"]
+
+
 def test_two_patients_in_one_upload_are_refused_without_naming_them(tmp_path: Path, brats_slab) -> None:
     flair, _, affine = brats_slab
     write_series(tmp_path / "study" / "a", flair, affine, patient_id="PATIENT-AAA")

@@ -186,6 +186,38 @@ def _is_mask(data: np.ndarray) -> bool:
     return np.unique(data[::4, ::4, :]).size <= 2 and np.unique(data).size <= 2
 
 
+# Decoded voxels of the series chosen for one study, all modalities together, checked from the headers
+# before any pixel is decoded. Four 512 x 512 x 256 series (a high-resolution 3-D protocol) are 268 M
+# voxels, about 1.1 GB as float32; a clinical 2-D study such as BRAINIX is under 15 M.
+DEFAULT_STUDY_VOXEL_BUDGET: int = 4 * 512 * 512 * 256
+
+
+def series_voxels(series: Series) -> int:
+    """Voxels the series decodes to, from its first header: rows x columns x frames x files."""
+    header = series.header
+    frames = int(getattr(header, "NumberOfFrames", 1) or 1)
+    return (
+        int(getattr(header, "Rows", 0) or 0)
+        * int(getattr(header, "Columns", 0) or 0)
+        * frames
+        * len(series.files)
+    )
+
+
+def _check_study_voxels(chosen: dict[str, Series], budget: int, where: str) -> None:
+    if budget <= 0:
+        raise ValueError(f"the voxel budget must be positive, got {budget}")
+    total = sum(series_voxels(s) for s in chosen.values())
+    if total > budget:
+        sizes = ", ".join(f"{s.label} {series_voxels(s):,}" for s in chosen.values())
+        raise InputDataError(
+            where,
+            f"the series chosen would decode to {total:,} voxels ({sizes}), more than the limit of "
+            f"{budget:,} voxels per study ({budget * 4 / 1e9:.1f} GB as float32); leave a series out "
+            "(--flair/--t1/--t1ce/--t2 none, or the mapping on the Predict page)",
+        )
+
+
 def _read_chosen(
     chosen: dict[str, Series], within: Confinement, where: str, notes: list[str]
 ) -> dict[str, InputVolume]:
@@ -206,7 +238,13 @@ def _read_chosen(
 
 
 def _read_folder(
-    root: Path, where: str, within: Confinement, overrides: Overrides, reference: str | None, register: bool
+    root: Path,
+    where: str,
+    within: Confinement,
+    overrides: Overrides,
+    reference: str | None,
+    register: bool,
+    max_voxels: int,
 ) -> NativeStudy:
     start = time.perf_counter()
     scan = scan_study(root, within=within)
@@ -220,6 +258,7 @@ def _read_folder(
     for modality, series in chosen.items():
         if series.problem is not None:
             raise InputDataError(f"{where} ({series.label}, chosen as {modality})", series.problem)
+    _check_study_voxels(chosen, max_voxels, where)
     volumes = _read_chosen(chosen, within, where, notes)
     ref = choose_reference(list(volumes), reference if reference in volumes else None)
     grid_notes: list[GridNote] = []
@@ -307,10 +346,12 @@ def read_study(
     register: bool = False,
     roots: tuple[str | Path, ...] | None = None,
     scratch_dir: Path | None = None,
+    max_voxels: int = DEFAULT_STUDY_VOXEL_BUDGET,
 ) -> NativeStudy:
     """A DICOM study folder or .zip on its reference series' grid (FLAIR, else T1ce, else the first given
     unless ``reference`` names one). ``roots``: the folders that may be read (default: around ``path``);
-    a zip is extracted under ``scratch_dir`` (default: the system's temporary folder)."""
+    a zip is extracted under ``scratch_dir`` (default: the system's temporary folder); the series chosen
+    may decode to at most ``max_voxels`` voxels together (checked from their headers)."""
     path = Path(path)
     within = Confinement.around(path) if roots is None else Confinement.of(roots)
     within.check(path)
@@ -323,7 +364,7 @@ def read_study(
         where = str(path)
         inner = within if root == path else Confinement.of([root])
         try:
-            study = _read_folder(root, where, inner, overrides or {}, reference, register)
+            study = _read_folder(root, where, inner, overrides or {}, reference, register, max_voxels)
         except InputDataError as exc:
             if root == path:
                 raise
@@ -342,6 +383,7 @@ def load_study(
     register: bool = False,
     roots: tuple[str | Path, ...] | None = None,
     scratch_dir: Path | None = None,
+    max_voxels: int = DEFAULT_STUDY_VOXEL_BUDGET,
 ) -> tuple[Case, StudyReport, NativeGrid]:
     """A DICOM study ready for the model: (case on the model grid, report, way back to the reference grid).
 
@@ -349,7 +391,7 @@ def load_study(
     reference grid; ``native.case`` is the case on that grid (export writes against it) and
     ``native.reference_datasets`` the reference series' headers (``seg_export.write_dicom_seg``).
     """
-    options = {"register": register, "roots": roots, "scratch_dir": scratch_dir}
+    options = {"register": register, "roots": roots, "scratch_dir": scratch_dir, "max_voxels": max_voxels}
     study = read_study(path, overrides=overrides, reference=reference, **options)  # type: ignore[arg-type]
     grid_notes: list[GridNote] = []
     model_case, back = to_model_grid(study.case, spacing_mm=model_spacing_mm, notes=grid_notes)
