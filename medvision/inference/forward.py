@@ -38,9 +38,10 @@ ProgressFn = Callable[[float], None]
 # Called with (crop slice indices (B,), logits (B, R, H', W') on the device) of every plain batch: the
 # trainer's validation loss needs the raw logits of the very pass that is scored.
 LogitsHook = Callable[[np.ndarray, torch.Tensor], None]
-# Slices per network forward when MC-dropout passes are stacked into one batch (memory bound: 48 slices of
-# a BraTS brain crop at base 16 hold a few hundred MB of activations).
-MC_SLICES_PER_FORWARD = 48
+# Slices per network forward when MC-dropout passes may be stacked into one batch. 1: one pass per forward.
+# Stacking 6 passes (48 slices per forward) took 1.12x longer on a quiet AVX2 EPYC (bench/mc_dropout.py,
+# bench/RESULTS.md), so it is off; a GPU may differ (not measured).
+MC_SLICES_PER_FORWARD = 1
 
 
 @dataclass(frozen=True)
@@ -227,9 +228,9 @@ class SegmentationEngine:
     def _mc_passes(self, batch: np.ndarray, tta: bool, mc_samples: int) -> np.ndarray:
         """(N, B, R, h, w) probabilities of ``mc_samples`` dropout passes over one batch.
 
-        Several passes go through the network as one larger batch (each copy of a slice draws its own
-        dropout masks): on CPU one forward of 6 x 8 slices took 1.8x less time than 6 forwards of 8
-        (bench/mc_dropout.py). At most MC_SLICES_PER_FORWARD slices per forward bound the memory.
+        With MC_SLICES_PER_FORWARD above the batch size, several passes go through the network as one
+        larger batch (each copy of a slice draws its own dropout masks); see that constant for why the
+        default is one pass per forward.
         """
         per_forward = max(1, MC_SLICES_PER_FORWARD // len(batch))
         samples = []
