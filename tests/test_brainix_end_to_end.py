@@ -143,7 +143,12 @@ def test_wt_dice_against_the_roi(
     dice = _wt_dice(label_file)
     with capsys.disabled():
         print(f"\nBRAINIX WT Dice vs ROI with {model}: {dice:.3f}")
-    assert 0.0 <= dice <= 1.0
+    if DEFAULT_CHECKPOINT.exists():
+        # The shipped model finds the tumour (0.638 when last trained; aim 0.75): a floor well below that
+        # catches a model, pipeline or geometry change that loses it, not a retraining's small drift.
+        assert dice >= 0.5, dice
+    else:
+        assert 0.0 <= dice <= 1.0
 
 
 def test_roi_lies_inside_the_brain_mask_of_the_run(tiny_run: tuple[Path, str]) -> None:
