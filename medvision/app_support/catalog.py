@@ -169,7 +169,7 @@ def model_choices(settings: AppSettings) -> list[ModelChoice]:
     from medvision.train.rundir import checkpoint_path, list_runs
 
     choices: list[ModelChoice] = []
-    labels = ("Shipped default model (real scans + phantoms, any modalities)", "Shipped phantom-only model")
+    labels = ("Shipped default model (real scans, any modalities)", "Shipped phantom-only model")
     for label, shipped in zip(labels, settings.shipped_checkpoints, strict=True):
         if _checkpoint_files_in(shipped, Confinement.of([shipped.parent])):
             choices.append(ModelChoice(label=label, checkpoint=shipped, home=shipped.parent))
