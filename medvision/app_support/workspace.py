@@ -94,7 +94,7 @@ class AppSettings:
 
     @property
     def default_checkpoint(self) -> Path:
-        """The shipped default model: real cases + phantoms, any subset of the modalities."""
+        """The shipped default model: real cases, any subset of the modalities."""
         return self.repo_root / "checkpoints" / "default.safetensors"
 
     @property

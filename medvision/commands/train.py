@@ -65,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=sorted(PRESETS),
         default="demo",
         help="starting settings: seed (original recipe), demo (CPU minutes, phantoms), "
-        "real (the default model: real cases + phantoms, any modality subset), brats (GPU)",
+        "real (the default model: real cases, any modality subset), brats (GPU)",
     )
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--steps-per-epoch", type=int)

@@ -33,7 +33,7 @@ from medvision.prediction_cache import ByteLRU, case_content_hash
 
 logger = logging.getLogger(__name__)
 
-# Real scans + phantoms, trained with modality dropout (checkpoints/MODEL_CARD.md); the phantom-only
+# Real scans (no phantoms), trained with modality dropout (checkpoints/MODEL_CARD.md); the phantom-only
 # model beside it is checkpoints/demo.safetensors.
 DEFAULT_CHECKPOINT = Path(medvision.__file__).resolve().parents[1] / "checkpoints" / "default.safetensors"
 DEVICES = ("auto", "cpu", "cuda")
