@@ -72,3 +72,24 @@ def report_machine(calibration: float, load_before: tuple[float, float, float], 
         f"- load average before/after: {load_before[0]:.2f} / {load_after[0]:.2f} "
         f"(other processes on the machine slow every figure)"
     )
+
+
+def finish_report(
+    name: str,
+    report: Reporter,
+    *,
+    calibration: float,
+    load_before: tuple[float, float, float],
+    under_load: bool = False,
+    note: str = "",
+    record: bool = True,
+) -> None:
+    """The lines every benchmark ends with (load flag, note, machine check) and, with ``record``, its
+    section in bench/RESULTS.md, headed ``name`` (", under load" added when ``under_load``)."""
+    if under_load:
+        report("- under load: other work shared the cores during this run; not quiet-machine figures")
+    if note:
+        report(f"- note: {note}")
+    report_machine(calibration, load_before, report)
+    if record:
+        append_results(name + (", under load" if under_load else ""), report.lines)

@@ -40,7 +40,7 @@ def main() -> None:
     args = parser.parse_args()
     if not REAL_CASE.is_dir():
         raise SystemExit("needs ../shared/data/brats2021_00006")
-    from bench_report import Reporter, append_results, machine_calibration, report_machine
+    from bench_report import Reporter, finish_report, machine_calibration
 
     from medvision.data.readers import load_case
     from medvision.inference import Predictor, forward
@@ -75,14 +75,15 @@ def main() -> None:
         report(f"- {name} (at most {bound} slices per forward): median {medians[name]:.1f} s ({shown})")
     ratio = medians["stacked"] / medians["one per pass"]
     report(f"- ratio: stacked / one per pass = {ratio:.2f} (above 1: stacking is slower)")
-    if args.under_load:
-        report("- under load: other work shared the cores during this run; not quiet-machine figures")
-    if args.note:
-        report(f"- note: {args.note}")
-    report_machine(calibration, load_before, report)
-    if not args.no_record:
-        heading = "mc_dropout (bench/mc_dropout.py)" + (", under load" if args.under_load else "")
-        append_results(heading, report.lines)
+    finish_report(
+        "mc_dropout (bench/mc_dropout.py)",
+        report,
+        calibration=calibration,
+        load_before=load_before,
+        under_load=args.under_load,
+        note=args.note,
+        record=not args.no_record,
+    )
 
 
 if __name__ == "__main__":

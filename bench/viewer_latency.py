@@ -262,7 +262,7 @@ def main() -> None:
     args = parser.parse_args()
     if not CHROMIUM.is_file() or not REAL_CASE.is_dir():
         raise SystemExit("needs /usr/bin/chromium and ../shared/data/brats2021_00006")
-    from bench_report import Reporter, append_results, machine_calibration, report_machine
+    from bench_report import Reporter, finish_report, machine_calibration
     from playwright.sync_api import sync_playwright
 
     from medvision.precision import cpu_kind
@@ -308,14 +308,15 @@ def main() -> None:
     report(f"- ratio: the NiiVue slice change repaints {s_med / n_med:.1f}x sooner (medians)")
     if args.busy_sessions:
         report(f"- {busy.summary()}")
-    if args.under_load:
-        report("- under load: other work shared the cores during this run; not quiet-machine figures")
-    if args.note:
-        report(f"- note: {args.note}")
-    report_machine(calibration, load_before, report)
-    if not args.no_record:
-        heading = "viewer_latency (bench/viewer_latency.py)" + (", under load" if args.under_load else "")
-        append_results(heading, report.lines)
+    finish_report(
+        "viewer_latency (bench/viewer_latency.py)",
+        report,
+        calibration=calibration,
+        load_before=load_before,
+        under_load=args.under_load,
+        note=args.note,
+        record=not args.no_record,
+    )
 
 
 if __name__ == "__main__":
