@@ -12,7 +12,7 @@ import hashlib
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import numpy as np
@@ -113,6 +113,15 @@ class ByteLRU:
             while self._bytes > self.max_bytes:
                 _, (_, dropped) = self._items.popitem(last=False)
                 self._bytes -= dropped
+
+    def first(self, match: Callable[[Hashable], bool]) -> Any | None:
+        """The most recently used value whose key satisfies ``match``, or None."""
+        with self._lock:
+            for key in reversed(self._items):
+                if match(key):
+                    self._items.move_to_end(key)
+                    return self._items[key][0]
+        return None
 
     def clear(self) -> None:
         with self._lock:

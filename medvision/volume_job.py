@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -42,7 +43,7 @@ class VolumeJob:
         still_wanted: Callable[[], bool] | None = None,
         **options: Any,
     ) -> None:
-        allowed = {"tta", "mc_samples", "seed", "min_component_voxels", "min_component_fraction"}
+        allowed = {"tta", "mc_samples", "seed", "min_component_voxels", "min_component_fraction", "mc_focus"}
         unknown = sorted(set(options) - allowed)
         if unknown:
             raise ValueError(f"unknown predict_volume options {unknown}; allowed: {sorted(allowed)}")
@@ -52,6 +53,7 @@ class VolumeJob:
         self._lock = threading.Lock()
         self._state = "pending"
         self._progress = 0.0
+        self._started = 0.0
         self._result: VolumePrediction | None = None
         self._error: BaseException | None = None
         self._cancel = threading.Event()
@@ -65,6 +67,7 @@ class VolumeJob:
             if self._state != "pending":
                 raise RuntimeError(f"job already {self._state}")
             self._state = "running"
+            self._started = time.monotonic()
         self._thread.start()
         return self
 
@@ -111,6 +114,19 @@ class VolumeJob:
     def progress(self) -> float:
         with self._lock:
             return self._progress
+
+    @property
+    def seconds_left(self) -> float | None:
+        """Time still to go, extrapolated from the pace so far; None before any progress or once finished.
+
+        The engine reports progress in slice passes, so the pace is even through a run (MC passes count
+        as many plain passes as there are samples).
+        """
+        with self._lock:
+            if self._state != "running" or not 0.0 < self._progress < 1.0:
+                return None
+            elapsed = time.monotonic() - self._started
+            return elapsed * (1.0 - self._progress) / self._progress
 
     @property
     def result(self) -> VolumePrediction | None:

@@ -207,6 +207,64 @@ def test_mc_passes_stacked_in_one_forward_match_one_pass_per_forward(
     assert distance(stacked, apart) < 1.5 * distance(apart_again, apart) + 1e-3
 
 
+def test_focus_slices_widen_hot_slices_by_the_margin() -> None:
+    from medvision.inference.forward import MC_FOCUS_MARGIN, focus_slices
+
+    first = np.zeros((20, 3, 3), dtype=np.float32)
+    first[10, 1, 1] = 0.3
+    first[3, 0, 0] = 0.01  # below the bar
+    indices = np.arange(2, 18)
+    expected = np.arange(10 - MC_FOCUS_MARGIN, 10 + MC_FOCUS_MARGIN + 1)
+    np.testing.assert_array_equal(focus_slices(first, indices, 0.05), expected)
+    some = np.array([8, 10, 13, 15])  # only the slices that are run count
+    near = [k for k in some if abs(k - 10) <= MC_FOCUS_MARGIN]
+    np.testing.assert_array_equal(focus_slices(first, some, 0.05), near)
+    assert focus_slices(first, indices, 0.5).size == 0
+
+
+def test_focused_mc_dropout_runs_passes_only_near_tumour_probability(
+    checkpoint: Path, case: Case, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medvision.inference import forward
+    from medvision.inference.forward import focus_slices
+
+    fresh = Predictor(checkpoint, device="cpu", dtype="float32", backend="torch", batch_size=2)
+    full = fresh.predict_volume(case, mc_samples=3, seed=5)
+    # A bar every brain voxel clears: the same passes on the same slices as without focus.
+    everywhere = fresh.predict_volume(case, mc_samples=3, seed=5, mc_focus=1e-9)
+    np.testing.assert_array_equal(everywhere.uncertainty, full.uncertainty)
+    np.testing.assert_allclose(everywhere.probabilities, full.probabilities, atol=1e-6)
+    plain = fresh.predict_volume(case)
+    # A bar in between: spread only on the focused slices, the plain probabilities elsewhere.
+    # No margin, so that this small case's 7 brain slices are not all within reach of one hot slice.
+    monkeypatch.setattr(forward, "MC_FOCUS_MARGIN", 0)
+    brain_slices = np.array([k for k in BRAIN_SLICES if k != EMPTY_INSIDE])
+    peaks = np.unique(plain.probabilities[0].max(axis=(1, 2))[brain_slices])
+    bar = float(peaks[-2:].mean())  # between the two highest slice peaks
+    focused = focus_slices(plain.probabilities[0], brain_slices, bar)
+    assert 0 < len(focused) < len(brain_slices), "the bar should split the slices for this check"
+    # The cached plain volume is reused: no plain forward runs again.
+    calls: list[bool] = []
+    real = fresh.engine.backend.probabilities
+    monkeypatch.setattr(
+        fresh.engine.backend,
+        "probabilities",
+        lambda batch, tta=False, stochastic=False: (
+            calls.append(stochastic) or real(batch, tta=tta, stochastic=stochastic)
+        ),
+    )
+    seen: list[float] = []
+    some = fresh.predict_volume(case, mc_samples=3, seed=5, mc_focus=bar, progress=seen.append)
+    assert calls and all(calls), "only dropout passes should run with a cached plain volume"
+    assert seen == sorted(seen) and seen[-1] == 1.0
+    outside = np.setdiff1d(np.arange(SHAPE[0]), focused)
+    assert not some.uncertainty[outside].any() and some.uncertainty[focused].max() > 0.0
+    np.testing.assert_array_equal(some.probabilities[:, outside], plain.probabilities[:, outside])
+    assert some.options["mc_focus"] == bar
+    with pytest.raises(ValueError, match="mc_focus"):
+        fresh.engine.predict(fresh.prepare(case), mc_focus=0.1)
+
+
 def test_results_are_cached_by_content_and_options(predictor: Predictor, case: Case) -> None:
     first = predictor.predict_volume(case)
     copy = Case(case.case_id + "_copy", case.image.copy(), case.affine.copy(), case.spacing)
@@ -487,16 +545,23 @@ def test_volume_job_runs_in_background(checkpoint: Path, case: Case) -> None:
     assert job.state == "done" and job.progress == 1.0 and job.error is None
     np.testing.assert_array_equal(job.result.label, pred.predict_volume(case, tta=True).label)
 
-    gate = threading.Event()
+    assert job.seconds_left is None  # finished: nothing left to estimate
+    gate, reported = threading.Event(), threading.Event()
 
     def slow_progress_predict(*args, progress=None, **kwargs):
+        time.sleep(0.2)
         progress(0.25)
+        reported.set()
         gate.wait(10)
         progress(0.5)
         raise AssertionError("should have been cancelled")
 
     pred.predict_volume = slow_progress_predict  # type: ignore[method-assign]
-    job = VolumeJob(pred, case).start()
+    job = VolumeJob(pred, case, mc_samples=2, mc_focus=0.05).start()
+    assert reported.wait(10)
+    # A quarter done after >= 0.2 s: three times as long again is left (the pace so far, extrapolated).
+    left = job.seconds_left
+    assert left is not None and 0.6 <= left < 30
     job.cancel()
     gate.set()
     assert job.wait(timeout=10) and job.state == "cancelled" and job.result is None

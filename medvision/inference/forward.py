@@ -12,6 +12,12 @@ Uncertainty (``mc_samples=N > 0``): N passes with dropout sampling and BatchNorm
 (same seed -> same result). The probabilities are the mean of the N passes; the per-voxel uncertainty is
 the standard deviation of the first channel's probability (WT, or NCR for a necrotic model) over the
 passes, in [0, 0.5]; the case score is :func:`~medvision.inference.postprocess.uncertainty_score`.
+
+Focused MC dropout (``mc_focus=p``): one plain pass first (or the caller's plain probabilities), then the
+dropout passes only on slices where that pass gives some voxel a first-channel probability of at least
+``p``, widened by :data:`MC_FOCUS_MARGIN` slices. Elsewhere the probabilities are the plain pass's and the
+uncertainty is 0. Slices far from any tumour probability carry almost no spread, so most of the volume's
+passes are saved; how much uncertainty this leaves out was measured (bench/mc_focus.py, bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -42,6 +48,11 @@ LogitsHook = Callable[[np.ndarray, torch.Tensor], None]
 # Stacking 6 passes (48 slices per forward) took 1.12x longer on a quiet AVX2 EPYC (bench/mc_dropout.py,
 # bench/RESULTS.md), so it is off; a GPU may differ (not measured).
 MC_SLICES_PER_FORWARD = 1
+# Slices added on each side of the focused slices (tumour probability may start one slice beyond the plain
+# pass's): see bench/mc_focus.py for what each choice leaves out.
+MC_FOCUS_MARGIN = 2
+# The Predict page's focus: dropout passes near slices where the plain WT probability reaches this somewhere.
+MC_FOCUS_PROBABILITY = 0.05
 
 
 @dataclass(frozen=True)
@@ -61,6 +72,48 @@ class _MonteCarlo:
 
     uncertainty: np.ndarray
     any_tumour: np.ndarray
+
+
+def focus_slices(first_channel: np.ndarray, indices: np.ndarray, at_least: float) -> np.ndarray:
+    """The slices of ``indices`` (sorted) within MC_FOCUS_MARGIN of one where ``first_channel`` (d, h, w)
+    reaches ``at_least`` somewhere."""
+    indices = np.asarray(indices, dtype=np.int64)
+    if indices.size == 0:
+        return indices
+    hot = indices[first_channel[indices].reshape(len(indices), -1).max(axis=1) >= at_least]
+    near = np.zeros(first_channel.shape[0], dtype=bool)
+    for k in hot:
+        near[max(k - MC_FOCUS_MARGIN, 0) : k + MC_FOCUS_MARGIN + 1] = True
+    return indices[near[indices]]
+
+
+Stage = tuple[np.ndarray | None, int]  # (crop slices, None: the focus of the stage before; dropout passes)
+
+
+def _stages(
+    probabilities: np.ndarray,
+    indices: np.ndarray,
+    mc_samples: int,
+    mc_focus: float | None,
+    plain: np.ndarray | None,
+) -> list[Stage]:
+    """The passes of one volume: all slices at once, or a plain pass and then MC on its focus (with the
+    caller's ``plain`` probabilities copied into ``probabilities`` instead of a first pass)."""
+    if not (mc_samples and mc_focus is not None):
+        return [(indices, mc_samples)]
+    if plain is None:
+        return [(indices, 0), (None, mc_samples)]
+    probabilities[:, indices] = plain[:, indices]
+    return [(focus_slices(probabilities[0], indices, mc_focus), mc_samples)]
+
+
+def _check_focus(
+    mc_samples: int, mc_focus: float | None, plain: np.ndarray | None, shape: tuple[int, ...]
+) -> None:
+    if mc_focus is not None and not (mc_samples and 0.0 < float(mc_focus) <= 1.0):
+        raise ValueError(f"mc_focus needs mc_samples >= 2 and a probability in (0, 1], got {mc_focus!r}")
+    if plain is not None and (mc_focus is None or np.shape(plain) != shape):
+        raise ValueError(f"plain probabilities need mc_focus and shape {shape}, got {np.shape(plain)}")
 
 
 def check_volume_options(mc_samples: int, min_component_voxels: int) -> None:
@@ -149,6 +202,8 @@ class SegmentationEngine:
         progress: ProgressFn | None = None,
         on_logits: LogitsHook | None = None,
         slices: np.ndarray | None = None,
+        mc_focus: float | None = None,
+        plain: np.ndarray | None = None,
     ) -> CropPrediction:
         """Segment every brain slice of ``prepared``.
 
@@ -163,33 +218,57 @@ class SegmentationEngine:
             progress: called with the fraction done after every batch; an exception raised by it aborts.
             on_logits: see :data:`LogitsHook`; plain PyTorch passes only (no TTA, no MC dropout).
             slices: run only these crop slices (the others stay 0); None: every slice with brain.
+            mc_focus: with ``mc_samples``, run the dropout passes only near slices whose plain-pass
+                first-channel probability reaches this value somewhere (see the module's notes); None:
+                on every slice.
+            plain: with ``mc_focus``, the plain-pass probabilities (R, d, h, w) of this very volume and
+                ``tta`` (e.g. a cached prediction), so that pass is not run again.
         Raises:
-            ValueError: bad ``mc_samples`` / ``min_component_voxels``, or ``on_logits`` with TTA, MC
-                dropout or the ONNX backend.
+            ValueError: bad ``mc_samples`` / ``min_component_voxels`` / ``mc_focus`` / ``plain``, or
+                ``on_logits`` with TTA, MC dropout or the ONNX backend.
         """
         check_volume_options(mc_samples, min_component_voxels)
         if on_logits is not None and (tta or mc_samples or self.backend.onnx is not None):
             raise ValueError("on_logits needs plain PyTorch passes (no TTA, no MC dropout, no ONNX)")
-        probabilities = np.zeros((len(self.regions), *prepared.image.shape[1:]), dtype=np.float32)
+        shape = prepared.image.shape[1:]
+        probabilities = np.zeros((len(self.regions), *shape), dtype=np.float32)
         mc = None
         if mc_samples:
-            shape = prepared.image.shape[1:]
             mc = _MonteCarlo(np.zeros(shape, dtype=np.float32), np.zeros(shape, dtype=bool))
         indices = np.flatnonzero(prepared.has_brain)
         if slices is not None:
             indices = np.intersect1d(indices, np.asarray(slices, dtype=np.int64))
-        batches = [indices[i : i + self.batch_size] for i in range(0, len(indices), self.batch_size)]
+        _check_focus(mc_samples, mc_focus, plain, probabilities.shape)
+        stages = _stages(probabilities, indices, mc_samples, mc_focus, plain)
+        # Progress in passes over slices: a dropout slice counts as mc_samples plain ones.
+        planned = sum(len(indices if k is None else k) * max(n, 1) for k, n in stages)
+        done, reported = 0, 0.0
         # The model lock is taken per batch, so the viewer's single slices can run between the batches of
         # a background volume. MC runs hold their own lock throughout: the seeded global RNG is theirs alone.
         mc_lock = self._mc_lock if mc_samples else contextlib.nullcontext()
         with mc_lock, self.backend.thread_limit(), torch.inference_mode(), self._seeded(seed, mc_samples):
-            for done, batch_indices in enumerate(batches, start=1):
-                mean = self._batch(prepared, batch_indices, tta, mc_samples, mc, on_logits)
-                probabilities[:, batch_indices] = mean.transpose(1, 0, 2, 3)
-                if progress is not None:
-                    progress(done / len(batches))
-        if progress is not None and not batches:
-            progress(1.0)
+            for stage_indices, samples in stages:
+                if stage_indices is None:
+                    stage_indices = focus_slices(probabilities[0], indices, mc_focus)
+                    planned = done + len(stage_indices) * samples
+                batches = [
+                    stage_indices[i : i + self.batch_size]
+                    for i in range(0, len(stage_indices), self.batch_size)
+                ]
+                for batch_indices in batches:
+                    mean = self._batch(
+                        prepared, batch_indices, tta, samples, mc if samples else None, on_logits
+                    )
+                    probabilities[:, batch_indices] = mean.transpose(1, 0, 2, 3)
+                    done += len(batch_indices) * max(samples, 1)
+                    if progress is not None:
+                        reported = min(done / planned, 1.0)
+                        progress(reported)
+        if progress is not None and reported < 1.0:
+            progress(1.0)  # nothing to run, or an empty focus after the plain pass
+        if mc is not None and mc_focus is not None:
+            # Outside the focus only the plain pass ran: its tumour voxels count for the case score.
+            mc.any_tumour |= probabilities[0] > self.threshold
         label = final_label(
             probabilities,
             self.regions,

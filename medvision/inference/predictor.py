@@ -292,7 +292,9 @@ class Predictor:
         """
         k = _check_slice(case, k)
         case_hash = case_content_hash(case)
-        volume = self._results.get(("volume", case_hash, False, 0, None, 0))
+        # A plain volume of the case with any relative clean-up: the slice then shows that volume's label,
+        # as the viewer does once the volume is there.
+        volume = self._results.first(lambda key: key[:6] == ("volume", case_hash, False, 0, None, 0))
         if volume is not None:
             return SlicePrediction(volume.probabilities[:, k], volume.label[k], self.regions, k)
         key = ("slice", case_hash, k)
@@ -318,11 +320,13 @@ class Predictor:
         progress: ProgressFn | None = None,
         min_component_voxels: int = 0,
         min_component_fraction: float | None = None,
+        mc_focus: float | None = None,
     ) -> VolumePrediction:
         """Segment the whole case (see :meth:`SegmentationEngine.predict` for the options).
 
         Results are cached by (case content, checkpoint, options); a cached result calls
-        ``progress(1.0)`` once.
+        ``progress(1.0)`` once. Focused MC dropout (``mc_focus``) reuses a cached plain prediction of the
+        case with the same ``tta`` instead of running that pass again.
 
         Raises:
             ValueError: bad ``mc_samples`` or ``min_component_voxels``, or a case image not (4, D, H, W).
@@ -338,6 +342,7 @@ class Predictor:
             int(seed) if mc_samples else None,
             min_component_voxels,
             fraction,
+            mc_focus if mc_samples else None,
         )
         cached = self._results.get(key)
         if cached is not None:
@@ -354,6 +359,8 @@ class Predictor:
             min_component_voxels=min_component_voxels,
             min_component_fraction=fraction,
             progress=progress,
+            mc_focus=mc_focus if mc_samples else None,
+            plain=self._cached_plain(prepared, case_hash, tta) if mc_samples and mc_focus else None,
         )
         uncertainty = to_full_volume(prepared, crop.uncertainty) if crop.uncertainty is not None else None
         options = {
@@ -362,6 +369,7 @@ class Predictor:
             "seed": int(seed),
             "min_component_voxels": min_component_voxels,
             "min_component_fraction": fraction,
+            "mc_focus": mc_focus if mc_samples else None,
         }
         result = VolumePrediction(
             probabilities=_read_only(to_full_volume(prepared, crop.probabilities)),
@@ -375,6 +383,12 @@ class Predictor:
         self._results.put(key, result)
         logger.debug("predicted %s in %.2f s (%s)", case.case_id, result.seconds, options)
         return result
+
+    def _cached_plain(self, prepared: PreparedVolume, case_hash: str, tta: bool) -> np.ndarray | None:
+        """Crop probabilities of a cached plain prediction of this case (any clean-up: probabilities do
+        not depend on it), or None."""
+        plain = self._results.first(lambda key: key[:5] == ("volume", case_hash, bool(tta), 0, None))
+        return None if plain is None else plain.probabilities[(..., *prepared.box)]
 
     def attention_map(self, case: Case, k: int) -> np.ndarray:
         """(H, W) float32 in [0, 1]: the shallowest attention gate's coefficients of slice ``k``, placed in
