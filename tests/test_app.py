@@ -263,9 +263,13 @@ def test_predict_a_case_of_the_data_source_and_scroll(app):
     app.toggle(key="view_3d").set_value(True).run()
     assert not app.exception and len(app.get("plotly_chart")) == 6
 
+    from medvision.inference import forward
+
     app.checkbox(key="view_uncertainty").check().run()
+    assert app.checkbox(key="predict_mc_focus").value is True  # focused MC dropout by default
     app.number_input(key="predict_mc_samples").set_value(2)
     app.button(key="predict_mc_start").click().run()
+    assert app.session_state["predict_mc_job"].options["mc_focus"] == forward.MC_FOCUS_PROBABILITY
     deadline = time.time() + 60
     while time.time() < deadline and not app.session_state["predict_mc_job"].finished:
         time.sleep(0.5)
@@ -430,6 +434,12 @@ def test_upload_a_dicom_study_and_change_its_mapping(app, tmp_path):
     assert len(app.get("image")) == 4  # checkerboards of T1 and T2 against FLAIR, brain outline and cut
     captions = " ".join(_values(app.caption))
     assert "FLAIR" in captions and "A at the top" in captions
+    # Refine the alignment: read again with rigid registration; before and after boards for T1 and T2.
+    app.checkbox(key="predict_dicom_register").check().run()
+    assert not app.exception and not app.error, _values(app.error)
+    assert app.session_state["predict_dicom"].study.options.register
+    assert len(app.get("image")) == 6
+    assert any("rigid refinement" in step for step in app.session_state["predict_dicom"].study.steps)
     # Leave T1 out: the study is read again and the case has FLAIR and T2 only.
     app.selectbox(key="predict_dicom_pick_t1").set_value("none").run()
     assert not app.exception and not app.error, _values(app.error)

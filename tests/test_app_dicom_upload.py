@@ -183,6 +183,31 @@ def test_pictures_of_a_slice_are_oriented_rgb_and_not_blank(brainix_upload) -> N
         dicom_pictures.slice_pictures(brainix_upload, count)
 
 
+def test_registration_pictures_show_before_and_after_the_refinement(
+    brainix_upload, brainix_zip: UploadedFile, upload_root: Path
+) -> None:
+    assert dicom_pictures.slice_pictures(brainix_upload, 11).before_registration == {}  # not refined
+    refined = dicom_upload.read_dicom_upload(
+        [brainix_zip], upload_root, max_bytes=10**8, options=dicom_upload.DicomOptions(register=True)
+    )
+    assert any("rigid refinement" in step for step in refined.steps)
+    # "Before" is the series as the scanner placed them: what a read without refinement gives.
+    for channel, modality in ((1, "t1"), (3, "t2")):
+        np.testing.assert_allclose(
+            refined.native.unregistered[modality], brainix_upload.native.case.image[channel], atol=1e-3
+        )
+    pictures = dicom_pictures.slice_pictures(refined, 11)
+    assert set(pictures.before_registration) == set(pictures.registration) == {"t1", "t2"}
+    plain_read = dicom_pictures.slice_pictures(brainix_upload, 11)
+    for modality, board in pictures.before_registration.items():
+        assert board.shape == (288, 288, 3) and board.dtype == np.uint8
+        # The same window as the refined series: the unrefined read's board differs only by its window.
+        assert np.abs(board.astype(int) - plain_read.registration[modality].astype(int)).mean() < 8
+    assert any(
+        not np.array_equal(pictures.before_registration[m], pictures.registration[m]) for m in ("t1", "t2")
+    ), "the refinement moved nothing, so before and after cannot be told apart"
+
+
 # ---------------------------------------------------------------------------------------------- exports
 
 

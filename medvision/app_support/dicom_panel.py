@@ -119,6 +119,29 @@ def _mapping(study: dicom_upload.DicomUpload, can_reread: bool) -> None:
         st.rerun()
 
 
+def _registration(study: dicom_upload.DicomUpload, can_reread: bool) -> None:
+    """A checkbox for the rigid refinement (``predict --register``); a change reads the study again."""
+    if len(study.native.case.available) < 2:
+        return
+    wanted = st.checkbox(
+        "Refine the alignment of the series (rigid registration onto the reference)",
+        value=study.options.register,
+        key="predict_dicom_register",
+        disabled=not can_reread,
+        help=(
+            "Series of one study share the scanner's coordinates, so they usually line up as they are; "
+            "a patient who moved between series needs this. The pictures below then show the "
+            "checkerboard before and after the refinement."
+        ),
+    )
+    if wanted != study.options.register and can_reread:
+        held = _held()
+        if held is not None:
+            chosen = dataclasses.replace(study.options, register=wanted)
+            st.session_state[OPTIONS_KEY] = (held.files_key, chosen)
+        st.rerun()
+
+
 def _pictures(study: dicom_upload.DicomUpload, convention: str) -> None:
     count = dicom_pictures.axial_slice_count(study, convention)
     index = st.slider(
@@ -131,10 +154,16 @@ def _pictures(study: dicom_upload.DicomUpload, convention: str) -> None:
         f"{e['top']} at the top, {e['bottom']} at the bottom, {e['left']} on the left, "
         f"{e['right']} on the right."
     )
-    shown: list[tuple[str, np.ndarray]] = [
-        (f"Registration: {pictures.reference.upper()} / {m.upper()} checkerboard", image)
-        for m, image in pictures.registration.items()
-    ]
+    shown: list[tuple[str, np.ndarray]] = []
+    for m, image in pictures.registration.items():
+        pair = f"{pictures.reference.upper()} / {m.upper()} checkerboard"
+        if m in pictures.before_registration:
+            shown.append(
+                (f"Before registration: {pair}, as the scanner placed them", pictures.before_registration[m])
+            )
+            shown.append((f"After registration: {pair}", image))
+        else:
+            shown.append((f"Registration: {pair}, as the scanner placed them", image))
     if pictures.brain_outline is not None and pictures.brain_cut is not None:
         shown += [("Brain extraction: the mask's outline (green)", pictures.brain_outline)]
         shown += [("After brain extraction: what the model sees", pictures.brain_cut)]
@@ -157,6 +186,7 @@ def study_panel(study: dicom_upload.DicomUpload, *, can_reread: bool, convention
         _mapping(study, can_reread)
         st.markdown("**What was done**")
         st.text("\n".join(study.steps) if study.steps else "nothing beyond reading the series")
+        _registration(study, can_reread)
         st.caption(
             "The model runs on the reference series' slices resampled to about 1 mm in-plane; the "
             "segmentation downloads come back on the reference series' own grid."

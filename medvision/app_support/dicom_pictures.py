@@ -20,7 +20,9 @@ the radiological convention), each series in its own display window (``render.au
         st.image([pictures.brain_outline, pictures.brain_cut], caption=["brain mask", "cut to the brain"])
 
 With ``register=True`` in :class:`~medvision.app_support.dicom_upload.DicomOptions` the checkerboard shows
-the series after the rigid refinement; without it, as the scanner's positions put them.
+the series after the rigid refinement, and ``before_registration`` the same checkerboard as the scanner's
+positions put them (both in the refined series' display window, so only the geometry differs); without
+it, the one checkerboard is as the scanner placed them and ``before_registration`` is empty.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class SlicePictures:
     edges: dict[str, str]  # anatomical letter at each edge: {"top": "A", "bottom": "P", "left": "R", ...}
     reference: str  # the modality of the reference series
     registration: dict[str, np.ndarray]  # other modality -> checkerboard of the reference against it
+    before_registration: dict[str, np.ndarray]  # the same before the rigid refinement (refined ones only)
     brain_outline: np.ndarray | None  # reference slice with the mask outline; None: not cut to the brain
     brain_cut: np.ndarray | None  # reference slice with everything outside the mask black
 
@@ -61,10 +64,18 @@ def axial_slice_count(upload: DicomUpload, convention: str = "radiological") -> 
     return render.view_shape(upload.native.case.shape, VIEW, _frame(upload, convention))
 
 
-def _gray(upload: DicomUpload, modality: str, index: int, frame: render.DisplayFrame) -> np.ndarray:
-    volume = upload.native.case.image[MODALITIES.index(modality)]
-    plane = render.take_slice(volume, VIEW, index, frame)
-    return render.to_gray(plane, render.auto_window(volume))
+def _gray(
+    upload: DicomUpload,
+    modality: str,
+    index: int,
+    frame: render.DisplayFrame,
+    volume: np.ndarray | None = None,
+) -> np.ndarray:
+    """Axial slice ``index`` of ``modality`` (or of ``volume``, another placing of that series) in the
+    series' own display window."""
+    own = upload.native.case.image[MODALITIES.index(modality)]
+    plane = render.take_slice(own if volume is None else volume, VIEW, index, frame)
+    return render.to_gray(plane, render.auto_window(own))
 
 
 def _rgb(gray: np.ndarray) -> np.ndarray:
@@ -111,5 +122,10 @@ def slice_pictures(
     gray = _gray(upload, reference, index, frame)  # IndexError naming the range when out of it
     others = [m for m in upload.native.case.available if m != reference]
     registration = {m: _checkerboard(gray, _gray(upload, m, index, frame), tiles) for m in others}
+    before = {
+        m: _checkerboard(gray, _gray(upload, m, index, frame, upload.native.unregistered[m]), tiles)
+        for m in others
+        if m in upload.native.unregistered
+    }
     outline, cut = _brain(upload, gray, index, frame)
-    return SlicePictures(index, frame.edge_labels(VIEW), reference, registration, outline, cut)
+    return SlicePictures(index, frame.edge_labels(VIEW), reference, registration, before, outline, cut)

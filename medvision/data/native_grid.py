@@ -209,10 +209,14 @@ def to_reference_grid(
     reference: str | None = None,
     register: bool = False,
     notes: list[GridNote] | None = None,
+    unregistered: dict[str, np.ndarray] | None = None,
 ) -> Case:
     """A Case on the reference volume's grid from volumes keyed by modality (MODALITIES names; any subset):
     ``available`` lists those given, the other channels are zeros, ``affine`` is the reference's, and
-    ``source_paths`` holds the reference's files first, then the others'."""
+    ``source_paths`` holds the reference's files first, then the others'.
+
+    ``unregistered``: with ``register``, filled with each refined series resampled as the scanner's
+    positions put it (case axes, float32), so a user can compare before and after the refinement."""
     unknown = sorted(set(volumes) - set(MODALITIES))
     if unknown:
         raise ValueError(f"unknown modalities {unknown}; use {MODALITIES}")
@@ -235,6 +239,8 @@ def to_reference_grid(
             )
         else:
             data = resample_volume(volume, shape, ref.affine, world_transform=transforms.get(modality))
+            if unregistered is not None and modality in transforms:
+                unregistered[modality] = nifti_to_case_axes(resample_volume(volume, shape, ref.affine))
             detail = (
                 f"{modality} {_grid(volume.data.shape, volume.affine)} -> {_grid(shape, ref.affine)}, linear"
             )

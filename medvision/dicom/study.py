@@ -24,7 +24,7 @@ import time
 import zipfile
 import zlib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -65,6 +65,8 @@ class NativeStudy:
     case: Case
     report: StudyReport
     reference_datasets: tuple[Dataset, ...]
+    # With rigid refinement: each refined series on the reference grid as the scanner placed it (case axes).
+    unregistered: Mapping[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ class NativeGrid:
     case: Case  # on the reference series' grid: what export writes against
     back: BackToReference
     reference_datasets: tuple[Dataset, ...]
+    unregistered: Mapping[str, np.ndarray] = field(default_factory=dict)  # as NativeStudy's
 
     def __call__(self, label: np.ndarray) -> np.ndarray:
         return self.back(label)
@@ -262,13 +265,19 @@ def _read_folder(
     volumes = _read_chosen(chosen, within, where, notes)
     ref = choose_reference(list(volumes), reference if reference in volumes else None)
     grid_notes: list[GridNote] = []
+    unregistered: dict[str, np.ndarray] = {}
     case = to_reference_grid(
-        volumes, case_id=f"dicom-{scan.study_key}", reference=ref, register=register, notes=grid_notes
+        volumes,
+        case_id=f"dicom-{scan.study_key}",
+        reference=ref,
+        register=register,
+        notes=grid_notes,
+        unregistered=unregistered,
     )
     notes += [str(n) for n in grid_notes]
     report = StudyReport(_rows(scan, assignments, chosen, overrides, ref), ref, tuple(notes))
     reference_headers = tuple(f.header for f in chosen[ref].files)
-    return NativeStudy(case, report, reference_headers)
+    return NativeStudy(case, report, reference_headers, unregistered)
 
 
 # How many files are looked at to tell a DICOM study from a folder of NIfTI files.
@@ -396,4 +405,4 @@ def load_study(
     grid_notes: list[GridNote] = []
     model_case, back = to_model_grid(study.case, spacing_mm=model_spacing_mm, notes=grid_notes)
     report = dataclasses.replace(study.report, notes=study.report.notes + tuple(str(n) for n in grid_notes))
-    return model_case, report, NativeGrid(study.case, back, study.reference_datasets)
+    return model_case, report, NativeGrid(study.case, back, study.reference_datasets, study.unregistered)
