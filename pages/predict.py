@@ -28,7 +28,7 @@ from medvision.app_support.session_life import current_session_alive
 from medvision.app_support.uploads import case_from_uploads, streamed_upload
 from medvision.data.case import MODALITIES, Case
 from medvision.errors import MedVisionError
-from medvision.inference import Predictor
+from medvision.inference import Predictor, forward
 from medvision.volume_job import VolumeJob
 from medvision.volumetry import volumetry
 
@@ -76,6 +76,7 @@ KEPT_WIDGETS = (
     "predict_input",
     "predict_case",
     "predict_mc_samples",
+    "predict_mc_focus",
     "view_plane",
     "view_modality",
     "view_convention",
@@ -99,6 +100,7 @@ for key, default in (
     *((key, True) for key, _, _ in LABEL_TOGGLES.values()),
     ("view_opacity", 0.45),
     ("predict_mc_samples", 6),
+    ("predict_mc_focus", True),
     ("view_renderer", VIEWER_AUTO),
     ("view_nv_layout", "multiplanar"),
 ):
@@ -737,10 +739,25 @@ if st.session_state.get("view_uncertainty"):
         mc_job = None
     u1, u2 = st.columns([1, 3])
     samples = u1.number_input("MC samples", min_value=2, max_value=30, key="predict_mc_samples")
+    focus = u1.checkbox(
+        "Only near the tumour",
+        key="predict_mc_focus",
+        help=(
+            f"Dropout passes only on slices within {forward.MC_FOCUS_MARGIN} of one where the prediction "
+            f"gives some voxel a tumour probability of {forward.MC_FOCUS_PROBABILITY:g} or more; the other "
+            "slices show no spread. What this leaves out, measured on the real cross-validation cases: "
+            "bench/mc_focus.py and the model card."
+        ),
+    )
     if mc_job is None:
         if u2.button("Estimate uncertainty", key="predict_mc_start"):
             st.session_state["predict_mc_job"] = VolumeJob(
-                predictor, case, mc_samples=int(samples), seed=0, still_wanted=current_session_alive()
+                predictor,
+                case,
+                mc_samples=int(samples),
+                seed=0,
+                mc_focus=forward.MC_FOCUS_PROBABILITY if focus else None,
+                still_wanted=current_session_alive(),
             ).start()
             st.rerun()
     elif not mc_job.finished:
@@ -749,9 +766,14 @@ if st.session_state.get("view_uncertainty"):
         def _mc_progress() -> None:
             if mc_job.finished:
                 st.rerun()
+            left = mc_job.seconds_left
+            where = "near the tumour" if mc_job.options.get("mc_focus") else "every brain slice"
             st.progress(
                 mc_job.progress,
-                text=f"MC dropout ({mc_job.options['mc_samples']} passes)… {mc_job.progress:.0%}",
+                text=(
+                    f"MC dropout ({mc_job.options['mc_samples']} passes, {where})… {mc_job.progress:.0%}"
+                    + (f", about {left:.0f} s left" if left is not None else "")
+                ),
             )
 
         _mc_progress()
