@@ -56,10 +56,11 @@ NV_LAYOUTS = {
     "sagittal": "Sagittal",
     "3d": "3-D rendering",
 }
-NV_PREDICTION, NV_TRUTH, NV_ERRORS, NV_UNCERTAINTY, NV_NONE = (
+NV_PREDICTION, NV_TRUTH, NV_ERRORS, NV_PROBABILITY, NV_UNCERTAINTY, NV_NONE = (
     "Prediction",
     "Ground truth",
     "Errors",
+    "WT probability",
     "Uncertainty",
     "None",
 )
@@ -506,6 +507,8 @@ def _nv_layers() -> list[str]:
     layers = [NV_PREDICTION]
     if case.label is not None:
         layers += [NV_TRUTH, NV_ERRORS]
+    if result is not None and "WT" in result.regions:
+        layers.append(NV_PROBABILITY)
     mc_job = st.session_state.get("predict_mc_job")
     if mc_job is not None and mc_job.state == "done":
         layers.append(NV_UNCERTAINTY)
@@ -526,6 +529,11 @@ def _nv_overlay(layer: str, labels: list[int], box: browser_volumes.Box) -> brow
         )
     elif layer == NV_ERRORS and result is not None and case.label is not None:
         make = lambda: browser_volumes.error_overlay(result.label, case.label, region, case.affine, box)  # noqa: E731
+    elif layer == NV_PROBABILITY and result is not None and "WT" in result.regions:
+        probability = result.probabilities[result.regions.index("WT")]
+        make = lambda: browser_volumes.heat_overlay(  # noqa: E731
+            probability, case.affine, box, vmax=1.0, name="wt_probability.nii.gz"
+        )
     elif layer == NV_UNCERTAINTY and mc_job is not None and mc_job.state == "done":
         uncertainty = mc_job.result.uncertainty
         make = lambda: browser_volumes.heat_overlay(  # noqa: E731
@@ -541,12 +549,23 @@ def _nv_layer_caption(layer: str, overlay: browser_volumes.Overlay | None) -> st
         return "The prediction overlay appears when the whole volume is predicted. "
     if layer == NV_ERRORS:
         region = st.session_state.get("view_error_region", "WT")
-        return f"Errors ({region}): true positive green, false positive magenta, false negative cyan. "
+        return (
+            f"Errors ({region}): true positive green, false positive magenta, false negative cyan; the "
+            f"value under the cursor is the colour code ({browser_volumes.code_legend('errors')}). "
+        )
+    if layer == NV_PROBABILITY:
+        return "WT probability of the plain pass, 0 (clear) to 1 (white), with its colour bar. "
     if layer == NV_UNCERTAINTY:
-        return "Uncertainty: std of the WT probability over the MC passes, 0 (clear) to 0.5 (white). "
+        return (
+            "Uncertainty: std of the WT probability over the MC passes, 0 (clear) to 0.5 (white), with its "
+            "colour bar. "
+        )
     if layer in (NV_PREDICTION, NV_TRUTH):
         empty = "nothing to draw with these labels; " if overlay is None else ""
-        return f"{layer}: {empty}NCR/NET red, ED yellow, ET blue. "
+        return (
+            f"{layer}: {empty}NCR/NET red, ED yellow, ET blue; the value under the cursor is the colour "
+            f"code ({browser_volumes.code_legend('labels')}). "
+        )
     return ""
 
 

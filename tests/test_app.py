@@ -298,6 +298,15 @@ def test_predict_chooses_the_viewer_from_what_the_browser_said(app):
     assert "In use: 3-D WebGL viewer (NiiVue)" in captions
     assert "chosen automatically: this browser draws WebGL2 on a graphics card" in captions
     assert "box only" not in captions and "Sent to the browser:" in captions
+    # Once the volume is predicted: the label legend under the cursor, a probability layer with a colour bar.
+    _wait_for_volume(app)
+    assert "value under the cursor is the colour code (255 = NCR/NET (label 1)" in " ".join(
+        _values(app.caption)
+    )
+    assert "WT probability" in app.radio(key="view_nv_layer").options
+    app.radio(key="view_nv_layer").set_value("WT probability").run()
+    assert not app.exception and "with its colour bar" in " ".join(_values(app.caption))
+    app.radio(key="view_nv_layer").set_value("Prediction").run()
     # Software WebGL2: the simple images again, unless the user picks the 3-D viewer, which then gets the box.
     app.session_state[SUPPORT_KEY] = WebGLSupport(True, "SwiftShader Device")
     app.run()

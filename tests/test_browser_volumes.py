@@ -83,6 +83,22 @@ def test_labels_take_the_apps_colours_on_the_hsv_colormap():
         bv.label_overlay(label, LPS, box, labels_shown=(3,), name="p.nii.gz")
 
 
+def test_the_legend_names_the_codes_the_overlays_store():
+    label = np.zeros((6, 10, 12), dtype=np.uint8)
+    label[2, 3, 4], label[2, 3, 5], label[2, 3, 6] = 1, 2, 4
+    case = _case(label)
+    codes = np.asanyarray(
+        _read(bv.label_overlay(label, LPS, bv.full_box(case), name="p.nii.gz").data).dataobj
+    )
+    stored = {value: int(codes[3, 4 + n, 2]) for n, value in enumerate((1, 2, 4))}  # NIfTI (i, j, k)
+    legend = bv.code_legend("labels")
+    for value, name in ((1, "NCR/NET"), (2, "ED"), (4, "ET")):
+        assert f"{stored[value]} = {name} (label {value})" in legend
+    assert bv.code_legend("errors") == "85 = TP, 213 = FP, 128 = FN"
+    with pytest.raises(ValueError, match="unknown legend"):
+        bv.code_legend("uncertainty")
+
+
 def test_errors_are_green_magenta_and_cyan():
     truth = np.zeros((6, 10, 12), dtype=np.uint8)
     predicted = np.zeros_like(truth)

@@ -187,6 +187,20 @@ def heat_overlay(
     return Overlay(_nifti_gz(real, box.affine(affine), header), name, HEAT_COLORMAP, outside)
 
 
+def code_legend(kind: str) -> str:
+    """What the viewer's readout under the cursor means for a coded overlay: it shows the stored colour
+    position (e.g. 255), not the BraTS label, so the page says which is which. ``kind``: "labels" or
+    "errors"."""
+    if kind == "labels":
+        names = {1: "NCR/NET (label 1)", 2: "ED (label 2)", 4: "ET (label 4)"}
+        pairs = [(_HUE[LABEL_HUES[value]], names[value]) for value in sorted(LABEL_HUES)]
+    elif kind == "errors":
+        pairs = [(_HUE[ERROR_HUES[k]], k) for k in ("TP", "FP", "FN")]
+    else:
+        raise ValueError(f"unknown legend {kind!r}; expected 'labels' or 'errors'")
+    return ", ".join(f"{code} = {name}" for code, name in pairs)
+
+
 def wire_bytes(n: int) -> int:
     """Bytes that ``n`` bytes of data take in the component's message (base64 text)."""
     return 4 * ((int(n) + 2) // 3)
