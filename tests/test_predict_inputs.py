@@ -218,6 +218,30 @@ def test_brain_extraction_on_a_synthetic_skull(real_case_dir: Path) -> None:
     assert (mask & ~truth).sum() / mask.sum() < 0.03, "scalp kept"
 
 
+def test_network_brain_extraction_on_a_synthetic_skull_from_t1_alone(real_case_dir: Path) -> None:
+    """The default extractor (deepbet, installed from requirements.txt) on the T1 of the same head: the
+    contrast where the classical recipe fails on BRAINIX. Every third slice, 3 mm apart."""
+    from medvision.data.brain_extraction import NETWORK_METHOD, extract_case_brain, network_available
+
+    assert network_available(), "deepbet is a requirement: pip install -r requirements.txt"
+    case = read_brats_folder(real_case_dir)
+    truth = np.any(case.image[:, ::3] != 0, axis=0)
+    spacing = (case.spacing[0] * 3, case.spacing[1], case.spacing[2])
+    t1 = add_skull(case.image[1, ::3], truth, spacing)
+    image = np.zeros((4, *t1.shape), dtype=np.float32)
+    image[1] = t1
+    affine = case.affine @ np.diag([1.0, 1.0, 3.0, 1.0])  # NIfTI k is the case's first axis
+    head = dataclasses.replace(
+        case, image=image, affine=affine, spacing=spacing, label=None, available=("t1",)
+    )
+    brain = extract_case_brain(head)
+    assert brain.method == NETWORK_METHOD and brain.channel == "t1"
+    assert dice(brain.mask, truth) > 0.93
+    assert (brain.mask & ~truth).sum() / brain.mask.sum() < 0.06, "scalp kept"
+    with pytest.raises(ValueError, match="unknown brain extraction method"):
+        extract_case_brain(head, method="bet")
+
+
 def test_skull_stripped_cases_are_left_alone(real_case_dir: Path) -> None:
     prepared = load_input(_namespace(input=real_case_dir))
     case = prepared.case
@@ -226,7 +250,9 @@ def test_skull_stripped_cases_are_left_alone(real_case_dir: Path) -> None:
     same, line = strip_skull(prepared, "auto")
     assert line is None and same is prepared
     forced, line = strip_skull(prepared, "on")
-    assert line is not None and "brain extracted" in line and "cm^3" in line
+    assert line is not None and "brain extracted (deepbet network" in line and "cm^3" in line
+    _, line = strip_skull(prepared, "on", "classical")  # predict --brain-extractor classical
+    assert line is not None and "brain extracted (Otsu threshold" in line
     with pytest.raises(ValueError, match="does not match"):
         apply_brain_mask(prepared.case, np.ones((2, 2, 2), bool))
 

@@ -186,7 +186,7 @@ def _load(args: argparse.Namespace) -> tuple[PreparedInput, list[str]]:
     prepared = load_input(args)
     if args.modalities is not None:
         prepared = dataclasses.replace(prepared, case=_keep_modalities(prepared.case, args.modalities))
-    prepared, stripped = strip_skull(prepared, args.brain_extraction)
+    prepared, stripped = strip_skull(prepared, args.brain_extraction, args.brain_extractor)
     return prepared, [*prepared.lines, *([stripped] if stripped else [])]
 
 

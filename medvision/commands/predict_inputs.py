@@ -73,6 +73,14 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="cut the scan to the brain: auto = when it is not skull-stripped (default)",
     )
+    parser.add_argument(
+        "--brain-extractor",
+        choices=("auto", "network", "classical"),
+        default="auto",
+        help="how the brain is found: network = deepbet (weights in its wheel, offline), classical = "
+        "threshold and morphology (faster, fails more often without FLAIR); auto = network when deepbet "
+        "is installed (default)",
+    )
 
 
 def modality_flags(args: argparse.Namespace) -> dict[str, str]:
@@ -166,9 +174,11 @@ def load_input(args: argparse.Namespace) -> PreparedInput:
         raise InputDataError(path or "predict", f"cannot read ({type(exc).__name__}: {exc})") from exc
 
 
-def strip_skull(prepared: PreparedInput, mode: str) -> tuple[PreparedInput, str | None]:
-    """``prepared`` cut to the brain when it shows the skull (``mode`` "auto") or always ("on"); the line
-    saying so, or None when nothing was done."""
+def strip_skull(
+    prepared: PreparedInput, mode: str, extractor: str = "auto"
+) -> tuple[PreparedInput, str | None]:
+    """``prepared`` cut to the brain when it shows the skull (``mode`` "auto") or always ("on"), by the
+    ``extractor`` method of ``extract_case_brain``; the line saying so, or None when nothing was done."""
     from medvision.data.brain_extraction import apply_brain_mask, extract_case_brain
     from medvision.data.skull import check_skull_stripped
 
@@ -177,7 +187,7 @@ def strip_skull(prepared: PreparedInput, mode: str) -> tuple[PreparedInput, str 
     check = check_skull_stripped(prepared.case)
     if check.skull_stripped and mode == "auto":
         return prepared, None
-    brain = extract_case_brain(prepared.case)
+    brain = extract_case_brain(prepared.case, method=extractor)
     if not brain.mask.any():  # nothing brain-like found: the whole scan is better than an empty one
         return prepared, f"predict: scan is not skull-stripped ({check.reason}); no brain found to extract"
     state = "not skull-stripped" if not check.skull_stripped else "looks skull-stripped, extraction asked"
