@@ -44,6 +44,7 @@ import functools
 import importlib.util
 import io
 import logging
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -168,7 +169,9 @@ def network_available() -> bool:
 def _network():  # noqa: ANN202 - deepbet's BrainExtraction, loaded once per process (0.3 s)
     from deepbet.bet import BrainExtraction
 
-    return BrainExtraction(no_gpu=True)
+    with warnings.catch_warnings():  # its TorchScript weights load through torch.jit.load (deprecated)
+        warnings.filterwarnings("ignore", message=".*torch.jit.load.*", category=DeprecationWarning)
+        return BrainExtraction(no_gpu=True)
 
 
 def network_brain(volume: np.ndarray, affine: np.ndarray) -> np.ndarray:
