@@ -764,8 +764,9 @@ if st.session_state.get("view_uncertainty"):
         help=(
             f"Dropout passes only on slices within {forward.MC_FOCUS_MARGIN} of one where the prediction "
             f"gives some voxel a tumour probability of {forward.MC_FOCUS_PROBABILITY:g} or more; the other "
-            "slices show no spread. What this leaves out, measured on the real cross-validation cases: "
-            "bench/mc_focus.py and the model card."
+            "slices show no spread. Measured on the 9 held-out real cases (bench/mc_focus.py): it leaves "
+            "out 2.6% of the uncertainty on average (6.4% at worst), ranks wrong voxels as well (AUROC "
+            "0.913 vs 0.907) and ran 1.45x faster on the real case."
         ),
     )
     if mc_job is None:

@@ -1,0 +1,163 @@
+"""Benchmark: focused MC dropout (dropout passes only near the plain pass's tumour probability) against MC
+dropout on every brain slice: what it leaves out and how much time it saves.
+
+    python bench/mc_focus.py [--samples 6] [--bars 0.02 0.05 0.2] [--rounds 2] [--quality-only]
+                             [--timing-only] [--note TEXT] [--no-record] [--under-load]
+
+Quality (``--bars``): each cross-validation fold model of the default recipe (runs/default/fold_*) on its
+held-out real cases from data/default_mix.h5, all four modalities: the share of the full run's
+uncertainty (sum of the per-voxel spread) that lies on slices the focus skips, the largest spread there,
+the AUROC of uncertainty for wrong voxels with and without focus, and the share of slices that still get
+dropout passes. Timing: the shipped model on BraTS2021_00006 (240x240x155), full MC vs focused MC after the
+plain volume is cached (as on the Predict page, where the prediction is there before uncertainty is asked),
+alternating rounds; medians and their ratio go to bench/RESULTS.md with the CPU model. Time it on a quiet
+machine; the quality part may share the cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+REAL_CASE = ROOT.parent / "shared" / "data" / "brats2021_00006"
+CHECKPOINT = ROOT / "checkpoints" / "default.safetensors"
+FOLDS = ROOT / "runs" / "default"
+STORE = ROOT / "data" / "default_mix.h5"
+
+
+def quality(bars: list[float], samples: int, report) -> None:
+    """Per bar, over the held-out real cases of every fold: skipped uncertainty, AUROC, slices run."""
+    from medvision.data.store import SliceStore
+    from medvision.inference import label_masks
+    from medvision.inference.forward import focus_slices
+    from medvision.train.calibration import auroc
+    from medvision.train.evaluation import checkpoint_engine, split_case_ids
+
+    rows: dict[float, list[tuple[float, float, float, float]]] = {bar: [] for bar in bars}
+    full_auroc: list[float] = []
+    folds = sorted(FOLDS.glob("fold_*/checkpoints/last.safetensors"))
+    if not folds or not STORE.exists():
+        raise SystemExit(f"quality needs {FOLDS}/fold_*/ and {STORE} (bash checkpoints/train_default.sh)")
+    with SliceStore(str(STORE)) as store:
+        for checkpoint in folds:
+            engine, meta = checkpoint_engine(str(checkpoint), "cpu", "auto", "torch", 16)
+            for case_id in split_case_ids(store, meta, "val"):
+                if case_id.startswith("Synth_"):
+                    continue
+                prepared = engine.prepare_stored(store.read_image(case_id))
+                truth = label_masks(store.read_label(case_id), engine.regions)[0][prepared.brain]
+                plain = engine.predict(prepared).probabilities
+                full = engine.predict(prepared, mc_samples=samples, seed=0)
+                wrong = label_masks(full.label, engine.regions)[0][prepared.brain] != truth
+                full_auroc.append(auroc(full.uncertainty[prepared.brain], wrong))
+                brain_slices = np.flatnonzero(prepared.has_brain)
+                for bar in bars:
+                    kept = focus_slices(plain[0], brain_slices, bar)
+                    skipped = np.setdiff1d(brain_slices, kept)
+                    total = float(full.uncertainty.sum())
+                    left_out = float(full.uncertainty[skipped].sum()) / total if total else 0.0
+                    worst = float(full.uncertainty[skipped].max()) if skipped.size else 0.0
+                    focused = engine.predict(prepared, mc_samples=samples, seed=0, mc_focus=bar, plain=plain)
+                    wrong_f = label_masks(focused.label, engine.regions)[0][prepared.brain] != truth
+                    score = auroc(focused.uncertainty[prepared.brain], wrong_f)
+                    rows[bar].append((left_out, worst, score, kept.size / max(brain_slices.size, 1)))
+    report(
+        f"- quality: {len(full_auroc)} held-out real cases of {len(folds)} fold models, {samples} passes, "
+        f"all four modalities; AUROC of uncertainty for wrong WT voxels without focus: "
+        f"mean {np.nanmean(full_auroc):.3f}"
+    )
+    for bar, values in rows.items():
+        left, worst, score, share = (np.array(column) for column in zip(*values, strict=True))
+        report(
+            f"- focus at p >= {bar:g} (margin of slices as forward.MC_FOCUS_MARGIN): uncertainty left out "
+            f"mean {left.mean():.2%} (worst case {left.max():.2%}), "
+            f"largest skipped spread {worst.max():.3f}, "
+            f"AUROC mean {np.nanmean(score):.3f}, slices with passes mean {share.mean():.0%}"
+        )
+
+
+def timing(bar: float, samples: int, rounds: int, report) -> None:
+    """Full MC vs focused MC on the real case, the plain volume cached for the focused way."""
+    from medvision.data.readers import load_case
+    from medvision.inference import Predictor
+
+    case = load_case(REAL_CASE)
+    predictor = Predictor(CHECKPOINT, device="cpu")
+    predictor.predict_volume(case, mc_samples=2, seed=0)  # warm-up: threads, allocator, prepared case
+    times: dict[str, list[float]] = {"every slice": [], "focused": []}
+    for _ in range(rounds):
+        predictor.clear_cache()
+        start = time.perf_counter()
+        full = predictor.predict_volume(case, mc_samples=samples, seed=0)
+        times["every slice"].append(time.perf_counter() - start)
+        predictor.clear_cache()
+        predictor.predict_volume(case)  # the page's prediction, there before uncertainty is asked for
+        start = time.perf_counter()
+        focused = predictor.predict_volume(case, mc_samples=samples, seed=0, mc_focus=bar)
+        times["focused"].append(time.perf_counter() - start)
+    report(f"- CPU: predictor: {predictor.describe()}")
+    report(
+        f"- timing: MC dropout, {samples} passes over BraTS2021_00006 (240x240x155), {rounds} rounds per "
+        f"way, alternating; focus at p >= {bar:g} with the plain volume cached"
+    )
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    for name, t in times.items():
+        report(f"- {name}: median {medians[name]:.1f} s ({', '.join(f'{x:.1f}' for x in t)})")
+    report(f"- ratio: every slice / focused = {medians['every slice'] / medians['focused']:.2f}x")
+    tumour = full.label > 0
+    report(
+        f"- this case: case uncertainty score {full.uncertainty_score:.4f} every slice vs "
+        f"{focused.uncertainty_score:.4f} focused; predicted WT voxels {int(tumour.sum())} vs "
+        f"{int((focused.label > 0).sum())}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--samples", type=int, default=6, help="MC passes (the Predict page's default: 6)")
+    parser.add_argument("--bars", type=float, nargs="+", default=[0.02, 0.05, 0.2])
+    parser.add_argument("--rounds", type=int, default=2, help="timed volumes per way")
+    parser.add_argument("--quality-only", action="store_true")
+    parser.add_argument("--timing-only", action="store_true")
+    parser.add_argument("--note", default="", help="a line for RESULTS.md (e.g. how quiet the machine was)")
+    parser.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
+    parser.add_argument("--under-load", action="store_true", help="say that other work shared the cores")
+    args = parser.parse_args()
+    from bench_report import Reporter, finish_report, machine_calibration
+
+    from medvision.inference.forward import MC_FOCUS_PROBABILITY
+    from medvision.precision import cpu_kind
+
+    calibration, load_before = machine_calibration(), os.getloadavg()
+    report = Reporter()
+    report(f"- CPU: {cpu_kind()}")
+    if not args.timing_only:
+        quality(args.bars, args.samples, report)
+    if not args.quality_only:
+        if not REAL_CASE.is_dir():
+            raise SystemExit("timing needs ../shared/data/brats2021_00006")
+        timing(MC_FOCUS_PROBABILITY, args.samples, args.rounds, report)
+    finish_report(
+        "mc_focus (bench/mc_focus.py)",
+        report,
+        calibration=calibration,
+        load_before=load_before,
+        under_load=args.under_load,
+        note=args.note,
+        record=not args.no_record,
+    )
+
+
+if __name__ == "__main__":
+    main()
