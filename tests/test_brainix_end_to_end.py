@@ -144,7 +144,7 @@ def test_wt_dice_against_the_roi(
     with capsys.disabled():
         print(f"\nBRAINIX WT Dice vs ROI with {model}: {dice:.3f}")
     if DEFAULT_CHECKPOINT.exists():
-        # The shipped model finds the tumour (0.646 with the deepbet mask; aim 0.75): a floor well below that
+        # The shipped model finds the tumour (0.771 when last trained; aim 0.75): a floor well below that
         # catches a model, pipeline or geometry change that loses it, not a retraining's small drift.
         assert dice >= 0.5, dice
     else:
