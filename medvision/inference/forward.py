@@ -242,6 +242,51 @@ class SegmentationEngine:
         stages = _stages(probabilities, indices, mc_samples, mc_focus, plain)
         # Progress in passes over slices: a dropout slice counts as mc_samples plain ones.
         planned = sum(len(indices if k is None else k) * max(n, 1) for k, n in stages)
+        self._run_stages(
+            prepared,
+            stages,
+            indices,
+            mc_focus,
+            tta,
+            seed,
+            mc_samples,
+            mc,
+            on_logits,
+            probabilities,
+            planned,
+            progress,
+        )
+        if mc is not None and mc_focus is not None:
+            # Outside the focus only the plain pass ran: its tumour voxels count for the case score.
+            mc.any_tumour |= probabilities[0] > self.threshold
+        label = final_label(
+            probabilities,
+            self.regions,
+            threshold=self.threshold,
+            min_component_voxels=min_component_voxels,
+            min_component_fraction=self.component_fraction(min_component_fraction),
+        )
+        if mc is None:
+            return CropPrediction(probabilities, label)
+        score = uncertainty_score(mc.uncertainty, label > 0, mc.any_tumour)
+        return CropPrediction(probabilities, label, mc.uncertainty, score)
+
+    def _run_stages(
+        self,
+        prepared: PreparedVolume,
+        stages: list[Stage],
+        indices: np.ndarray,
+        mc_focus: float | None,
+        tta: bool,
+        seed: int,
+        mc_samples: int,
+        mc: _MonteCarlo | None,
+        on_logits: LogitsHook | None,
+        probabilities: np.ndarray,
+        planned: int,
+        progress: ProgressFn | None,
+    ) -> None:
+        """Run ``stages`` batch by batch into ``probabilities`` (and ``mc``), reporting progress."""
         done, reported = 0, 0.0
         # The model lock is taken per batch, so the viewer's single slices can run between the batches of
         # a background volume. MC runs hold their own lock throughout: the seeded global RNG is theirs alone.
@@ -266,20 +311,6 @@ class SegmentationEngine:
                         progress(reported)
         if progress is not None and reported < 1.0:
             progress(1.0)  # nothing to run, or an empty focus after the plain pass
-        if mc is not None and mc_focus is not None:
-            # Outside the focus only the plain pass ran: its tumour voxels count for the case score.
-            mc.any_tumour |= probabilities[0] > self.threshold
-        label = final_label(
-            probabilities,
-            self.regions,
-            threshold=self.threshold,
-            min_component_voxels=min_component_voxels,
-            min_component_fraction=self.component_fraction(min_component_fraction),
-        )
-        if mc is None:
-            return CropPrediction(probabilities, label)
-        score = uncertainty_score(mc.uncertainty, label > 0, mc.any_tumour)
-        return CropPrediction(probabilities, label, mc.uncertainty, score)
 
     def _batch(
         self,
