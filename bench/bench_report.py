@@ -3,6 +3,7 @@ section it appends to bench/RESULTS.md (date, command, device, figures)."""
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import hashlib
 import os
@@ -93,3 +94,30 @@ def finish_report(
     report_machine(calibration, load_before, report)
     if record:
         append_results(name + (", under load" if under_load else ""), report.lines)
+
+
+def add_report_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags every benchmark that ends with :func:`finish_from_args` takes."""
+    parser.add_argument("--note", default="", help="a line for RESULTS.md (e.g. how quiet the machine was)")
+    parser.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
+    parser.add_argument("--under-load", action="store_true", help="say that other work shared the cores")
+
+
+def finish_from_args(
+    name: str,
+    report: Reporter,
+    args: argparse.Namespace,
+    *,
+    calibration: float,
+    load_before: tuple[float, float, float],
+) -> None:
+    """:func:`finish_report` with the flags of :func:`add_report_flags`."""
+    finish_report(
+        name,
+        report,
+        calibration=calibration,
+        load_before=load_before,
+        under_load=args.under_load,
+        note=args.note,
+        record=not args.no_record,
+    )

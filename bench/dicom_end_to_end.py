@@ -62,13 +62,13 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rounds", type=int, default=2, help="timed runs per way")
-    parser.add_argument("--note", default="", help="a line for RESULTS.md (e.g. how quiet the machine was)")
-    parser.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
-    parser.add_argument("--under-load", action="store_true", help="say that other work shared the cores")
+    from bench_report import add_report_flags
+
+    add_report_flags(parser)
     args = parser.parse_args()
     if not (BRAINIX / "DICOM").is_dir():
         raise SystemExit(f"needs the BRAINIX study at {BRAINIX}")
-    from bench_report import Reporter, finish_report, machine_calibration
+    from bench_report import Reporter, finish_from_args, machine_calibration
 
     from medvision.precision import cpu_kind
 
@@ -95,14 +95,12 @@ def main() -> None:
     report(f"- ratio: network / classical = {medians['network'] / medians['classical']:.2f}x the time")
     verdicts = ", ".join(f"{way} {'met' if medians[way] <= 20 else 'not met'}" for way in WAYS)
     report(f"- goal <= 20 s on 2 CPU cores: {verdicts}")
-    finish_report(
+    finish_from_args(
         "dicom_end_to_end (bench/dicom_end_to_end.py)",
         report,
+        args,
         calibration=calibration,
         load_before=load_before,
-        under_load=args.under_load,
-        note=args.note,
-        record=not args.no_record,
     )
 
 

@@ -34,13 +34,13 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=6, help="MC passes (the Predict page's default: 6)")
     parser.add_argument("--rounds", type=int, default=2, help="timed volumes per way")
     parser.add_argument("--stacked-slices", type=int, default=48, help="slices per forward when stacked")
-    parser.add_argument("--note", default="", help="a line for RESULTS.md (e.g. how quiet the machine was)")
-    parser.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
-    parser.add_argument("--under-load", action="store_true", help="say that other work shared the cores")
+    from bench_report import add_report_flags
+
+    add_report_flags(parser)
     args = parser.parse_args()
     if not REAL_CASE.is_dir():
         raise SystemExit("needs ../shared/data/brats2021_00006")
-    from bench_report import Reporter, finish_report, machine_calibration
+    from bench_report import Reporter, finish_from_args, machine_calibration
 
     from medvision.data.readers import load_case
     from medvision.inference import Predictor, forward
@@ -75,14 +75,12 @@ def main() -> None:
         report(f"- {name} (at most {bound} slices per forward): median {medians[name]:.1f} s ({shown})")
     ratio = medians["stacked"] / medians["one per pass"]
     report(f"- ratio: stacked / one per pass = {ratio:.2f} (above 1: stacking is slower)")
-    finish_report(
+    finish_from_args(
         "mc_dropout (bench/mc_dropout.py)",
         report,
+        args,
         calibration=calibration,
         load_before=load_before,
-        under_load=args.under_load,
-        note=args.note,
-        record=not args.no_record,
     )
 
 

@@ -130,11 +130,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="timed volumes per way")
     parser.add_argument("--quality-only", action="store_true")
     parser.add_argument("--timing-only", action="store_true")
-    parser.add_argument("--note", default="", help="a line for RESULTS.md (e.g. how quiet the machine was)")
-    parser.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
-    parser.add_argument("--under-load", action="store_true", help="say that other work shared the cores")
+    from bench_report import add_report_flags
+
+    add_report_flags(parser)
     args = parser.parse_args()
-    from bench_report import Reporter, finish_report, machine_calibration
+    from bench_report import Reporter, finish_from_args, machine_calibration
 
     from medvision.inference.forward import MC_FOCUS_PROBABILITY
     from medvision.precision import cpu_kind
@@ -148,14 +148,12 @@ def main() -> None:
         if not REAL_CASE.is_dir():
             raise SystemExit("timing needs ../shared/data/brats2021_00006")
         timing(MC_FOCUS_PROBABILITY, args.samples, args.rounds, report)
-    finish_report(
+    finish_from_args(
         "mc_focus (bench/mc_focus.py)",
         report,
+        args,
         calibration=calibration,
         load_before=load_before,
-        under_load=args.under_load,
-        note=args.note,
-        record=not args.no_record,
     )
 
 
