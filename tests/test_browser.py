@@ -180,6 +180,15 @@ def _wait_for_change(page, pattern, old: str, timeout_s: float = 90) -> str:
     raise AssertionError(f"the slice did not change from {old!r}")
 
 
+def _until_no_stale_elements(page, timeout_ms: int = 120_000) -> None:
+    """Wait until the page shows no faded copy of an element from an earlier run: a key pressed on such a
+    copy is lost when the run that replaces it ends."""
+    _settle(page, timeout_ms)
+    page.wait_for_function(
+        "() => !document.querySelector('[data-stale=\"true\"]')", timeout=timeout_ms
+    )
+
+
 def _assert_overlay_controls_at_defaults(page) -> None:
     """The NCR/ED/ET toggles ticked and the opacity at 0.45, as the browser shows them."""
     for label in ("NCR", "ED", "ET"):
@@ -241,6 +250,7 @@ def test_every_page_and_an_uploaded_case_in_a_real_browser(server, browser):
     page.get_by_role("button", name="▶").click()
     after = _wait_for_change(page, slice_caption, before)
     assert after.split(" · ")[0] == _shift(before, 1), (before, after)
+    _until_no_stale_elements(page)
     slider = page.get_by_role("slider").last  # the slice slider (after the opacity slider)
     slider.focus()
     page.keyboard.press("ArrowLeft")

@@ -21,24 +21,44 @@ SOFTWARE_RENDERERS = ("swiftshader", "llvmpipe", "softpipe", "software", "basic 
 MAX_RENDERER_CHARS = 200
 
 # Creates a WebGL2 context on a canvas that is never attached, reads the renderer's name (unmasked where the
-# browser allows), releases the context and reports {webgl2, renderer} as the component's state.
+# browser allows), releases the context and reports {webgl2, renderer, attempt} as the component's state.
+# The answer is sent again every RESEND_MS (with the next attempt number, so that it is a new value) until the
+# page stops drawing the probe, i.e. until the server has it: one message sent while the server was busy with
+# another run was seen lost in CI, and without a user's click nothing else would have carried it.
 _PROBE_JS = """
-export default function (component) {
-  const { setStateValue } = component;
-  let answer = { webgl2: false, renderer: "" };
+const RESEND_MS = 3000;
+const MAX_ATTEMPTS = 60;
+
+function ask() {
   try {
     const gl = document.createElement("canvas").getContext("webgl2");
-    if (gl) {
-      const info = gl.getExtension("WEBGL_debug_renderer_info");
-      const name = info ? gl.getParameter(info.UNMASKED_RENDERER_WEBGL) : gl.getParameter(gl.RENDERER);
-      answer = { webgl2: true, renderer: String(name || "") };
-      const lose = gl.getExtension("WEBGL_lose_context");
-      if (lose) lose.loseContext();
-    }
+    if (!gl) return { webgl2: false, renderer: "" };
+    const info = gl.getExtension("WEBGL_debug_renderer_info");
+    const name = info ? gl.getParameter(info.UNMASKED_RENDERER_WEBGL) : gl.getParameter(gl.RENDERER);
+    const lose = gl.getExtension("WEBGL_lose_context");
+    if (lose) lose.loseContext();
+    return { webgl2: true, renderer: String(name || "") };
   } catch (error) {
-    answer = { webgl2: false, renderer: "" };
+    return { webgl2: false, renderer: "" };
   }
-  setStateValue("support", answer);
+}
+
+export default function (component) {
+  const { setStateValue, parentElement } = component;
+  if (parentElement.__medvisionProbe) return;  // drawn again with the same mount: one timer only
+  const answer = ask();
+  let attempt = 0;
+  const send = () => {
+    attempt += 1;
+    setStateValue("support", { ...answer, attempt });
+  };
+  send();
+  const timer = setInterval(() => (attempt < MAX_ATTEMPTS ? send() : clearInterval(timer)), RESEND_MS);
+  parentElement.__medvisionProbe = timer;
+  return () => {
+    clearInterval(timer);
+    parentElement.__medvisionProbe = undefined;
+  };
 }
 """
 _probe = st.components.v2.component("medvision_webgl_probe", js=_PROBE_JS)
