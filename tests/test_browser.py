@@ -184,9 +184,7 @@ def _until_no_stale_elements(page, timeout_ms: int = 120_000) -> None:
     """Wait until the page shows no faded copy of an element from an earlier run: a key pressed on such a
     copy is lost when the run that replaces it ends."""
     _settle(page, timeout_ms)
-    page.wait_for_function(
-        "() => !document.querySelector('[data-stale=\"true\"]')", timeout=timeout_ms
-    )
+    page.wait_for_function("() => !document.querySelector('[data-stale=\"true\"]')", timeout=timeout_ms)
 
 
 def _assert_overlay_controls_at_defaults(page) -> None:
