@@ -5,10 +5,12 @@ dropout on every brain slice: what it leaves out and how much time it saves.
                              [--timing-only] [--note TEXT] [--no-record] [--under-load]
 
 Quality (``--bars``): each cross-validation fold model of the default recipe (runs/default/fold_*) on its
-held-out real cases from data/default_mix.h5, all four modalities: the share of the full run's
-uncertainty (sum of the per-voxel spread) that lies on slices the focus skips, the largest spread there,
-the AUROC of uncertainty for wrong voxels with and without focus, and the share of slices that still get
-dropout passes. Timing: the shipped model on BraTS2021_00006 (240x240x155), full MC vs focused MC after the
+held-out real cases from data/default_mix.h5 (without those, the shipped model on the labelled real cases of
+../shared/data, which it was trained on), all four modalities: the share of the full run's uncertainty (sum
+of the per-voxel spread) where the focus runs no dropout pass (slices it skips, and outside the in-plane
+window on the others), the largest spread there, the AUROC of uncertainty for wrong voxels with and without
+focus, and the share of the network input that still gets dropout passes.
+Timing: the shipped model on BraTS2021_00006 (240x240x155), full MC vs focused MC after the
 plain volume is cached (as on the Predict page, where the prediction is there before uncertainty is asked),
 alternating rounds; medians and their ratio go to bench/RESULTS.md with the CPU model. Time it on a quiet
 machine; the quality part may share the cores.
@@ -34,54 +36,93 @@ FOLDS = ROOT / "runs" / "default"
 STORE = ROOT / "data" / "default_mix.h5"
 
 
-def quality(bars: list[float], samples: int, report) -> None:
-    """Per bar, over the held-out real cases of every fold: skipped uncertainty, AUROC, slices run."""
+def _cases_of_folds():
+    """(engine, prepared, truth of the first region in the brain) of each fold's held-out real cases."""
     from medvision.data.store import SliceStore
     from medvision.inference import label_masks
-    from medvision.inference.forward import focus_slices
-    from medvision.train.calibration import auroc
     from medvision.train.evaluation import checkpoint_engine, split_case_ids
 
-    rows: dict[float, list[tuple[float, float, float, float]]] = {bar: [] for bar in bars}
-    full_auroc: list[float] = []
     folds = sorted(FOLDS.glob("fold_*/checkpoints/last.safetensors"))
-    if not folds or not STORE.exists():
-        raise SystemExit(f"quality needs {FOLDS}/fold_*/ and {STORE} (bash checkpoints/train_default.sh)")
     with SliceStore(str(STORE)) as store:
         for checkpoint in folds:
             engine, meta = checkpoint_engine(str(checkpoint), "cpu", "auto", "torch", 16)
             for case_id in split_case_ids(store, meta, "val"):
-                if case_id.startswith("Synth_"):
-                    continue
-                prepared = engine.prepare_stored(store.read_image(case_id))
-                truth = label_masks(store.read_label(case_id), engine.regions)[0][prepared.brain]
-                plain = engine.predict(prepared).probabilities
-                full = engine.predict(prepared, mc_samples=samples, seed=0)
-                wrong = label_masks(full.label, engine.regions)[0][prepared.brain] != truth
-                full_auroc.append(auroc(full.uncertainty[prepared.brain], wrong))
-                brain_slices = np.flatnonzero(prepared.has_brain)
-                for bar in bars:
-                    kept = focus_slices(plain[0], brain_slices, bar)
-                    skipped = np.setdiff1d(brain_slices, kept)
-                    total = float(full.uncertainty.sum())
-                    left_out = float(full.uncertainty[skipped].sum()) / total if total else 0.0
-                    worst = float(full.uncertainty[skipped].max()) if skipped.size else 0.0
-                    focused = engine.predict(prepared, mc_samples=samples, seed=0, mc_focus=bar, plain=plain)
-                    wrong_f = label_masks(focused.label, engine.regions)[0][prepared.brain] != truth
-                    score = auroc(focused.uncertainty[prepared.brain], wrong_f)
-                    rows[bar].append((left_out, worst, score, kept.size / max(brain_slices.size, 1)))
+                if not case_id.startswith("Synth_"):
+                    prepared = engine.prepare_stored(store.read_image(case_id))
+                    truth = label_masks(store.read_label(case_id), engine.regions)[0][prepared.brain]
+                    yield engine, prepared, truth
+
+
+def _real_cases_with_the_shipped_model():
+    """The same for the shipped model on every labelled real case of ../shared/data (cases it was trained
+    on: this measures how well focus approximates the full run, not how the model generalises)."""
+    from medvision.data.readers import load_case
+    from medvision.inference import Predictor, label_masks
+
+    engine = Predictor(CHECKPOINT, device="cpu", backend="torch").engine
+    folders = [REAL_CASE, *sorted((REAL_CASE.parent / "brats2018_dev").iterdir())]
+    for folder in folders:
+        case = load_case(folder)
+        prepared = engine.prepare_case(case.image)
+        crop = case.label[prepared.box]
+        yield engine, prepared, label_masks(crop, engine.regions)[0][prepared.brain]
+
+
+def quality(bars: list[float], samples: int, report) -> None:
+    """Per bar, over real cases: uncertainty left out where no dropout pass ran (skipped slices and outside
+    the in-plane window), AUROC of uncertainty for wrong voxels with and without focus, and the share of the
+    brain slices' network input that still gets dropout passes."""
+    from medvision.inference import label_masks
+    from medvision.inference.forward import focus_slices
+    from medvision.inference.geometry import uncrop
+    from medvision.train.calibration import auroc
+
+    rows: dict[float, list[tuple[float, ...]]] = {bar: [] for bar in bars}
+    full_auroc: list[float] = []
+    held_out = any(FOLDS.glob("fold_*/checkpoints/last.safetensors")) and STORE.exists()
+    cases = _cases_of_folds() if held_out else _real_cases_with_the_shipped_model()
+    for engine, prepared, truth in cases:
+        plain = engine.predict(prepared).probabilities
+        full = engine.predict(prepared, mc_samples=samples, seed=0)
+        wrong = label_masks(full.label, engine.regions)[0][prepared.brain] != truth
+        full_auroc.append(auroc(full.uncertainty[prepared.brain], wrong))
+        brain_slices = np.flatnonzero(prepared.has_brain)
+        total = float(full.uncertainty.sum())
+        for bar in bars:
+            kept = focus_slices(plain[0], brain_slices, bar)
+            run = np.zeros(full.uncertainty.shape, dtype=bool)
+            for batch, window in engine.focus_plan(plain[0], kept, bar, prepared):
+                inside = np.ones(prepared.padded, dtype=bool)
+                if window is not None:
+                    inside[:] = False
+                    inside[window] = True
+                run[batch] = uncrop(prepared, inside)
+            left_out = float(full.uncertainty[~run].sum()) / total if total else 0.0
+            worst = float(full.uncertainty[~run].max()) if (~run).any() else 0.0
+            focused = engine.predict(prepared, mc_samples=samples, seed=0, mc_focus=bar, plain=plain)
+            wrong_f = label_masks(focused.label, engine.regions)[0][prepared.brain] != truth
+            score = auroc(focused.uncertainty[prepared.brain], wrong_f)
+            slices = kept.size / max(brain_slices.size, 1)
+            area = float(run[kept].mean()) if kept.size else 0.0  # of the crop, not the padded input
+            rows[bar].append((left_out, worst, score, slices, area))
+    where = (
+        "held-out real cases of the fold models"
+        if held_out
+        else "real cases, the shipped model (trained on them)"
+    )
     report(
-        f"- quality: {len(full_auroc)} held-out real cases of {len(folds)} fold models, {samples} passes, "
-        f"all four modalities; AUROC of uncertainty for wrong WT voxels without focus: "
-        f"mean {np.nanmean(full_auroc):.3f}"
+        f"- quality: {len(full_auroc)} {where}, {samples} passes, all four modalities; AUROC of uncertainty "
+        f"for wrong WT voxels without focus: mean {np.nanmean(full_auroc):.3f}"
     )
     for bar, values in rows.items():
-        left, worst, score, share = (np.array(column) for column in zip(*values, strict=True))
+        left, worst, score, slices, area = (np.array(column) for column in zip(*values, strict=True))
         report(
-            f"- focus at p >= {bar:g} (margin of slices as forward.MC_FOCUS_MARGIN): uncertainty left out "
-            f"mean {left.mean():.2%} (worst case {left.max():.2%}), "
-            f"largest skipped spread {worst.max():.3f}, "
-            f"AUROC mean {np.nanmean(score):.3f}, slices with passes mean {share.mean():.0%}"
+            f"- focus at p >= {bar:g} (slice margin forward.MC_FOCUS_MARGIN, in-plane window "
+            f"forward.MC_FOCUS_CONTEXT): uncertainty left out mean {left.mean():.2%} (worst case "
+            f"{left.max():.2%}), largest spread left out {worst.max():.3f}, "
+            f"AUROC mean {np.nanmean(score):.3f}, "
+            f"slices with passes mean {slices.mean():.0%}, their windows' share of the brain crop mean "
+            f"{area.mean():.0%} (crop voxels that get passes {np.mean(slices * area):.0%})"
         )
 
 
@@ -128,6 +169,17 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=6, help="MC passes (the Predict page's default: 6)")
     parser.add_argument("--bars", type=float, nargs="+", default=[0.02, 0.05, 0.2])
     parser.add_argument("--rounds", type=int, default=2, help="timed volumes per way")
+    parser.add_argument(
+        "--context",
+        type=int,
+        default=None,
+        help="in-plane context in pixels (default forward.MC_FOCUS_CONTEXT)",
+    )
+    parser.add_argument(
+        "--no-patch-minimum",
+        action="store_true",
+        help="let the in-plane window be smaller than the training patch (to measure what that costs)",
+    )
     parser.add_argument("--quality-only", action="store_true")
     parser.add_argument("--timing-only", action="store_true")
     from bench_report import add_report_flags
@@ -136,12 +188,21 @@ def main() -> None:
     args = parser.parse_args()
     from bench_report import Reporter, finish_from_args, machine_calibration
 
+    from medvision.inference import forward
     from medvision.inference.forward import MC_FOCUS_PROBABILITY
     from medvision.precision import cpu_kind
 
+    if args.context is not None:
+        forward.MC_FOCUS_CONTEXT = args.context
+    if args.no_patch_minimum:
+        forward.MC_FOCUS_PATCH_MINIMUM = False
     calibration, load_before = machine_calibration(), os.getloadavg()
     report = Reporter()
     report(f"- CPU: {cpu_kind()}")
+    report(
+        f"- in-plane window: context {forward.MC_FOCUS_CONTEXT} px, at least the training patch: "
+        f"{forward.MC_FOCUS_PATCH_MINIMUM}"
+    )
     if not args.timing_only:
         quality(args.bars, args.samples, report)
     if not args.quality_only:

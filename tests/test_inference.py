@@ -265,6 +265,70 @@ def test_focused_mc_dropout_runs_passes_only_near_tumour_probability(
         fresh.engine.predict(fresh.prepare(case), mc_focus=0.1)
 
 
+def test_focus_window_holds_the_hot_voxels_with_context_and_the_patch_size() -> None:
+    from medvision.inference.forward import focus_window
+    from medvision.inference.geometry import PreparedVolume
+
+    d, h, w = 3, 60, 88
+    prepared = PreparedVolume(
+        image=np.zeros((4, d, h, w), np.float32),
+        box=(slice(0, d), slice(0, h), slice(0, w)),
+        full_shape=(d, h, w),
+        brain=np.ones((d, h, w), bool),
+        padded=(64, 96),
+        offset=(2, 4),
+    )
+    hot = np.zeros((d, h, w), bool)
+    assert focus_window(hot, prepared, 16, (32, 32), context=8) is None  # nothing hot
+    hot[1, 10, 20] = True
+    rows, cols = focus_window(hot, prepared, 16, (32, 32), context=8)
+    # 1 voxel + 8 on each side is 17: the patch's 32, centred on it and shifted inside the input.
+    assert (rows.start, rows.stop) == (0, 32) and (cols.start, cols.stop) == (8, 40)
+    assert rows.start <= 10 + 2 < rows.stop and cols.start <= 20 + 4 < cols.stop
+    hot[2, 50, 80] = True  # a second spot: the window grows to hold both, in multiples of 16
+    rows, cols = focus_window(hot, prepared, 16, None, context=0)
+    assert rows.start <= 12 and rows.stop > 52 and cols.start <= 24 and cols.stop > 84
+    assert (rows.stop - rows.start) % 16 == 0 and (cols.stop - cols.start) % 16 == 0
+    assert focus_window(np.ones((d, h, w), bool), prepared, 16, None, context=8) is None  # all of it
+
+
+def test_focused_mc_dropout_sees_only_a_window_around_the_tumour(
+    checkpoint: Path, case: Case, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dataclasses import replace
+
+    from medvision.inference import forward
+
+    fresh = Predictor(checkpoint, device="cpu", dtype="float32", backend="torch", batch_size=2)
+    fresh.engine.spec = replace(fresh.engine.spec, patch_size=None)
+    monkeypatch.setattr(forward, "MC_FOCUS_CONTEXT", 0)
+    plain = fresh.predict_volume(case)
+    first = plain.probabilities[0]
+    bar = float(np.quantile(first[first > 0], 0.98))  # a few hot voxels only
+    hot = first >= bar
+    _, rows, cols = np.nonzero(hot)
+    padded = fresh.prepare(case).padded
+    shapes: list[tuple[int, int]] = []
+    real = fresh.engine.backend.probabilities
+    monkeypatch.setattr(
+        fresh.engine.backend,
+        "probabilities",
+        lambda batch, tta=False, stochastic=False: (
+            shapes.append(batch.shape[-2:]) or real(batch, tta=tta, stochastic=stochastic)
+        ),
+    )
+    some = fresh.predict_volume(case, mc_samples=3, seed=5, mc_focus=bar)
+    assert shapes and all(s[0] <= padded[0] and s[1] <= padded[1] for s in shapes)
+    assert any(s != padded for s in shapes), (shapes, padded)
+    # Spread only inside the window (the hot voxels' box, rounded up to the network's multiple), the plain
+    # probabilities outside it.
+    reach = fresh.engine.spec.multiple
+    near = np.zeros(first.shape[1:], bool)
+    near[rows.min() - reach : rows.max() + reach + 1, cols.min() - reach : cols.max() + reach + 1] = True
+    assert some.uncertainty.max() > 0.0 and not some.uncertainty[:, ~near].any()
+    np.testing.assert_array_equal(some.probabilities[:, :, ~near], plain.probabilities[:, :, ~near])
+
+
 def test_results_are_cached_by_content_and_options(predictor: Predictor, case: Case) -> None:
     first = predictor.predict_volume(case)
     copy = Case(case.case_id + "_copy", case.image.copy(), case.affine.copy(), case.spacing)

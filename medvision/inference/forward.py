@@ -18,6 +18,9 @@ dropout passes only on slices where that pass gives some voxel a first-channel p
 ``p``, widened by :data:`MC_FOCUS_MARGIN` slices. Elsewhere the probabilities are the plain pass's and the
 uncertainty is 0. Slices far from any tumour probability carry almost no spread, so most of the volume's
 passes are saved; how much uncertainty this leaves out was measured (bench/mc_focus.py, bench/RESULTS.md).
+In-plane, the dropout passes see only a window around those voxels (:func:`focus_window`: their box widened by
+:data:`MC_FOCUS_CONTEXT` pixels, at least the training patch): the network was trained on such patches, and
+outside the window the plain pass's probabilities stand, as outside the focused slices.
 """
 
 from __future__ import annotations
@@ -53,6 +56,10 @@ MC_SLICES_PER_FORWARD = 1
 MC_FOCUS_MARGIN = 2
 # The Predict page's focus: dropout passes near slices where the plain WT probability reaches this somewhere.
 MC_FOCUS_PROBABILITY = 0.05
+# Pixels of context kept on each side of the focused voxels' in-plane box for the dropout passes, and
+# whether that window is at least the training patch (the size the network saw its context at).
+MC_FOCUS_CONTEXT = 32
+MC_FOCUS_PATCH_MINIMUM = True
 
 
 @dataclass(frozen=True)
@@ -87,6 +94,40 @@ def focus_slices(first_channel: np.ndarray, indices: np.ndarray, at_least: float
     return indices[near[indices]]
 
 
+Window = tuple[slice, slice]  # rows and columns of the padded network input
+
+
+def focus_window(
+    hot: np.ndarray,
+    prepared: PreparedVolume,
+    multiple: int,
+    at_least: tuple[int, int] | None,
+    context: int | None = None,
+) -> Window | None:
+    """The in-plane window of the padded input that holds every ``hot`` voxel ((k, h, w) bool, crop
+    coordinates) with ``context`` pixels around (MC_FOCUS_CONTEXT when None), at least ``at_least`` (the
+    training patch) and a multiple of ``multiple`` in size, inside the padded input.
+
+    None: no hot voxel, or the window would be the whole input.
+    """
+    context = MC_FOCUS_CONTEXT if context is None else context
+    rows, cols = np.flatnonzero(hot.any(axis=(0, 2))), np.flatnonzero(hot.any(axis=(0, 1)))
+    if rows.size == 0:
+        return None
+    window = []
+    for axis, (found, offset, full) in enumerate(
+        zip((rows, cols), prepared.offset, prepared.padded, strict=True)
+    ):
+        lo, hi = found[0] + offset - context, found[-1] + 1 + offset + context
+        size = max(hi - lo, at_least[axis] if at_least else 0)
+        size = min(-(-size // multiple) * multiple, full)
+        start = min(max((lo + hi - size) // 2, 0), full - size)
+        window.append(slice(int(start), int(start + size)))
+    if all(w.stop - w.start == full for w, full in zip(window, prepared.padded, strict=True)):
+        return None
+    return window[0], window[1]
+
+
 Stage = tuple[np.ndarray | None, int]  # (crop slices, None: the focus of the stage before; dropout passes)
 
 
@@ -105,6 +146,26 @@ def _stages(
         return [(indices, 0), (None, mc_samples)]
     probabilities[:, indices] = plain[:, indices]
     return [(focus_slices(probabilities[0], indices, mc_focus), mc_samples)]
+
+
+def _paste_window(
+    prepared: PreparedVolume, samples: np.ndarray, window: Window, outside: np.ndarray | None
+) -> np.ndarray:
+    """(N, B, R, window) dropout passes -> (N, B, R, H', W') with ``outside`` (B, R, h, w, crop coordinates)
+    everywhere the window does not cover."""
+    if outside is None:
+        raise ValueError("a focus window needs the plain probabilities outside it")
+    full = geometry.pad_like_input(prepared, outside)  # (B, R, H', W')
+    pasted = np.repeat(full[None], samples.shape[0], axis=0)
+    pasted[..., window[0], window[1]] = samples
+    return pasted
+
+
+def _window_mask(prepared: PreparedVolume, window: Window) -> np.ndarray:
+    """(H', W') bool: the window's pixels of the padded input."""
+    mask = np.zeros(prepared.padded, dtype=bool)
+    mask[window] = True
+    return mask
 
 
 def _check_focus(
@@ -296,13 +357,20 @@ class SegmentationEngine:
                 if stage_indices is None:
                     stage_indices = focus_slices(probabilities[0], indices, mc_focus)
                     planned = done + len(stage_indices) * samples
-                batches = [
-                    stage_indices[i : i + self.batch_size]
-                    for i in range(0, len(stage_indices), self.batch_size)
-                ]
-                for batch_indices in batches:
+                focused = bool(samples) and mc_focus is not None
+                for batch_indices, window in self.focus_plan(
+                    probabilities[0], stage_indices, mc_focus if focused else None, prepared
+                ):
+                    outside = probabilities[:, batch_indices].transpose(1, 0, 2, 3) if window else None
                     mean = self._batch(
-                        prepared, batch_indices, tta, samples, mc if samples else None, on_logits
+                        prepared,
+                        batch_indices,
+                        tta,
+                        samples,
+                        mc if samples else None,
+                        on_logits,
+                        window,
+                        outside,
                     )
                     probabilities[:, batch_indices] = mean.transpose(1, 0, 2, 3)
                     done += len(batch_indices) * max(samples, 1)
@@ -312,6 +380,24 @@ class SegmentationEngine:
         if progress is not None and reported < 1.0:
             progress(1.0)  # nothing to run, or an empty focus after the plain pass
 
+    def focus_plan(
+        self,
+        first_channel: np.ndarray,
+        indices: np.ndarray,
+        mc_focus: float | None,
+        prepared: PreparedVolume,
+    ) -> list[tuple[np.ndarray, Window | None]]:
+        """The batches of ``indices`` and, with ``mc_focus``, each batch's in-plane window for the dropout
+        passes (from its own slices' voxels at or above ``mc_focus``; None: the whole input)."""
+        batches = [indices[i : i + self.batch_size] for i in range(0, len(indices), self.batch_size)]
+        if mc_focus is None:
+            return [(batch, None) for batch in batches]
+        minimum = self.spec.patch_size if MC_FOCUS_PATCH_MINIMUM else None
+        return [
+            (batch, focus_window(first_channel[batch] >= mc_focus, prepared, self.spec.multiple, minimum))
+            for batch in batches
+        ]
+
     def _batch(
         self,
         prepared: PreparedVolume,
@@ -320,20 +406,37 @@ class SegmentationEngine:
         mc_samples: int,
         mc: _MonteCarlo | None,
         on_logits: LogitsHook | None,
+        window: Window | None = None,
+        outside: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Mean probabilities (B, R, h, w) of crop slices ``indices``, zero outside the brain."""
+        """Mean probabilities (B, R, h, w) of crop slices ``indices``, zero outside the brain.
+
+        With ``window`` (MC only) the dropout passes see only that part of the input; elsewhere every pass
+        takes ``outside`` (B, R, h, w), the plain pass's probabilities.
+        """
         batch = self.batch_input(prepared, indices)
         brain = prepared.brain[indices]  # (B, h, w)
         if mc is None:
             with self.lock:
                 padded = self._plain(batch, indices, tta, on_logits)
             return geometry.uncrop(prepared, padded) * brain[:, None]
+        if window is not None:
+            batch = batch[..., window[0], window[1]]
         with self.lock, mc_dropout_mode(self.backend.model):
             samples = self._mc_passes(batch, tta, mc_samples)
+        if window is not None:
+            samples = _paste_window(prepared, samples, window, outside)
         samples = geometry.uncrop(prepared, samples) * brain[None, :, None]  # (N, B, R, h, w)
-        mc.uncertainty[indices] = samples[:, :, 0].std(axis=0)
+        spread, mean = samples[:, :, 0].std(axis=0), samples.mean(axis=0)
+        if window is not None:
+            # Outside the window every pass holds the plain value: exactly that, and exactly no spread (the
+            # float32 mean and std of equal values may be off by a rounding step).
+            inside = geometry.uncrop(prepared, _window_mask(prepared, window))
+            spread = np.where(inside, spread, 0.0)
+            mean = np.where(inside, mean, samples[0])
+        mc.uncertainty[indices] = spread
         mc.any_tumour[indices] = (samples[:, :, 0] > self.threshold).any(axis=0)
-        return samples.mean(axis=0)
+        return mean
 
     def _mc_passes(self, batch: np.ndarray, tta: bool, mc_samples: int) -> np.ndarray:
         """(N, B, R, h, w) probabilities of ``mc_samples`` dropout passes over one batch.
