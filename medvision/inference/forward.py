@@ -148,19 +148,6 @@ def _stages(
     return [(focus_slices(probabilities[0], indices, mc_focus), mc_samples)]
 
 
-def _paste_window(
-    prepared: PreparedVolume, samples: np.ndarray, window: Window, outside: np.ndarray | None
-) -> np.ndarray:
-    """(N, B, R, window) dropout passes -> (N, B, R, H', W') with ``outside`` (B, R, h, w, crop coordinates)
-    everywhere the window does not cover."""
-    if outside is None:
-        raise ValueError("a focus window needs the plain probabilities outside it")
-    full = geometry.pad_like_input(prepared, outside)  # (B, R, H', W')
-    pasted = np.repeat(full[None], samples.shape[0], axis=0)
-    pasted[..., window[0], window[1]] = samples
-    return pasted
-
-
 def _window_mask(prepared: PreparedVolume, window: Window) -> np.ndarray:
     """(H', W') bool: the window's pixels of the padded input."""
     mask = np.zeros(prepared.padded, dtype=bool)
@@ -361,7 +348,9 @@ class SegmentationEngine:
                 for batch_indices, window in self.focus_plan(
                     probabilities[0], stage_indices, mc_focus if focused else None, prepared
                 ):
-                    outside = probabilities[:, batch_indices].transpose(1, 0, 2, 3) if window else None
+                    outside = (
+                        probabilities[:, batch_indices].transpose(1, 0, 2, 3) if window is not None else None
+                    )
                     mean = self._batch(
                         prepared,
                         batch_indices,
@@ -425,17 +414,22 @@ class SegmentationEngine:
         with self.lock, mc_dropout_mode(self.backend.model):
             samples = self._mc_passes(batch, tta, mc_samples)
         if window is not None:
-            samples = _paste_window(prepared, samples, window, outside)
+            padded = np.zeros((*samples.shape[:-2], *prepared.padded), dtype=samples.dtype)
+            padded[..., window[0], window[1]] = samples
+            samples = padded
         samples = geometry.uncrop(prepared, samples) * brain[None, :, None]  # (N, B, R, h, w)
         spread, mean = samples[:, :, 0].std(axis=0), samples.mean(axis=0)
+        any_tumour = (samples[:, :, 0] > self.threshold).any(axis=0)
         if window is not None:
-            # Outside the window every pass holds the plain value: exactly that, and exactly no spread (the
-            # float32 mean and std of equal values may be off by a rounding step).
+            if outside is None:
+                raise ValueError("a focus window needs the plain probabilities outside it")
+            # Outside the window no pass ran: the plain probabilities, and exactly no spread.
             inside = geometry.uncrop(prepared, _window_mask(prepared, window))
             spread = np.where(inside, spread, 0.0)
-            mean = np.where(inside, mean, samples[0])
+            mean = np.where(inside, mean, outside)
+            any_tumour = np.where(inside, any_tumour, outside[:, 0] > self.threshold)
         mc.uncertainty[indices] = spread
-        mc.any_tumour[indices] = (samples[:, :, 0] > self.threshold).any(axis=0)
+        mc.any_tumour[indices] = any_tumour
         return mean
 
     def _mc_passes(self, batch: np.ndarray, tta: bool, mc_samples: int) -> np.ndarray:
