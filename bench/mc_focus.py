@@ -73,7 +73,7 @@ def quality(bars: list[float], samples: int, report) -> None:
     the in-plane window), AUROC of uncertainty for wrong voxels with and without focus, and the share of the
     brain slices' network input that still gets dropout passes."""
     from medvision.inference import label_masks
-    from medvision.inference.forward import focus_slices
+    from medvision.inference.forward import focus_slices, window_mask
     from medvision.inference.geometry import uncrop
     from medvision.train.calibration import auroc
 
@@ -92,11 +92,7 @@ def quality(bars: list[float], samples: int, report) -> None:
             kept = focus_slices(plain[0], brain_slices, bar)
             run = np.zeros(full.uncertainty.shape, dtype=bool)
             for batch, window in engine.focus_plan(plain[0], kept, bar, prepared):
-                inside = np.ones(prepared.padded, dtype=bool)
-                if window is not None:
-                    inside[:] = False
-                    inside[window] = True
-                run[batch] = uncrop(prepared, inside)
+                run[batch] = uncrop(prepared, window_mask(prepared, window))
             left_out = float(full.uncertainty[~run].sum()) / total if total else 0.0
             worst = float(full.uncertainty[~run].max()) if (~run).any() else 0.0
             focused = engine.predict(prepared, mc_samples=samples, seed=0, mc_focus=bar, plain=plain)

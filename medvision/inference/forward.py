@@ -148,8 +148,10 @@ def _stages(
     return [(focus_slices(probabilities[0], indices, mc_focus), mc_samples)]
 
 
-def _window_mask(prepared: PreparedVolume, window: Window) -> np.ndarray:
-    """(H', W') bool: the window's pixels of the padded input."""
+def window_mask(prepared: PreparedVolume, window: Window | None) -> np.ndarray:
+    """(H', W') bool: the window's pixels of the padded input (all of them for None)."""
+    if window is None:
+        return np.ones(prepared.padded, dtype=bool)
     mask = np.zeros(prepared.padded, dtype=bool)
     mask[window] = True
     return mask
@@ -424,7 +426,7 @@ class SegmentationEngine:
             if outside is None:
                 raise ValueError("a focus window needs the plain probabilities outside it")
             # Outside the window no pass ran: the plain probabilities, and exactly no spread.
-            inside = geometry.uncrop(prepared, _window_mask(prepared, window))
+            inside = geometry.uncrop(prepared, window_mask(prepared, window))
             spread = np.where(inside, spread, 0.0)
             mean = np.where(inside, mean, outside)
             any_tumour = np.where(inside, any_tumour, outside[:, 0] > self.threshold)
