@@ -9,6 +9,11 @@
 # Each fold trains the "real" preset with TRAIN_ARGS added, then scores its held-out real cases with the
 # default model's clean-up for the four subsets the goals name. The table (same layout as the model card's)
 # goes to runs/recipe/NAME/cv_table.md; compare it with runs/default/cv_table.md. Killed runs resume.
+#
+# FOLDS="0 1" picks the folds this call trains (default all three), so that two calls with one torch thread
+# each (MEDVISION_TRAIN_THREADS=1) can share a 2-core machine; the table is written once every fold is scored.
+# The clean-up is the one the fold study chose (runs/default/postprocess_study.json) or, without that study
+# in this checkout, the one recorded in checkpoints/default.json (the same choice, shipped with the model).
 set -euo pipefail
 PY=${PYTHON:-python}
 NAME=${1:?usage: recipe_study.sh NAME [--real-only] [-- TRAIN_ARGS...]}; shift
@@ -21,12 +26,18 @@ STORE=${STORE:-data/default_mix.h5}
 OUT=runs/recipe/$NAME
 THREADS=(); [ -n "${MEDVISION_TRAIN_THREADS:-}" ] && THREADS=(--threads "$MEDVISION_TRAIN_THREADS")
 SUBSETS="flair+t1+t1ce+t2 flair t1ce flair+t1ce"
-FRACTION=$($PY -c "import json,sys; print(json.load(open(sys.argv[1]))['chosen']['variant']['min_fraction'])" \
-  "$BASE/postprocess_study.json")
+FOLDS=${FOLDS:-0 1 2}
+if [ -f "$BASE/postprocess_study.json" ]; then
+  FRACTION=$($PY -c "import json,sys; print(json.load(open(sys.argv[1]))['chosen']['variant']['min_fraction'])" \
+    "$BASE/postprocess_study.json")
+else
+  FRACTION=$($PY -c "import json,sys; print(json.load(open(sys.argv[1]))['postprocess']['min_component_fraction'])" \
+    checkpoints/default.json)
+fi
 mkdir -p "$OUT/folds"
 printf '%s\n' "real_only=$REAL_ONLY" "train_args=${EXTRA[*]:-}" > "$OUT/recipe.txt"
 
-for fold in 0 1 2; do
+for fold in $FOLDS; do
   split="$OUT/folds/fold_$fold.json"
   if [ ! -f "$split" ]; then
     $PY - "$BASE/folds/fold_$fold.json" "$split" "$REAL_ONLY" <<'PY'
@@ -47,6 +58,11 @@ PY
     $PY -m medvision evaluate --checkpoint "$run/checkpoints/last.safetensors" --data "$STORE" \
       --split val --modalities "$SUBSETS" --min-component-fraction "$FRACTION" \
       --out "$run/cv_goal_subsets.json" > "$run/cv_goal_subsets.txt"
+  fi
+done
+for fold in 0 1 2; do
+  if [ ! -f "$OUT/fold_$fold/cv_goal_subsets.json" ]; then
+    echo "fold $fold of $NAME is not scored yet: the table is written once all three are"; exit 0
   fi
 done
 $PY -m medvision.train.model_card "$OUT"/fold_*/cv_goal_subsets.json > "$OUT/cv_table.md"
