@@ -7,7 +7,10 @@ slice, drawn before the whole volume) and to the whole volume's scores. Then, in
 
 - **NiiVue**: the 3-D WebGL viewer in its axial layout with the prediction overlay; one slice step is a
   mouse-wheel event on its canvas, timed until the browser has presented the next two animation frames
-  (NiiVue draws in the event handler; no message goes to the server).
+  (NiiVue draws in the event handler; no message goes to the server). The same step is also timed to
+  NiiVue's finished drawing (one pixel read back at once, so the figure holds the drawing but not the wait
+  for the display's next frame, up to 16.7 ms at 60 Hz; two frames hold at least one such wait), with a
+  check that each frame read back is a new picture.
 - **slider**: the simple images; one slice step is ArrowRight on the slice slider, timed until the slice
   caption shows the new slice, Streamlit has finished the fragment rerun and the browser has presented
   two frames (the server cuts and colours the slices and Plotly draws them).
@@ -59,6 +62,28 @@ async (canvas) => {
   await frame();
   await frame();
   return performance.now() - start;
+}
+"""
+# The same step timed to the end of NiiVue's drawing: it draws in the event handler, so reading one pixel back
+# right after the event waits until SwiftShader has finished the new frame (no vsync in the figure). A
+# central block read after the timing shows that this frame is the new slice (it differs from the last one).
+WHEEL_AND_DRAW = """
+(canvas) => {
+  const gl = canvas.getContext("webgl2");
+  const box = canvas.getBoundingClientRect();
+  const pixel = new Uint8Array(4);
+  const start = performance.now();
+  canvas.dispatchEvent(new WheelEvent("wheel", {
+    deltaY: 100, clientX: box.left + box.width / 2, clientY: box.top + box.height / 2,
+    bubbles: true, cancelable: true }));
+  gl.readPixels(0, 0, 1, 1, gl.RGBA, gl.UNSIGNED_BYTE, pixel);
+  const ms = performance.now() - start;
+  const size = 64, block = new Uint8Array(size * size * 4);
+  gl.readPixels((gl.drawingBufferWidth - size) >> 1, (gl.drawingBufferHeight - size) >> 1, size, size,
+                gl.RGBA, gl.UNSIGNED_BYTE, block);
+  let sum = 0, hash = 0;
+  for (let i = 0; i < block.length; i++) { sum += block[i]; hash = (hash * 31 + block[i]) >>> 0; }
+  return [ms, sum > 0 ? hash : -1];
 }
 """
 TWO_FRAMES = "() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)))"
@@ -209,6 +234,22 @@ def time_niivue(page, steps: int) -> list[float]:
     return times
 
 
+def time_niivue_draw(page, steps: int) -> tuple[list[float], int]:
+    """Milliseconds from a wheel event to NiiVue's finished drawing (pixels readable), ``steps`` times, and
+    how many of those frames were a new, non-blank picture (the check that the draw happened in time)."""
+    _still_canvas(page)
+    handle = page.frame_locator(NIIVUE_FRAME).first.locator("canvas").first.element_handle()
+    times, new_frames, last = [], 0, None
+    for _ in range(steps):
+        ms, picture = handle.evaluate(WHEEL_AND_DRAW)
+        times.append(float(ms))
+        new_frames += int(picture != -1 and picture != last)
+        last = picture
+        page.evaluate(TWO_FRAMES)
+        page.wait_for_timeout(100)
+    return times, new_frames
+
+
 def time_slider(page, steps: int) -> list[float]:
     """Milliseconds from ArrowRight on the slice slider to the redrawn slice, ``steps`` times."""
     page.get_by_text("Simple images", exact=True).click()
@@ -284,6 +325,7 @@ def main() -> None:
                 port = int(url.rsplit(":", 1)[1])
                 with BusySessions(port, args.busy_sessions) as busy:
                     niivue = time_niivue(page, args.steps)
+                    drawn, new_frames = time_niivue_draw(page, args.steps)
                     slider = time_slider(page, args.steps)
                 browser.close()
         finally:
@@ -304,6 +346,12 @@ def main() -> None:
     n_med, n_p90 = _summary(niivue)
     s_med, s_p90 = _summary(slider)
     report(f"- NiiVue (wheel, drawn in the browser): median {n_med:.1f} ms, p90 {n_p90:.1f} ms")
+    d_med, d_p90 = _summary(drawn)
+    report(
+        f"- NiiVue, the same step to its finished drawing (one pixel read back, no wait for the display's "
+        f"next frame): median {d_med:.1f} ms, p90 {d_p90:.1f} ms; {new_frames} of {args.steps} frames read "
+        "back were a new picture"
+    )
     report(f"- Streamlit slider (rerun, Plotly redraw): median {s_med:.1f} ms, p90 {s_p90:.1f} ms")
     report(f"- ratio: the NiiVue slice change repaints {s_med / n_med:.1f}x sooner (medians)")
     if args.busy_sessions:
