@@ -257,7 +257,8 @@ PRESETS: dict[str, TrainConfig] = {
     # 128x128 crops, batch 5 (about the pixels of 8 crops of 96x96): on the same 3 folds the mean of the
     # seven goal Dice cells rose from 0.506 to 0.537 (all four WT 0.684 -> 0.769; recipe_study.sh
     # real_only_patch128, the model card's decision log). 8 x 100 steps: 10-15 minutes per run on 2 AVX2
-    # cores in fp32, so a 3-fold cross-validation and the final run fit in an hour on a CPU.
+    # cores in fp32, so a 3-fold cross-validation and the final run fit in an hour on a CPU. On the same
+    # folds, 20 x 100 steps (summary 0.534) and one neighbour slice each side (0.486) did not beat it.
     "real": TrainConfig(
         preset="real",
         target="regions",
