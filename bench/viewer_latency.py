@@ -5,7 +5,8 @@ drives headless Chromium (Debian's /usr/bin/chromium; WebGL2 there is SwiftShade
 uploads the real case BraTS2021_00006, times the upload to its first visible prediction (the visible
 slice, drawn before the whole volume) and to the whole volume's scores. Then, in one run:
 
-- **NiiVue**: the 3-D WebGL viewer in its axial layout with the prediction overlay; one slice step is a
+- **NiiVue**: the 3-D WebGL viewer in its axial layout with the prediction overlay, at both of the page's
+  viewer sizes (compact, then large); one slice step is a
   mouse-wheel event on its canvas, timed until the browser has presented the next two animation frames
   (NiiVue draws in the event handler; no message goes to the server). The same step is also timed to
   NiiVue's finished drawing (one pixel read back at once, so the figure holds the drawing but not the wait
@@ -250,6 +251,16 @@ def time_niivue_draw(page, steps: int) -> tuple[list[float], int]:
     return times, new_frames
 
 
+def choose_viewer_size(page, label: str) -> int:
+    """Pick the NiiVue viewer's size on the page; returns the canvas height in CSS pixels once it is drawn."""
+    page.get_by_role("combobox", name="Size", exact=True).click()
+    page.get_by_role("option", name=label, exact=True).click()
+    _settle(page)
+    _still_canvas(page)
+    box = page.frame_locator(NIIVUE_FRAME).first.locator("canvas").first.bounding_box()
+    return int(round(box["height"]))
+
+
 def time_slider(page, steps: int) -> list[float]:
     """Milliseconds from ArrowRight on the slice slider to the redrawn slice, ``steps`` times."""
     page.get_by_text("Simple images", exact=True).click()
@@ -324,8 +335,12 @@ def main() -> None:
                 upload = _open_case(page, url)
                 port = int(url.rsplit(":", 1)[1])
                 with BusySessions(port, args.busy_sessions) as busy:
-                    niivue = time_niivue(page, args.steps)
-                    drawn, new_frames = time_niivue_draw(page, args.steps)
+                    sizes = {}
+                    # Both viewer sizes in this run, compact first (the default in software WebGL).
+                    for label in ("Compact", "Large"):
+                        height = choose_viewer_size(page, label)
+                        niivue = time_niivue(page, args.steps)
+                        sizes[label] = (height, niivue, *time_niivue_draw(page, args.steps))
                     slider = time_slider(page, args.steps)
                 browser.close()
         finally:
@@ -343,17 +358,28 @@ def main() -> None:
         f"{upload.first_prediction_s:.1f} s; to the whole volume's scores: {upload.whole_volume_s:.1f} s "
         "(before the busy sessions started)"
     )
-    n_med, n_p90 = _summary(niivue)
     s_med, s_p90 = _summary(slider)
-    report(f"- NiiVue (wheel, drawn in the browser): median {n_med:.1f} ms, p90 {n_p90:.1f} ms")
-    d_med, d_p90 = _summary(drawn)
-    report(
-        f"- NiiVue, the same step to its finished drawing (one pixel read back, no wait for the display's "
-        f"next frame): median {d_med:.1f} ms, p90 {d_p90:.1f} ms; {new_frames} of {args.steps} frames read "
-        "back were a new picture"
-    )
+    drawn_medians, frame_medians = {}, {}
+    for label, (height, niivue, drawn, new_frames) in sizes.items():
+        n_med, n_p90 = _summary(niivue)
+        d_med, d_p90 = _summary(drawn)
+        drawn_medians[label], frame_medians[label] = d_med, n_med
+        report(
+            f"- NiiVue {label.lower()} ({height} px tall canvas), wheel to two presented frames: median "
+            f"{n_med:.1f} ms, p90 {n_p90:.1f} ms; to its finished drawing (one pixel read back, no wait for "
+            f"the display's next frame): median {d_med:.1f} ms, p90 {d_p90:.1f} ms; {new_frames} of "
+            f"{args.steps} frames read back were a new picture"
+        )
+    frame_ratio = frame_medians["Large"] / frame_medians["Compact"]
+    report(f"- two frames, large / compact: {frame_ratio:.2f}x (medians)")
+    if all(new_frames == args.steps for *_, new_frames in sizes.values()):
+        drawn_ratio = drawn_medians["Large"] / drawn_medians["Compact"]
+        report(f"- drawing, large / compact: {drawn_ratio:.2f}x (medians)")
+    else:  # some read-backs were not the new slice: those drawing figures do not time a finished frame
+        report("- drawing figures not compared: not every frame read back was a new picture")
     report(f"- Streamlit slider (rerun, Plotly redraw): median {s_med:.1f} ms, p90 {s_p90:.1f} ms")
-    report(f"- ratio: the NiiVue slice change repaints {s_med / n_med:.1f}x sooner (medians)")
+    ratio = s_med / frame_medians["Compact"]
+    report(f"- ratio: the NiiVue slice change (compact, two frames) repaints {ratio:.1f}x sooner (medians)")
     if args.busy_sessions:
         report(f"- {busy.summary()}")
     finish_report(

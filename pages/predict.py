@@ -56,6 +56,10 @@ NV_LAYOUTS = {
     "sagittal": "Sagittal",
     "3d": "3-D rendering",
 }
+# Viewer heights in pixels. Software WebGL (no graphics card) draws every pixel on the CPU, so there the
+# compact one is the default: in headless Chromium with SwiftShader on 2 AVX2 cores a slice step reached the
+# screen in 32 ms instead of 53 ms (two presented frames, both sizes in one run of bench/viewer_latency.py).
+NV_SIZES = {460: "Compact", 620: "Large"}
 NV_PREDICTION, NV_TRUTH, NV_ERRORS, NV_PROBABILITY, NV_UNCERTAINTY, NV_NONE = (
     "Prediction",
     "Ground truth",
@@ -91,6 +95,7 @@ KEPT_WIDGETS = (
     "view_renderer",
     "view_nv_layer",
     "view_nv_layout",
+    "view_nv_size",
     "view_nv_grid",
     *(key for key, _, _ in LABEL_TOGGLES.values()),
     *(f"view_slice_{view}" for view in render.VIEWS),
@@ -328,6 +333,7 @@ ONE_VIEWER_WIDGETS = (
     "view_width",
     "view_nv_layer",
     "view_nv_layout",
+    "view_nv_size",
     "view_nv_grid",
 )
 
@@ -623,7 +629,7 @@ def _niivue_viewer() -> None:
     """The scan and one overlay, sent once; slices, planes, zoom and window/level change in the browser."""
     native = _nv_native_grid()
     shown_case = dicom_study.native.case if native else case
-    c1, c2, c3, c4 = st.columns([2, 3, 2, 4])
+    c1, c2, c3, c5, c4 = st.columns([2, 3, 2, 1.5, 4])
     modality = c1.selectbox("Modality", MODALITIES, key="view_modality", format_func=str.upper)
     # On the reference grid only the prediction exists (truth, errors and uncertainty are model-grid maps).
     layers = [NV_PREDICTION, NV_NONE] if native else _nv_layers()
@@ -631,13 +637,22 @@ def _niivue_viewer() -> None:
         st.session_state["view_nv_layer"] = layers[0]
     layer = c2.radio("Overlay", layers, key="view_nv_layer", horizontal=True)
     layout = c3.selectbox("Layout", tuple(NV_LAYOUTS), key="view_nv_layout", format_func=NV_LAYOUTS.get)
+    support = st.session_state.get(webgl_probe.SUPPORT_KEY)
+    small = webgl_probe.needs_small_volumes(support)
+    st.session_state.setdefault("view_nv_size", min(NV_SIZES) if small else max(NV_SIZES))
+    height = c5.selectbox(
+        "Size",
+        tuple(NV_SIZES),
+        key="view_nv_size",
+        format_func=NV_SIZES.get,
+        help="The viewer's height. Without a graphics card the browser draws every pixel on the CPU: "
+        "there Compact is the default and scrolls faster.",
+    )
     with c4:
         labels, opacity = _label_toggles()
     # Software WebGL (no GPU) loads the whole 240x240x155 volume about 2.5x slower than the scan's box (a
     # third of the bytes, see browser_volumes); with a graphics card the whole grid keeps the file's voxel
     # numbers.
-    support = st.session_state.get(webgl_probe.SUPPORT_KEY)
-    small = webgl_probe.needs_small_volumes(support)
     box = browser_volumes.scan_box(shown_case) if small else browser_volumes.full_box(shown_case)
     shown_windows = (
         _derived(("native_windows",), lambda: viewer.auto_windows(shown_case)) if native else windows
@@ -651,7 +666,12 @@ def _niivue_viewer() -> None:
     frame = _frame()
     niivue_viewer(
         **browser_volumes.niivue_arguments(
-            scan, overlay, opacity=opacity, radiological=frame.convention == "radiological", layout=layout
+            scan,
+            overlay,
+            opacity=opacity,
+            radiological=frame.convention == "radiological",
+            layout=layout,
+            height=int(height),
         ),
         key="view_niivue",
     )
