@@ -15,6 +15,8 @@ import pytest
 import streamlit  # noqa: F401  (a requirement: fail, never skip, where it is missing)
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
+from medvision.app_support import job_limits
+
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "app.py"
 REAL_CASE = Path(__file__).resolve().parents[2] / "shared" / "data" / "brats2021_00006"
@@ -165,6 +167,13 @@ def test_train_launch_refuse_busy_and_finish(app):
     # The finished run is now offered as a model in the sidebar.
     app.run()
     assert any("tiny-run" in o for o in app.selectbox(key="model_label").options)
+    # Its process writes "finished" and then still tears down for a moment (longer on a slow machine); the
+    # next test's launch counts live processes against the one-run limit, so wait for this one to end.
+    registry = app.session_state["mv_settings"].workspace.home / "jobs"
+    deadline = time.time() + 60
+    while job_limits.live_jobs(registry, "training") and time.time() < deadline:
+        time.sleep(0.5)
+    assert not job_limits.live_jobs(registry, "training")
 
 
 def _launch(app: AppTest, name: str, **settings: int) -> None:

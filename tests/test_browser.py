@@ -200,6 +200,21 @@ def _open_page(page, title: str) -> None:
     _settle(page)
 
 
+def _choose_upload(page) -> None:
+    """Pick "Upload files" and wait for the uploader. A click that lands while a rerun is replacing the
+    radio is lost (on a slow machine the stale copy is still on screen), so it is clicked again, as a user
+    would, until the uploader shows; each try waits up to 20 s."""
+    for _ in range(4):
+        page.get_by_text("Upload files").first.click()
+        _settle(page)
+        try:
+            page.locator("input[type=file]").first.wait_for(state="attached", timeout=20_000)
+            return
+        except sync_api.TimeoutError:
+            continue
+    raise AssertionError("choosing 'Upload files' never showed the uploader")
+
+
 def test_every_page_and_an_uploaded_case_in_a_real_browser(server, browser):
     url, _home = server
     page = browser.new_page(viewport={"width": 1500, "height": 1100})
@@ -231,8 +246,7 @@ def test_every_page_and_an_uploaded_case_in_a_real_browser(server, browser):
     page.get_by_text(slice_caption).first.wait_for(timeout=120_000)
     _settle(page)
     _assert_overlay_controls_at_defaults(page)
-    page.get_by_text("Upload files").click()
-    _settle(page)
+    _choose_upload(page)
     files = sorted(str(p) for p in REAL_CASE.glob("*.nii*"))
     page.locator("input[type=file]").set_input_files(files)
     page.get_by_text("BraTS2021_00006", exact=False).first.wait_for(timeout=120_000)
