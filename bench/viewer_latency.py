@@ -123,9 +123,14 @@ def _settle(page) -> None:
     )
 
 
+def _canvas(page):
+    """The NiiVue viewer's canvas (a locator inside the component's frame)."""
+    return page.frame_locator(NIIVUE_FRAME).first.locator("canvas").first
+
+
 def _still_canvas(page) -> None:
     """Wait until two screenshots of the viewer's canvas a second apart are equal (loading is over)."""
-    canvas = page.frame_locator(NIIVUE_FRAME).first.locator("canvas").first
+    canvas = _canvas(page)
     last = b""
     for _ in range(300):
         shot = canvas.screenshot(timeout=240_000)
@@ -226,7 +231,7 @@ class BusySessions:
 def time_niivue(page, steps: int) -> list[float]:
     """Milliseconds from a wheel event on the canvas to two presented frames, ``steps`` times."""
     _still_canvas(page)
-    canvas = page.frame_locator(NIIVUE_FRAME).first.locator("canvas").first
+    canvas = _canvas(page)
     handle = canvas.element_handle()
     times = []
     for _ in range(steps):
@@ -239,7 +244,7 @@ def time_niivue_draw(page, steps: int) -> tuple[list[float], int]:
     """Milliseconds from a wheel event to NiiVue's finished drawing (pixels readable), ``steps`` times, and
     how many of those frames were a new, non-blank picture (the check that the draw happened in time)."""
     _still_canvas(page)
-    handle = page.frame_locator(NIIVUE_FRAME).first.locator("canvas").first.element_handle()
+    handle = _canvas(page).element_handle()
     times, new_frames, last = [], 0, None
     for _ in range(steps):
         ms, picture = handle.evaluate(WHEEL_AND_DRAW)
@@ -257,8 +262,7 @@ def choose_viewer_size(page, label: str) -> int:
     page.get_by_role("option", name=label, exact=True).click()
     _settle(page)
     _still_canvas(page)
-    box = page.frame_locator(NIIVUE_FRAME).first.locator("canvas").first.bounding_box()
-    return int(round(box["height"]))
+    return int(round(_canvas(page).bounding_box()["height"]))
 
 
 def time_slider(page, steps: int) -> list[float]:
@@ -317,6 +321,7 @@ def main() -> None:
     from bench_report import Reporter, finish_report, machine_calibration
     from playwright.sync_api import sync_playwright
 
+    from medvision.app_support.browser_volumes import COMPACT_HEIGHT, LARGE_HEIGHT, VIEWER_HEIGHTS
     from medvision.precision import cpu_kind
 
     calibration, load_before = machine_calibration(), os.getloadavg()
@@ -337,7 +342,7 @@ def main() -> None:
                 with BusySessions(port, args.busy_sessions) as busy:
                     sizes = {}
                     # Both viewer sizes in this run, compact first (the default in software WebGL).
-                    for label in ("Compact", "Large"):
+                    for label in (VIEWER_HEIGHTS[COMPACT_HEIGHT], VIEWER_HEIGHTS[LARGE_HEIGHT]):
                         height = choose_viewer_size(page, label)
                         niivue = time_niivue(page, args.steps)
                         sizes[label] = (height, niivue, *time_niivue_draw(page, args.steps))
@@ -370,15 +375,16 @@ def main() -> None:
             f"the display's next frame): median {d_med:.1f} ms, p90 {d_p90:.1f} ms; {new_frames} of "
             f"{args.steps} frames read back were a new picture"
         )
-    frame_ratio = frame_medians["Large"] / frame_medians["Compact"]
+    compact, large = VIEWER_HEIGHTS[COMPACT_HEIGHT], VIEWER_HEIGHTS[LARGE_HEIGHT]
+    frame_ratio = frame_medians[large] / frame_medians[compact]
     report(f"- two frames, large / compact: {frame_ratio:.2f}x (medians)")
     if all(new_frames == args.steps for *_, new_frames in sizes.values()):
-        drawn_ratio = drawn_medians["Large"] / drawn_medians["Compact"]
+        drawn_ratio = drawn_medians[large] / drawn_medians[compact]
         report(f"- drawing, large / compact: {drawn_ratio:.2f}x (medians)")
     else:  # some read-backs were not the new slice: those drawing figures do not time a finished frame
         report("- drawing figures not compared: not every frame read back was a new picture")
     report(f"- Streamlit slider (rerun, Plotly redraw): median {s_med:.1f} ms, p90 {s_p90:.1f} ms")
-    ratio = s_med / frame_medians["Compact"]
+    ratio = s_med / frame_medians[compact]
     report(f"- ratio: the NiiVue slice change (compact, two frames) repaints {ratio:.1f}x sooner (medians)")
     if args.busy_sessions:
         report(f"- {busy.summary()}")

@@ -56,10 +56,6 @@ NV_LAYOUTS = {
     "sagittal": "Sagittal",
     "3d": "3-D rendering",
 }
-# Viewer heights in pixels. Software WebGL (no graphics card) draws every pixel on the CPU, so there the
-# compact one is the default: in headless Chromium with SwiftShader on 2 AVX2 cores a slice step reached the
-# screen in 32 ms instead of 53 ms (two presented frames, both sizes in one run of bench/viewer_latency.py).
-NV_SIZES = {460: "Compact", 620: "Large"}
 NV_PREDICTION, NV_TRUTH, NV_ERRORS, NV_PROBABILITY, NV_UNCERTAINTY, NV_NONE = (
     "Prediction",
     "Ground truth",
@@ -639,12 +635,12 @@ def _niivue_viewer() -> None:
     layout = c3.selectbox("Layout", tuple(NV_LAYOUTS), key="view_nv_layout", format_func=NV_LAYOUTS.get)
     support = st.session_state.get(webgl_probe.SUPPORT_KEY)
     small = webgl_probe.needs_small_volumes(support)
-    st.session_state.setdefault("view_nv_size", min(NV_SIZES) if small else max(NV_SIZES))
+    st.session_state.setdefault("view_nv_size", browser_volumes.default_viewer_height(small))
     height = c5.selectbox(
         "Size",
-        tuple(NV_SIZES),
+        tuple(browser_volumes.VIEWER_HEIGHTS),
         key="view_nv_size",
-        format_func=NV_SIZES.get,
+        format_func=browser_volumes.VIEWER_HEIGHTS.get,
         help="The viewer's height. Without a graphics card the browser draws every pixel on the CPU: "
         "there Compact is the default and scrolls faster.",
     )

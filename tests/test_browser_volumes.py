@@ -167,3 +167,14 @@ def test_the_real_case_with_its_segmentation_stays_under_ten_megabytes(real_case
         assert report.total < 10_000_000, report.text()
         image = _read(scan)
         assert nib.aff2axcodes(image.affine) == ("L", "P", "S")
+
+
+def test_the_viewer_starts_compact_only_where_webgl_is_drawn_in_software():
+    assert bv.default_viewer_height(True) == bv.COMPACT_HEIGHT < bv.LARGE_HEIGHT
+    assert bv.default_viewer_height(False) == bv.LARGE_HEIGHT
+    assert set(bv.VIEWER_HEIGHTS) == {bv.COMPACT_HEIGHT, bv.LARGE_HEIGHT}
+    case = _case()
+    scan = bv.scan_nifti(case, "flair", (0.0, 900.0), bv.full_box(case))
+    assert bv.niivue_arguments(scan, None, opacity=0.5, radiological=True)["height"] == bv.LARGE_HEIGHT
+    compact = bv.niivue_arguments(scan, None, opacity=0.5, radiological=True, height=bv.COMPACT_HEIGHT)
+    assert compact["height"] == bv.COMPACT_HEIGHT

@@ -234,6 +234,17 @@ def megabytes(n: int) -> str:
 
 
 LAYOUTS: tuple[str, ...] = ("multiplanar", "axial", "coronal", "sagittal", "3d")  # the component's view modes
+# The viewer's heights in pixels and their names on the Predict page. Software WebGL (no graphics card) draws
+# every pixel on the CPU: in headless Chromium with SwiftShader on 2 AVX2 cores a slice step reached the
+# screen in 32 ms at the compact height and 53 ms at the large one (both in one run of
+# bench/viewer_latency.py), so compact is the default there.
+COMPACT_HEIGHT, LARGE_HEIGHT = 460, 620
+VIEWER_HEIGHTS: dict[int, str] = {COMPACT_HEIGHT: "Compact", LARGE_HEIGHT: "Large"}
+
+
+def default_viewer_height(drawn_in_software: bool) -> int:
+    """The viewer height a page starts with: compact where the browser draws WebGL on the CPU."""
+    return COMPACT_HEIGHT if drawn_in_software else LARGE_HEIGHT
 
 
 def niivue_arguments(
@@ -243,7 +254,7 @@ def niivue_arguments(
     opacity: float,
     radiological: bool,
     layout: str = "multiplanar",
-    height: int = 620,
+    height: int = LARGE_HEIGHT,
 ) -> dict:
     """Keyword arguments for ``niivue_component.niivue_viewer`` (all but ``key``).
 

@@ -412,6 +412,8 @@ class SegmentationEngine:
                 padded = self._plain(batch, indices, tta, on_logits)
             return geometry.uncrop(prepared, padded) * brain[:, None]
         if window is not None:
+            if outside is None:  # checked before the passes run, not after
+                raise ValueError("a focus window needs the plain probabilities outside it")
             batch = batch[..., window[0], window[1]]
         with self.lock, mc_dropout_mode(self.backend.model):
             samples = self._mc_passes(batch, tta, mc_samples)
@@ -423,8 +425,6 @@ class SegmentationEngine:
         spread, mean = samples[:, :, 0].std(axis=0), samples.mean(axis=0)
         any_tumour = (samples[:, :, 0] > self.threshold).any(axis=0)
         if window is not None:
-            if outside is None:
-                raise ValueError("a focus window needs the plain probabilities outside it")
             # Outside the window no pass ran: the plain probabilities, and exactly no spread.
             inside = geometry.uncrop(prepared, window_mask(prepared, window))
             spread = np.where(inside, spread, 0.0)
