@@ -215,6 +215,22 @@ def _choose_upload(page) -> None:
     raise AssertionError("choosing 'Upload files' never showed the uploader")
 
 
+def _step_forward(page, pattern, before: str, tries: int = 3) -> str:
+    """Click "▶" and return the new slice caption. The whole-volume progress reruns every second and
+    replaces the page's elements; a click on a faded copy that is being replaced is lost (as a user sees,
+    nothing happens), so wait for a page with no faded copies first and, as a user would, click again
+    when nothing happened within 30 s."""
+    for attempt in range(tries):
+        _until_no_stale_elements(page)
+        page.get_by_role("button", name="▶").click()
+        try:
+            return _wait_for_change(page, pattern, before, timeout_s=30)
+        except AssertionError:
+            if attempt == tries - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 def test_every_page_and_an_uploaded_case_in_a_real_browser(server, browser):
     url, _home = server
     page = browser.new_page(viewport={"width": 1500, "height": 1100})
@@ -259,8 +275,7 @@ def test_every_page_and_an_uploaded_case_in_a_real_browser(server, browser):
     assert _coloured_pixels(_chart_png(page, 1)) > 200
     _shot(page, "4_predict_upload")
 
-    page.get_by_role("button", name="▶").click()
-    after = _wait_for_change(page, slice_caption, before)
+    after = _step_forward(page, slice_caption, before)
     assert after.split(" · ")[0] == _shift(before, 1), (before, after)
     _until_no_stale_elements(page)
     slider = page.get_by_role("slider").last  # the slice slider (after the opacity slider)
