@@ -12,6 +12,7 @@ launches start a stand-in process that sleeps like a trainer still importing.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
@@ -173,6 +174,47 @@ def test_prepares_are_capped_across_sessions_and_server_processes(tmp_path):
     # Once it has ended its place is free again.
     again = launcher.start_prepare(tmp_path / "b", tmp_path / "b.h5", python=python, limits=limits)
     os.kill(again.pid, 15)
+
+
+def _fake_trainer(state: str, run_dir: Path) -> list[str]:
+    """A process that writes the trainer's status with ``state`` and its own pid, then lingers 30 s (a
+    trainer that has said how it ended and is still releasing its memory, or one still running)."""
+    code = (
+        "import json, os, sys, time; from pathlib import Path; "
+        "status = {'state': sys.argv[2], 'pid': os.getpid()}; "
+        "Path(sys.argv[1], 'status.json').write_text(json.dumps(status)); time.sleep(30)"
+    )
+    return [sys.executable, "-c", code, str(run_dir), state]
+
+
+def _wait_for_status(run_dir: Path, timeout_s: float = 20) -> None:
+    deadline = time.time() + timeout_s
+    while not (run_dir / "status.json").is_file():
+        assert time.time() < deadline, f"{run_dir} wrote no status"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize(("state", "admitted"), [("finished", True), ("running", False)])
+def test_a_run_that_has_said_it_ended_takes_no_place_while_it_exits(tmp_path, state, admitted):
+    limits = JobLimits(registry=tmp_path / "jobs", training=1)
+    first_dir = tmp_path / "first"
+    first_dir.mkdir()
+    first = launcher.launch(_fake_trainer(state, first_dir), first_dir, kind="training", limits=limits)
+    pids = [first.pid]
+    try:
+        _wait_for_status(first_dir)
+        assert live_jobs(limits.registry, "training"), "the first process should still live"
+        launcher._children.clear()  # the next launch may come from another server process
+        second = tmp_path / "second"
+        if admitted:
+            pids.append(launcher.launch([sys.executable, "-c", "pass"], second, limits=limits).pid)
+        else:
+            with pytest.raises(JobLimitError, match=r"1 of at most 1 training runs already running: first"):
+                launcher.launch([sys.executable, "-c", "pass"], second, limits=limits)
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 15)
 
 
 def test_a_second_training_run_is_refused_while_one_runs(app, slow_start):

@@ -143,16 +143,22 @@ def _refusal(kind: str, jobs: list[JobRecord], limit: int) -> str:
 
 
 @contextlib.contextmanager
-def admission(limits: JobLimits, kind: str, folder: Path) -> Iterator[Callable[[int], None]]:
+def admission(
+    limits: JobLimits, kind: str, folder: Path, *, has_ended: Callable[[Path], bool] | None = None
+) -> Iterator[Callable[[int], None]]:
     """Hold the registry while one job of ``kind`` is launched; JobLimitError when its kind is full.
 
     Yields ``record(pid)``, to be called once the process exists: the count and the new record are one
     step under the lock, so two sessions clicking at the same moment cannot both get the last place.
+    ``has_ended(folder)`` tells a job that has written its final state and is only exiting: it takes no
+    place (the page already shows it finished, so a launch in that second must not be refused).
     """
     registry = Path(limits.registry)
     limit = limits.limit(kind)
     with _locked(registry):
         jobs = live_jobs(registry, kind)
+        if has_ended is not None:
+            jobs = [job for job in jobs if not (job.folder and has_ended(Path(job.folder)))]
         if len(jobs) >= limit:
             raise JobLimitError(_refusal(kind, jobs, limit))
 
