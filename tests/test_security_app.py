@@ -189,7 +189,7 @@ def _fake_trainer(state: str, run_dir: Path) -> list[str]:
 
 def _wait_for_status(run_dir: Path, timeout_s: float = 20) -> None:
     deadline = time.time() + timeout_s
-    while not (run_dir / "status.json").is_file():
+    while rundir.read_status(run_dir) is None:  # absent, or not yet completely written
         assert time.time() < deadline, f"{run_dir} wrote no status"
         time.sleep(0.05)
 

@@ -41,8 +41,6 @@ from medvision.train.config import TrainConfig
 from medvision.train.rundir import RunSummary, is_run_busy, list_runs, read_json, read_status, summarise_run
 
 log = logging.getLogger(__name__)
-# How a run ends, as the trainer writes it in its status (the process may still be exiting after).
-ENDED_STATES = ("finished", "stopped", "failed")
 
 LAUNCH_LOG = "launcher.log"
 LAUNCH_RECORD = "launch.json"
@@ -167,7 +165,7 @@ def launch(
 
 def _has_ended(run_dir: Path) -> bool:
     """The run's own process has written how it ended (it may still be exiting)."""
-    return run_state(run_dir) in ENDED_STATES
+    return run_state(run_dir) in rundir.ENDED_STATES
 
 
 def _launch(command: list[str], run_dir: Path, *, cwd: Path, env: dict[str, str] | None) -> Launch:
@@ -355,7 +353,7 @@ def run_state(run_dir: Path) -> str:
         own = status is not None and (
             child is None or child in (status.get("pid"), status.get("launcher_pid"))
         )
-        if own and state in ENDED_STATES:
+        if own and state in rundir.ENDED_STATES:
             return state  # the process has said how it ended and is only exiting
         if stop:
             return "stopping"

@@ -43,6 +43,8 @@ LOCK_FILE = ".lock"
 CHECKPOINT_DIR = "checkpoints"
 SAMPLES_DIR = "samples"
 STATES = ("running", "finished", "stopped", "failed")
+# How a run ends; the process may still be exiting after it has written one of these.
+ENDED_STATES = tuple(state for state in STATES if state != "running")
 
 
 def checkpoint_path(run_dir: str | Path, name: str = "last") -> Path:
