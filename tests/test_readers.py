@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medvision.data import kaggle_h5, readers
+from medvision.data import kaggle_h5, nifti_checks, readers
 from medvision.data.case import MODALITIES
 from medvision.data.readers import (
     KAGGLE_DEFAULT_ORDER,
@@ -323,6 +323,64 @@ def test_damaged_files_are_refused(tmp_path: Path, damage, ext: str, match: str)
     target = case_file(folder, "t2", ext=ext)
     damage(target)
     assert_refused(lambda: read_brats_folder(folder), target.name, match=match)
+
+
+def _two_gzip_members(path: Path) -> None:
+    raw = gzip.decompress(path.read_bytes())
+    path.write_bytes(gzip.compress(raw[:1000]) + gzip.compress(raw[1000:]))
+
+
+def _zero_padding_after_the_member(path: Path) -> None:
+    path.write_bytes(path.read_bytes() + bytes(512))
+
+
+@pytest.mark.parametrize("rewrite", [_two_gzip_members, _zero_padding_after_the_member])
+def test_valid_gzip_variants_read_as_the_same_case(tmp_path: Path, rewrite) -> None:
+    """gzip allows several members and zero padding after them (gzip(1) reads both); so do we."""
+    folder, data = write_case(tmp_path / "Case_001")
+    rewrite(case_file(folder, "t1ce"))
+    case = read_brats_folder(folder)
+    np.testing.assert_array_equal(case.image[MODALITIES.index("t1ce")], np.moveaxis(data["t1ce"], 2, 0))
+
+
+def test_gzip_that_inflates_far_beyond_its_header_is_refused(tmp_path: Path) -> None:
+    folder, _ = write_case(tmp_path / "Case_001")
+    target = case_file(folder, "flair")
+    raw = gzip.decompress(target.read_bytes())
+    target.write_bytes(gzip.compress(raw + bytes(4 << 20)))  # 4 MiB of zeros compress to a few KiB
+    assert_refused(lambda: read_brats_folder(folder), target.name, match="far more data than its header")
+
+
+def test_read_ahead_keeps_order_and_raises_each_error_in_its_place() -> None:
+    reads = [lambda i=i: np.full(3, i) for i in range(5)]
+    assert [int(a[0]) for a in readers.read_ahead(reads)] == [0, 1, 2, 3, 4]
+
+    def broken() -> np.ndarray:
+        raise InputDataError("third.nii.gz", "cannot read voxel data")
+
+    stream = readers.read_ahead([reads[0], reads[1], broken, reads[3]])
+    assert [int(next(stream)[0]), int(next(stream)[0])] == [0, 1]
+    with pytest.raises(InputDataError, match="third.nii.gz"):
+        next(stream)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.array([0, 0, 3, 1], np.uint8),
+        np.array([-2, 0, 5], np.int16),
+        np.array([1.0, 0.0, 2.0, -0.0], np.float32),
+        np.array([], np.uint8),
+        np.zeros(4, np.int32),
+        np.array([7, 7, 70000], np.int64),
+        np.asfortranarray(np.arange(120, dtype=np.uint16).reshape(4, 5, 6) % 5),
+    ],
+    ids=["uint8", "negative", "float", "empty", "all-zero", "large", "fortran-order"],
+)
+def test_distinct_label_values_equal_numpy_unique(values: np.ndarray) -> None:
+    found = nifti_checks._distinct_values(values)
+    np.testing.assert_array_equal(found, np.unique(values))
+    assert found.dtype == values.dtype
 
 
 def test_absurd_header_size_is_refused_before_reading(tmp_path: Path, monkeypatch) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 
 from medvision.data.case import MODALITIES
 from medvision.data.modality_sets import availability_vector
-from medvision.data.preprocess import brain_mask, normalise_case_image
+from medvision.data.preprocess import brain_mask, normalise_case_image_and_brain
 
 Box = tuple[slice, slice, slice]
 
@@ -89,8 +89,7 @@ def prepare_case_image(
     image = np.asarray(image)
     if image.ndim != 4 or image.shape[0] != len(MODALITIES):
         raise ValueError(f"case image must be ({len(MODALITIES)}, D, H, W), got {image.shape}")
-    normalised, box = normalise_case_image(image)
-    brain = brain_mask(image[(slice(None), *box)])
+    normalised, box, brain = normalise_case_image_and_brain(image)
     full_shape = tuple(int(s) for s in image.shape[1:])
     prepared = _prepared(normalised, box, full_shape, brain, multiple, patch_size)  # type: ignore[arg-type]
     return dataclasses.replace(prepared, available=tuple(available))
