@@ -155,6 +155,17 @@ def _read_upload(uploads: list) -> None:
     st.session_state["predict_upload_case"] = (upload_key, uploaded_case)
 
 
+# Loaded before the input is asked for, so that the model (and, on CPUs without native bf16, its one-time
+# ONNX export) is ready while the user picks files, not after the upload.
+try:
+    predictor = _predictor(
+        str(model.checkpoint), model.checkpoint.stat().st_mtime_ns, str(settings.workspace.cache / "onnx")
+    )
+except (MedVisionError, OSError) as error:
+    st.error(f"Cannot load the model {plain(model.label)}: {plain(error)}")
+    st.stop()
+model_key = f"{model.checkpoint}:{predictor.checkpoint_hash[:12]}"
+
 # ---------------------------------------------------------------------------------------------- input
 mode = st.radio("Input", (INPUT_SOURCE, INPUT_UPLOAD), key="predict_input", horizontal=True)
 dicom_study = None  # the DICOM study behind an uploaded case
@@ -203,14 +214,6 @@ else:
         st.stop()
     case_key = chosen.key
 
-try:
-    predictor = _predictor(
-        str(model.checkpoint), model.checkpoint.stat().st_mtime_ns, str(settings.workspace.cache / "onnx")
-    )
-except (MedVisionError, OSError) as error:
-    st.error(f"Cannot load the model {plain(model.label)}: {plain(error)}")
-    st.stop()
-model_key = f"{model.checkpoint}:{predictor.checkpoint_hash[:12]}"
 if case.missing and not predictor.engine.spec.availability:
     st.error(
         f"{plain(model.label)} needs all four modalities; this case has "
