@@ -10,6 +10,8 @@ Methods (each given one head volume as a NIfTI image, one thread each):
   (default 6 mm in-plane erosion; also at 4 and 8 mm to show whether the radius is the limit);
 - ``bet``: ``brainextractor`` (PyPI), a Python port of FSL's BET surface deformation, default settings
   (it takes the in-plane voxel size for all three axes); ``bet@1mm`` as ``deepbet@1mm`` below;
+- ``phantom net (ours)``: :func:`medvision.data.brain_extraction_net.phantom_net_brain`, our 2-D network
+  trained only on head phantoms (``checkpoints/brain_extractor.*``), as ``--brain-extractor phantom`` runs it;
 - ``deepbet``: ``deepbet`` (PyPI), two small 3-D U-Nets whose TorchScript weights ship inside the wheel,
   run on the CPU (``no_gpu=True``); ``deepbet@1mm`` is the same on a 1 mm resampling of a thick-slice scan,
   its mask sampled back at the slice centres.
@@ -58,6 +60,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from bench_report import Reporter, append_results, machine_calibration, report_machine  # noqa: E402
 
 from medvision.data.brain_extraction import DEFAULT_ERODE_MM, extract_brain  # noqa: E402
+from medvision.data.brain_extraction_net import phantom_net_brain  # noqa: E402
 from medvision.data.case import MODALITIES, case_to_nifti_axes, nifti_to_case_axes  # noqa: E402
 from medvision.precision import cpu_kind  # noqa: E402
 
@@ -226,6 +229,13 @@ def ours(image: nib.Nifti1Image, erode_mm: float = DEFAULT_ERODE_MM) -> np.ndarr
     return case_to_nifti_axes(extract_brain(volume, spacing, erode_mm=erode_mm))
 
 
+def phantom_net(image: nib.Nifti1Image) -> np.ndarray:
+    zooms = nib.affines.voxel_sizes(image.affine)
+    spacing = (float(zooms[2]), float(zooms[0]), float(zooms[1]))  # Case axes (k, i, j)
+    volume = nifti_to_case_axes(np.asarray(image.dataobj, dtype=np.float32))
+    return case_to_nifti_axes(phantom_net_brain(volume, spacing))
+
+
 def bet(image: nib.Nifti1Image) -> np.ndarray:
     from brainextractor import BrainExtractor
 
@@ -314,6 +324,7 @@ def main() -> None:
     methods: list[tuple[str, Callable[[nib.Nifti1Image], np.ndarray], bool]] = [
         ("ours", ours, False),
         *[(f"ours erode {e:g} mm", lambda image, e=e: ours(image, e), False) for e in ERODE_SWEEP_MM],
+        ("phantom net (ours)", phantom_net, False),
         ("deepbet", deepbet, False),
         ("deepbet@1mm", on_1mm(deepbet), True),  # thick-slice volumes only
     ]

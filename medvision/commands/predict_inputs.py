@@ -75,11 +75,11 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--brain-extractor",
-        choices=("auto", "network", "classical"),
+        choices=("auto", "network", "classical", "phantom"),
         default="auto",
         help="how the brain is found: network = deepbet (weights in its wheel, offline), classical = "
-        "threshold and morphology (faster, fails more often without FLAIR); auto = network when deepbet "
-        "is installed (default)",
+        "threshold and morphology (faster, fails more often without FLAIR), phantom = our small network "
+        "trained on head phantoms; auto = network when deepbet is installed (default)",
     )
 
 

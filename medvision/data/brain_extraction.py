@@ -3,15 +3,18 @@
 The model was trained on skull-stripped BraTS volumes, where the brain is exactly the non-zero voxels; a
 raw scan must be cut to the brain first, or scalp and neck are segmented as tumour and z-scored with it.
 
-Two methods, chosen by ``extract_case_brain(case, method=...)``:
+Three methods, chosen by ``extract_case_brain(case, method=...)``:
 
 - "network": deepbet (PyPI, MIT), two small 3-D U-Nets whose TorchScript weights ship inside its wheel,
   run on the CPU offline. It won the comparison in bench/brain_extraction.py (bench/RESULTS.md): brain
   Dice 0.980-0.985 against 0.968-0.982 for the classical recipe on the MNI152 template and a BraTS case
   with a synthetic skull, and on BRAINIX it finds the brain from T1 or T2 alone (1397 / 1493 cm^3) where
   the classical recipe keeps 13 / 65 cm^3 of it. It costs 5-9 s a volume on 2 cores against about 1 s.
-- "classical": the recipe below, used where deepbet is not installed and by ``--brain-extraction-method
+- "classical": the recipe below, used where deepbet is not installed and by ``--brain-extractor
   classical``.
+- "phantom": a small 2-D network of our own trained only on head phantoms (skull, scalp, fat, eyes, neck;
+  :mod:`medvision.data.brain_extraction_net`, ``checkpoints/brain_extractor.*``), by ``--brain-extractor
+  phantom``; compared with the other two in bench/brain_extraction.py.
 - "auto" (the default): "network" when deepbet can be imported, else "classical".
 
 The classical recipe, on one reference volume in Case axes (D, H, W) with distances in mm (slices may be
@@ -51,6 +54,8 @@ import numpy as np
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
+from medvision.data.brain_extraction_net import CHECKPOINT as PHANTOM_CHECKPOINT
+from medvision.data.brain_extraction_net import phantom_net_available, phantom_net_brain
 from medvision.data.case import MODALITIES, Case
 
 __all__ = [
@@ -66,7 +71,8 @@ logger = logging.getLogger(__name__)
 
 METHOD = "Otsu threshold, in-plane erosion, largest central component, dilation, per-slice hole filling"
 NETWORK_METHOD = "deepbet network, weights from its wheel"
-METHODS: tuple[str, ...] = ("auto", "network", "classical")
+PHANTOM_METHOD = "our network trained on head phantoms (checkpoints/brain_extractor)"
+METHODS: tuple[str, ...] = ("auto", "network", "classical", "phantom")
 DEFAULT_ERODE_MM: float = 6.0
 LOW_FRACTION: float = 0.3  # of Otsu's threshold: the brain's dim rim is taken back above it
 # The channel whose contrast separates brain from scalp best, in order of preference.
@@ -193,18 +199,22 @@ def _resolved(method: str) -> str:
         return "network" if network_available() else "classical"
     if method == "network" and not network_available():
         raise ValueError("brain extraction method 'network' needs deepbet (pip install -r requirements.txt)")
+    if method == "phantom" and not phantom_net_available():
+        raise ValueError(f"brain extraction method 'phantom' needs its checkpoint {PHANTOM_CHECKPOINT}.json")
     return method
 
 
 def extract_case_brain(case: Case, *, method: str = "auto", erode_mm: float = DEFAULT_ERODE_MM) -> BrainMask:
     """The brain mask of ``case`` by ``method`` (see the module's notes), computed on the available channel
-    that method does best on (network: FLAIR, T1, T1ce, T2; classical: FLAIR, T2, T1ce, T1)."""
+    that method does best on (networks: FLAIR, T1, T1ce, T2; classical: FLAIR, T2, T1ce, T1)."""
     chosen = _resolved(method)
-    order = _NETWORK_PREFERRED if chosen == "network" else _PREFERRED
+    order = _PREFERRED if chosen == "classical" else _NETWORK_PREFERRED
     channel = next((m for m in order if m in case.available), MODALITIES[0])
     volume = case.image[MODALITIES.index(channel)]
     if chosen == "network":
         mask, name = network_brain(volume, case.affine), NETWORK_METHOD
+    elif chosen == "phantom":
+        mask, name = phantom_net_brain(volume, case.spacing), PHANTOM_METHOD
     else:
         mask, name = extract_brain(volume, case.spacing, erode_mm=erode_mm), METHOD
     volume_cm3 = float(mask.sum()) * case.voxel_volume_mm3 / 1000.0
