@@ -1,0 +1,174 @@
+"""Does averaging several training runs beat one? Scored on the same patient-wise folds.
+
+``python -m medvision.train.ensemble_study STORE NAME=RUN_DIR [NAME=RUN_DIR ...] [--out study.json]``
+
+Each ``RUN_DIR`` holds one recipe's fold runs (``fold_0``, ``fold_1``, ... as ``recipe_study.sh`` writes
+them, all on the same folds, e.g. the same recipe with other ``--seed``s). For every fold's held-out cases
+and each of the four subsets the goals name, every run's last checkpoint predicts the case's region
+probabilities once; each run alone and the average of all runs (the ensemble) then go through the same
+threshold and clean-up (the default model's, ``--min-component-fraction``). Printed: the model card's
+recipe row (all four WT / TC / ET, median WT HD95, FLAIR WT, T1ce TC, FLAIR + T1ce WT / TC, mean of
+those seven) for each run and for the ensemble, and the ensemble's per-case all-four WT Dice beside the
+runs' mean, so a gain can be told from one lucky case.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medvision.data.modality_sets import keep_only, parse_subset
+from medvision.data.store import SliceStore
+from medvision.inference import label_masks
+from medvision.inference.postprocess import final_label
+from medvision.metrics import case_scores
+from medvision.train.evaluation import checkpoint_engine, split_case_ids
+
+SUBSETS = ("flair+t1+t1ce+t2", "flair", "t1ce", "flair+t1ce")
+# The seven goal figures of the model card: (subset, region).
+GOALS = (
+    ("flair+t1+t1ce+t2", "WT"),
+    ("flair+t1+t1ce+t2", "TC"),
+    ("flair+t1+t1ce+t2", "ET"),
+    ("flair", "WT"),
+    ("t1ce", "TC"),
+    ("flair+t1ce", "WT"),
+    ("flair+t1ce", "TC"),
+)
+
+
+def _fold_dirs(run_dir: Path) -> list[Path]:
+    folds = sorted(run_dir.glob("fold_[0-9]*"), key=lambda p: int(p.name.split("_")[1]))
+    return [f for f in folds if (f / "checkpoints" / "last.safetensors").is_file() and _finished(f)]
+
+
+def _finished(fold_dir: Path) -> bool:
+    try:
+        return json.loads((fold_dir / "status.json").read_text()).get("state") == "finished"
+    except (OSError, ValueError):
+        return False
+
+
+def _engines(fold_lists: dict[str, list[Path]], fold: int) -> dict[str, tuple[Any, dict[str, Any]]]:
+    return {
+        name: checkpoint_engine(folds[fold] / "checkpoints" / "last.safetensors", "auto", "auto", "auto", 16)
+        for name, folds in fold_lists.items()
+    }
+
+
+def _subset_probabilities(engines: dict, image: np.ndarray, modalities: tuple[str, ...]) -> dict[str, Any]:
+    """Each run's region probabilities of one stored case given as ``modalities`` (no clean-up yet)."""
+    out = {}
+    for name, (engine, _) in engines.items():
+        prepared = engine.prepare_stored(image)
+        kept = keep_only(prepared.image, modalities)
+        prepared = dataclasses.replace(prepared, image=kept, available=modalities)
+        out[name] = engine.predict(prepared, min_component_fraction=0.0).probabilities
+    return out
+
+
+def _score(
+    probabilities: np.ndarray, truth: np.ndarray, spacing, regions, fraction: float, hd95: bool
+) -> dict:
+    label = final_label(probabilities, regions, min_component_fraction=fraction)
+    scores = case_scores(label_masks(label, regions), truth, spacing, regions=regions, with_hd95=hd95)
+    return {**{r: scores[r]["dice"] for r in regions}, "hd95_wt": scores["WT"]["hd95"]}
+
+
+def held_out_scores(store_path: Path, runs: dict[str, Path], fraction: float) -> dict[str, dict[str, list]]:
+    """member (a run's name, or "ensemble": the runs' mean probabilities) -> subset -> one row per
+    held-out case (WT / TC / ET Dice, WT HD95 for all four modalities), after the same clean-up."""
+    fold_lists = {name: _fold_dirs(path) for name, path in runs.items()}
+    counts = {name: len(folds) for name, folds in fold_lists.items()}
+    if len(set(counts.values())) != 1 or not next(iter(counts.values())):
+        raise SystemExit(f"every run needs the same number of finished folds; found {counts}")
+    scored: dict[str, dict[str, list]] = {}
+    with SliceStore(store_path) as store:
+        for fold in range(next(iter(counts.values()))):
+            engines = _engines(fold_lists, fold)
+            held_out = [split_case_ids(store, meta, "val") for _, meta in engines.values()]
+            if any(ids != held_out[0] for ids in held_out):
+                raise SystemExit(f"fold {fold}: the runs hold out different cases: {held_out}")
+            regions = next(iter(engines.values()))[0].regions
+            for case_id in held_out[0]:
+                truth = label_masks(store.read_label(case_id), regions)
+                spacing = tuple(store.case_meta(case_id)["spacing"])
+                image = store.read_image(case_id)
+                for subset in SUBSETS:
+                    members = _subset_probabilities(engines, image, parse_subset(subset))
+                    members["ensemble"] = np.mean(np.stack(list(members.values())), axis=0)
+                    for name, probabilities in members.items():
+                        row = _score(probabilities, truth, spacing, regions, fraction, subset == SUBSETS[0])
+                        scored.setdefault(name, {}).setdefault(subset, []).append({"case_id": case_id, **row})
+                print(f"fold {fold}: {case_id} scored", file=sys.stderr, flush=True)
+    return scored
+
+
+def summary_row(by_subset: dict[str, list[dict]]) -> dict[str, float]:
+    figures = {f"{s} {r}": float(np.mean([c[r] for c in by_subset[s]])) for s, r in GOALS}
+    figures["median WT HD95"] = float(np.median([c["hd95_wt"] for c in by_subset[SUBSETS[0]]]))
+    figures["mean of 7"] = float(np.mean([figures[f"{s} {r}"] for s, r in GOALS]))
+    return figures
+
+
+HEADER = (
+    "| member | all four WT / TC / ET | median WT HD95 | FLAIR WT | T1ce TC "
+    "| FLAIR+T1ce WT / TC | mean of 7 |"
+)
+
+
+def format_rows(scored: dict[str, dict[str, list[dict]]]) -> str:
+    lines = [HEADER, "|---|---|---|---|---|---|---|"]
+    a = SUBSETS[0]
+    for name, by_subset in scored.items():
+        f = summary_row(by_subset)
+        cells = [
+            name,
+            f"{f[a + ' WT']:.3f} / {f[a + ' TC']:.3f} / {f[a + ' ET']:.3f}",
+            f"{f['median WT HD95']:.1f} mm",
+            f"{f['flair WT']:.3f}",
+            f"{f['t1ce TC']:.3f}",
+            f"{f['flair+t1ce WT']:.3f} / {f['flair+t1ce TC']:.3f}",
+            f"{f['mean of 7']:.3f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    runs = [n for n in scored if n != "ensemble"]
+    lines.append("")
+    lines.append("all four WT Dice per case: ensemble (mean of the runs alone)")
+    for i, row in enumerate(scored["ensemble"][SUBSETS[0]]):
+        alone = np.mean([scored[n][SUBSETS[0]][i]["WT"] for n in runs])
+        lines.append(f"- {row['case_id']}: {row['WT']:.3f} ({alone:.3f})")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m medvision.train.ensemble_study", description=__doc__)
+    parser.add_argument("store", type=Path)
+    parser.add_argument("runs", nargs="+", help="NAME=RUN_DIR, two or more")
+    parser.add_argument("--min-component-fraction", type=float, default=0.1)
+    parser.add_argument("--out", type=Path, help="write every per-case figure here as JSON")
+    args = parser.parse_args(argv)
+    runs = dict(item.split("=", 1) for item in args.runs if "=" in item)
+    if len(runs) < 2 or len(runs) != len(args.runs):
+        parser.error("give two or more runs as NAME=RUN_DIR")
+    scored = held_out_scores(args.store, {k: Path(v) for k, v in runs.items()}, args.min_component_fraction)
+    print(format_rows(scored))
+    if args.out:
+        args.out.write_text(
+            json.dumps(
+                {"runs": runs, "scores": scored, "summary": {n: summary_row(s) for n, s in scored.items()}},
+                indent=2,
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
