@@ -33,6 +33,16 @@ from medvision.volume_job import VolumeJob
 from medvision.volumetry import volumetry
 
 st.title("Predict")
+# The progress bars of the background jobs are fragments that rerun every second. Each is drawn into its own
+# container made here, above everything that depends on the input, so that a fragment rerun arriving just
+# after a full rerun has changed the page (e.g. the choice of "Upload files", which ends the page early)
+# still finds its place: drawn further down, its update named a position the shorter page no longer had
+# and the browser's app stopped with "Bad delta path index" (a blank page; seen in bench/viewer_latency.py).
+volume_progress_slot, mc_progress_slot = st.container(), st.container()
+# The browser is asked whether it draws WebGL2 here, outside the viewer's fragment, for the same reason: its
+# answer (sent again every few seconds until the server has it) reran the viewer fragment, which a page
+# just shortened by "Upload files" no longer had.
+webgl_probe.browser_webgl(st.session_state)
 settings = st.session_state.get("mv_settings")
 source = st.session_state.get("mv_source")
 model = st.session_state.get("mv_model")
@@ -289,7 +299,8 @@ if not job.finished:
             "(the visible axial slice is predicted first)",
         )
 
-    _volume_progress()
+    with volume_progress_slot:
+        _volume_progress()
 elif job.state == "failed":
     st.error(f"Whole-volume prediction failed: {plain(job.error)}")
 result = job.result if job.state == "done" else None
@@ -698,7 +709,7 @@ def _webgl_words() -> str:
 def _viewer_choice() -> bool:
     """The viewer radio; True when NiiVue is to be drawn. Automatic (the default) asks the browser whether
     it draws WebGL2 on a graphics card (webgl_probe) and says what it chose and why."""
-    support = webgl_probe.browser_webgl(st.session_state)
+    support = st.session_state.get(webgl_probe.SUPPORT_KEY)  # asked at the top of the page
     v1, v2 = st.columns([3, 5])
     wanted = v1.radio(
         "Viewer", (VIEWER_AUTO, VIEWER_SIMPLE, VIEWER_NIIVUE), key="view_renderer", horizontal=True
@@ -818,7 +829,9 @@ if st.session_state.get("view_uncertainty"):
                 ),
             )
 
-        _mc_progress()
+        with mc_progress_slot:  # at the top of the page, for the reason given where the slot is made
+            _mc_progress()
+        u2.caption("Estimating the uncertainty: its progress is shown at the top of the page.")
     elif mc_job.state == "failed":
         st.error(f"Uncertainty estimation failed: {plain(mc_job.error)}")
     else:

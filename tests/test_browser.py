@@ -299,3 +299,27 @@ def test_every_page_and_an_uploaded_case_in_a_real_browser(server, browser):
     assert not errors, errors
     page.close()
     shutil.rmtree(_home / "uploads", ignore_errors=True)
+
+
+def test_choosing_upload_right_after_the_predict_page_opens_keeps_the_app_alive(server, browser):
+    """A new session opens Predict and at once picks "Upload files", as a quick user does. The browser's
+    WebGL answer (sent again every few seconds) used to rerun the viewer's fragment after the full rerun
+    of that click had shortened the page: the app stopped with "Bad delta path index" and went blank
+    (about every second try on a 2-core machine). Several fresh sessions, each must show the uploader."""
+    url, _ = server
+    for attempt in range(4):
+        context = browser.new_context(viewport={"width": 1500, "height": 1100})
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error, seen=errors: seen.append(str(error)))
+        page.goto(url, wait_until="domcontentloaded")
+        page.get_by_text("Research demo — not for clinical use").first.wait_for(timeout=240_000)
+        _settle(page)
+        page.get_by_test_id("stSidebarNav").get_by_text("Predict", exact=True).click()
+        _settle(page)
+        page.get_by_text("Upload files").first.click()
+        _settle(page)
+        page.wait_for_timeout(4_000)  # past the probe's next resend
+        assert not [e for e in errors if "delta path" in e], (attempt, errors)
+        page.locator("input[type=file]").first.wait_for(state="attached", timeout=20_000)
+        context.close()
