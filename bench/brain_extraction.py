@@ -222,17 +222,19 @@ def brainix_volumes() -> list[Volume]:
 # --- methods -----------------------------------------------------------------------------------------
 
 
-def ours(image: nib.Nifti1Image, erode_mm: float = DEFAULT_ERODE_MM) -> np.ndarray:
+def _in_case_axes(image: nib.Nifti1Image) -> tuple[np.ndarray, tuple[float, float, float]]:
     zooms = nib.affines.voxel_sizes(image.affine)
     spacing = (float(zooms[2]), float(zooms[0]), float(zooms[1]))  # Case axes (k, i, j)
-    volume = nifti_to_case_axes(np.asarray(image.dataobj, dtype=np.float32))
+    return nifti_to_case_axes(np.asarray(image.dataobj, dtype=np.float32)), spacing
+
+
+def ours(image: nib.Nifti1Image, erode_mm: float = DEFAULT_ERODE_MM) -> np.ndarray:
+    volume, spacing = _in_case_axes(image)
     return case_to_nifti_axes(extract_brain(volume, spacing, erode_mm=erode_mm))
 
 
 def phantom_net(image: nib.Nifti1Image) -> np.ndarray:
-    zooms = nib.affines.voxel_sizes(image.affine)
-    spacing = (float(zooms[2]), float(zooms[0]), float(zooms[1]))  # Case axes (k, i, j)
-    volume = nifti_to_case_axes(np.asarray(image.dataobj, dtype=np.float32))
+    volume, spacing = _in_case_axes(image)
     return case_to_nifti_axes(phantom_net_brain(volume, spacing))
 
 

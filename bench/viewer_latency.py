@@ -151,15 +151,15 @@ class UploadTimes:
 def _choose_upload(page, tries: int = 4) -> int:
     """Click "Upload files" until the uploader shows, as a user would when a click is lost (the open
     lost-click defect: a click while a rerun replaces the radio can do nothing); returns the clicks."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout  # imported with playwright in main()
+
     for click in range(1, tries + 1):
         try:
             page.get_by_text("Upload files").first.click(timeout=20_000)
             _settle(page)
             page.locator("input[type=file]").first.wait_for(state="attached", timeout=20_000)
             return click
-        except Exception as exc:  # playwright's TimeoutError; playwright is imported only in main()
-            if type(exc).__name__ != "TimeoutError":
-                raise
+        except PlaywrightTimeout:
             continue
     raise SystemExit(f"choosing 'Upload files' never showed the uploader ({tries} clicks)")
 

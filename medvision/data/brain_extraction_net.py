@@ -27,6 +27,7 @@ from scipy import ndimage
 
 __all__ = [
     "CHECKPOINT",
+    "brain_mask_by",
     "GRID",
     "PIXEL_MM",
     "SlicePlacement",
@@ -130,10 +131,17 @@ def _model(checkpoint: Path) -> torch.nn.Module:
     return model
 
 
+def brain_mask_by(
+    model: torch.nn.Module, volume: np.ndarray, spacing: tuple[float, float, float]
+) -> np.ndarray:
+    """(D, H, W) bool brain mask of one head volume (Case axes, ``spacing`` in mm) by ``model``: onto the
+    canvas, the network, back to the scan's grid, the largest piece."""
+    canvas, placement = to_model_slices(volume, spacing)
+    return postprocess_brain(from_model_slices(predict_brain_probability(model, canvas), placement))
+
+
 def phantom_net_brain(
     volume: np.ndarray, spacing: tuple[float, float, float], checkpoint: Path = CHECKPOINT
 ) -> np.ndarray:
-    """(D, H, W) bool brain mask of one head volume (Case axes) by the phantom-trained network."""
-    canvas, placement = to_model_slices(volume, spacing)
-    probability = predict_brain_probability(_model(Path(checkpoint)), canvas)
-    return postprocess_brain(from_model_slices(probability, placement))
+    """(D, H, W) bool brain mask of one head volume (Case axes) by the shipped phantom-trained network."""
+    return brain_mask_by(_model(Path(checkpoint)), volume, spacing)

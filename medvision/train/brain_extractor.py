@@ -26,13 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from medvision.checkpoint import save_checkpoint
-from medvision.data.brain_extraction_net import (
-    GRID,
-    from_model_slices,
-    postprocess_brain,
-    predict_brain_probability,
-    to_model_slices,
-)
+from medvision.data.brain_extraction_net import GRID, brain_mask_by, to_model_slices
 from medvision.data.case import MODALITIES
 from medvision.data.phantom_head import make_head_phantom
 from medvision.losses import BCEWithPosWeightLoss, DiceLoss
@@ -115,8 +109,7 @@ def score_heads(model: torch.nn.Module, seeds: Sequence[int]) -> dict[str, float
     for seed in seeds:
         head = make_head_phantom(seed)
         for name, channel in zip(MODALITIES, head.case.image, strict=True):
-            canvas, placement = to_model_slices(channel, head.case.spacing)
-            mask = postprocess_brain(from_model_slices(predict_brain_probability(model, canvas), placement))
+            mask = brain_mask_by(model, channel, head.case.spacing)
             overlap = 2.0 * (mask & head.brain).sum() / max(int(mask.sum() + head.brain.sum()), 1)
             scores[name].append(float(overlap))
     return {name: round(float(np.mean(values)), 4) for name, values in scores.items()}

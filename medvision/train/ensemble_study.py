@@ -15,7 +15,6 @@ runs' mean, so a gain can be told from one lucky case.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -24,12 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from medvision.data.modality_sets import keep_only, parse_subset
+from medvision.data.modality_sets import parse_subset
 from medvision.data.store import SliceStore
 from medvision.inference import label_masks
 from medvision.inference.postprocess import final_label
 from medvision.metrics import case_scores
-from medvision.train.evaluation import checkpoint_engine, split_case_ids
+from medvision.train.evaluation import checkpoint_engine, given_as, split_case_ids
+from medvision.train.rundir import checkpoint_path, read_status
 
 SUBSETS = ("flair+t1+t1ce+t2", "flair", "t1ce", "flair+t1ce")
 # The seven goal figures of the model card: (subset, region).
@@ -46,32 +46,23 @@ GOALS = (
 
 def _fold_dirs(run_dir: Path) -> list[Path]:
     folds = sorted(run_dir.glob("fold_[0-9]*"), key=lambda p: int(p.name.split("_")[1]))
-    return [f for f in folds if (f / "checkpoints" / "last.safetensors").is_file() and _finished(f)]
-
-
-def _finished(fold_dir: Path) -> bool:
-    try:
-        return json.loads((fold_dir / "status.json").read_text()).get("state") == "finished"
-    except (OSError, ValueError):
-        return False
+    finished = [f for f in folds if (read_status(f) or {}).get("state") == "finished"]
+    return [f for f in finished if checkpoint_path(f).is_file()]
 
 
 def _engines(fold_lists: dict[str, list[Path]], fold: int) -> dict[str, tuple[Any, dict[str, Any]]]:
     return {
-        name: checkpoint_engine(folds[fold] / "checkpoints" / "last.safetensors", "auto", "auto", "auto", 16)
+        name: checkpoint_engine(checkpoint_path(folds[fold]), "auto", "auto", "auto", 16)
         for name, folds in fold_lists.items()
     }
 
 
-def _subset_probabilities(engines: dict, image: np.ndarray, modalities: tuple[str, ...]) -> dict[str, Any]:
-    """Each run's region probabilities of one stored case given as ``modalities`` (no clean-up yet)."""
-    out = {}
-    for name, (engine, _) in engines.items():
-        prepared = engine.prepare_stored(image)
-        kept = keep_only(prepared.image, modalities)
-        prepared = dataclasses.replace(prepared, image=kept, available=modalities)
-        out[name] = engine.predict(prepared, min_component_fraction=0.0).probabilities
-    return out
+def _subset_probabilities(prepared: dict, engines: dict, modalities: tuple[str, ...]) -> dict[str, Any]:
+    """Each run's region probabilities of one prepared case given as ``modalities`` (no clean-up yet)."""
+    return {
+        name: engine.predict(given_as(prepared[name], modalities), min_component_fraction=0.0).probabilities
+        for name, (engine, _) in engines.items()
+    }
 
 
 def _score(
@@ -101,8 +92,9 @@ def held_out_scores(store_path: Path, runs: dict[str, Path], fraction: float) ->
                 truth = label_masks(store.read_label(case_id), regions)
                 spacing = tuple(store.case_meta(case_id)["spacing"])
                 image = store.read_image(case_id)
+                prepared = {name: engine.prepare_stored(image) for name, (engine, _) in engines.items()}
                 for subset in SUBSETS:
-                    members = _subset_probabilities(engines, image, parse_subset(subset))
+                    members = _subset_probabilities(prepared, engines, parse_subset(subset))
                     members["ensemble"] = np.mean(np.stack(list(members.values())), axis=0)
                     for name, probabilities in members.items():
                         row = _score(probabilities, truth, spacing, regions, fraction, subset == SUBSETS[0])

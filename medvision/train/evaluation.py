@@ -27,6 +27,7 @@ from medvision.data.splits import make_splits
 from medvision.data.store import SliceStore
 from medvision.errors import MedVisionError
 from medvision.inference import PredictorOptions, SegmentationEngine, build_engine, label_masks
+from medvision.inference.geometry import PreparedVolume
 from medvision.metrics import SliceDiceTracker, case_scores, region_counts, summarise_split, volume_slice_dice
 from medvision.precision import resolve_device
 
@@ -75,6 +76,14 @@ class SplitScores:
         return summarise_split(self.per_case, self.pooled, self.slices.totals(), self.regions)
 
 
+def given_as(prepared: PreparedVolume, modalities: tuple[str, ...]) -> PreparedVolume:
+    """``prepared`` as if only ``modalities`` had been given (the others' channels zeroed)."""
+    if modalities == MODALITIES:
+        return prepared
+    image = keep_only(prepared.image, modalities)
+    return dataclasses.replace(prepared, image=image, available=modalities)
+
+
 def predict_stored_case(
     engine: SegmentationEngine,
     store: SliceStore,
@@ -90,16 +99,13 @@ def predict_stored_case(
     ``modalities``: score the case as if only these had been given (the others' channels zeroed; the
     model must take availability planes unless all four are kept)."""
     prepared = engine.prepare_stored(store.read_image(case_id))
-    if modalities != MODALITIES:
-        if not engine.spec.availability:
-            raise MedVisionError(
-                "this checkpoint was trained on all four modalities only; it cannot be "
-                f"scored on {subset_name(modalities)}"
-            )
-        image = keep_only(prepared.image, modalities)
-        prepared = dataclasses.replace(prepared, image=image, available=modalities)
+    if modalities != MODALITIES and not engine.spec.availability:
+        raise MedVisionError(
+            "this checkpoint was trained on all four modalities only; it cannot be "
+            f"scored on {subset_name(modalities)}"
+        )
     return engine.predict(
-        prepared,
+        given_as(prepared, modalities),
         tta=tta,
         min_component_voxels=min_component_voxels,
         min_component_fraction=min_component_fraction,
