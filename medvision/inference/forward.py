@@ -41,7 +41,7 @@ from medvision.inference.backend import InferenceBackend
 from medvision.inference.geometry import PreparedVolume
 from medvision.inference.postprocess import THRESHOLD, final_label, uncertainty_score
 from medvision.inference.spec import ModelSpec, check_modalities
-from medvision.models import mc_dropout_mode
+from medvision.models import ModelEnsemble, mc_dropout_mode
 
 ProgressFn = Callable[[float], None]
 # Called with (crop slice indices (B,), logits (B, R, H', W') on the device) of every plain batch: the
@@ -441,12 +441,16 @@ class SegmentationEngine:
         larger batch (each copy of a slice draws its own dropout masks); see that constant for why the
         default is one pass per forward.
         """
-        per_forward = max(1, MC_SLICES_PER_FORWARD // len(batch))
+        model = self.backend.model
+        ensemble = isinstance(model, ModelEnsemble)
+        # An ensemble runs one member per pass, so passes are not stacked across members.
+        per_forward = 1 if ensemble else max(1, MC_SLICES_PER_FORWARD // len(batch))
         samples = []
         for start in range(0, mc_samples, per_forward):
             passes = min(per_forward, mc_samples - start)
             stacked = np.concatenate([batch] * passes) if passes > 1 else batch
-            p = self.backend.probabilities(stacked, tta=tta, stochastic=True)
+            with model.one_member(start) if ensemble else contextlib.nullcontext():
+                p = self.backend.probabilities(stacked, tta=tta, stochastic=True)
             samples.append(p.reshape(passes, len(batch), *p.shape[1:]))
         return np.concatenate(samples)
 

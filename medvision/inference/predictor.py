@@ -267,8 +267,10 @@ class Predictor:
 
     def describe(self) -> str:
         """One line saying how this predictor runs (for logs, the CLI and the app)."""
+        members = getattr(self.model, "config", {}).get("members")
+        kind = f"{self.target} ensemble of {members} networks" if members else f"{self.target} model"
         return (
-            f"{self.target} model on {self.device} ({self.precision}, {self.backend}, "
+            f"{kind} on {self.device} ({self.precision}, {self.backend}, "
             f"batch {self.batch_size}, threads {self.options.threads}, neighbours {self.neighbours})"
         )
 

@@ -28,6 +28,8 @@ CONFIG_KEYS: tuple[str, ...] = (
     "dropout",
     "attention",
 )
+# The extra config key of an ensemble of AttentionUNets (medvision.models.ensemble): how many members.
+ENSEMBLE_KEY = "members"
 
 
 class ConvBlock(nn.Sequential):
@@ -164,13 +166,21 @@ class AttentionUNet(nn.Module):
         return (logits, maps) if return_attention else logits
 
 
-def build_model(config: dict[str, Any]) -> AttentionUNet:
-    """Build an AttentionUNet from a ``model.config``-style dict; unknown keys raise ValueError."""
+def build_model(config: dict[str, Any]) -> nn.Module:
+    """Build a network from a ``model.config``-style dict; unknown keys raise ValueError.
+
+    A config with ``"members"`` is a :class:`~medvision.models.ensemble.ModelEnsemble` of that many
+    AttentionUNets; without it, one AttentionUNet.
+    """
     if not isinstance(config, dict):
         raise ValueError(f"model config must be a dict, got {type(config).__name__}")
-    unknown = sorted(set(config) - set(CONFIG_KEYS))
+    unknown = sorted(set(config) - set(CONFIG_KEYS) - {ENSEMBLE_KEY})
     if unknown:
         raise ValueError(f"unknown model config keys: {unknown}")
+    if ENSEMBLE_KEY in config:
+        from medvision.models.ensemble import ModelEnsemble  # the ensemble module imports this one
+
+        return ModelEnsemble(**config)
     return AttentionUNet(**config)
 
 

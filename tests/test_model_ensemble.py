@@ -1,0 +1,174 @@
+"""Ensembles of training runs: the packed module averages probabilities, half-precision files, the pack
+command's checks, and the whole predictor (PyTorch and ONNX Runtime, MC dropout, attention) on one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_inference import make_case, save_tiny
+
+from medvision.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
+from medvision.errors import CheckpointError
+from medvision.inference import Predictor
+from medvision.models import AttentionUNet, ModelEnsemble, build_model
+from medvision.train import pack_ensemble
+
+CONFIG = {"in_channels": 4, "out_channels": 3, "base_filters": 4, "depth": 2, "dropout": 0.2}
+CONFIG["attention"] = True
+SPLIT = {"train": ["a", "b"], "val": ["c"], "test": []}
+
+
+def _members(tmp_path: Path, seeds=(0, 1, 2), split=SPLIT) -> list[Path]:
+    paths = []
+    for seed in seeds:
+        folder = tmp_path / f"seed{seed}"
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = {"split": split, "train_config": {"seed": seed}, "val_mean_dice": 0.1 * seed, "epoch": 3}
+        paths.append(save_tiny(folder, seed=seed, meta=meta))
+    return paths
+
+
+def test_the_ensemble_output_is_the_logit_of_the_members_mean_probability() -> None:
+    torch.manual_seed(0)
+    ensemble = build_model({**CONFIG, "members": 3}).eval()
+    assert isinstance(ensemble, ModelEnsemble) and len(ensemble.members) == 3
+    x = torch.randn(2, 4, 16, 16)
+    with torch.no_grad():
+        mean = torch.stack([torch.sigmoid(m(x)) for m in ensemble.members]).mean(0)
+        assert torch.allclose(torch.sigmoid(ensemble(x)), mean, atol=1e-6)
+        members_differ = (torch.sigmoid(ensemble.members[0](x)) - mean).abs().max()
+        assert members_differ > 1e-3  # the members are different networks, so the mean is not any one
+        logits, maps = ensemble(x, return_attention=True)
+        first = ensemble.members[0](x, return_attention=True)[1]
+    assert len(maps) == len(first) and maps[-1].shape == first[-1].shape
+    assert torch.allclose(torch.sigmoid(logits), mean, atol=1e-6)
+    assert ensemble.config == {**CONFIG, "dropout": 0.2, "members": 3}
+
+
+def test_certain_members_give_a_finite_logit() -> None:
+    ensemble = build_model({**CONFIG, "members": 2}).eval()
+    with torch.no_grad():
+        for member in ensemble.members:
+            member.head.bias.fill_(1e4)  # sigmoid is exactly 1.0 in fp32
+        out = ensemble(torch.randn(1, 4, 16, 16))
+    assert torch.isfinite(out).all()
+
+
+def test_a_half_precision_file_is_half_the_size_and_predicts_the_same(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build_model({**CONFIG, "base_filters": 16, "members": 2}).eval()  # tensors outweigh the header
+    save_checkpoint(tmp_path / "full", model, {"target": "regions"})
+    save_checkpoint(tmp_path / "half", model, {"target": "regions"}, weights_dtype="float16")
+    full_size = checkpoint_paths(tmp_path / "full")[0].stat().st_size
+    half_size = checkpoint_paths(tmp_path / "half")[0].stat().st_size
+    assert half_size < 0.6 * full_size
+    loaded, meta = load_checkpoint(tmp_path / "half")
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    x = torch.randn(1, 4, 16, 16)
+    with torch.no_grad():
+        assert (torch.sigmoid(loaded(x)) - torch.sigmoid(model(x))).abs().max() < 1e-3
+    with pytest.raises(ValueError, match="weights_dtype"):
+        save_checkpoint(tmp_path / "bad", model, {}, weights_dtype="int8")
+
+
+def test_metadata_asking_for_too_many_members_is_refused(tmp_path: Path) -> None:
+    model = build_model({**CONFIG, "members": 2})
+    save_checkpoint(tmp_path / "e", model, {"target": "regions"})
+    _, meta_path = checkpoint_paths(tmp_path / "e")
+    record = json.loads(meta_path.read_text())
+    record["model"]["members"] = 50
+    meta_path.write_text(json.dumps(record))
+    with pytest.raises(CheckpointError, match="members=50"):
+        load_checkpoint(tmp_path / "e")
+
+
+def test_pack_records_the_members_and_predicts_their_mean(tmp_path: Path) -> None:
+    members = _members(tmp_path)
+    meta = pack_ensemble.pack(tmp_path / "ensemble", members, half=False)
+    assert meta["kind"] == "ensemble" and meta["train_config"]["seed"] == [0, 1, 2]
+    assert [m["val_mean_dice"] for m in meta["ensemble"]["members"]] == pytest.approx([0.0, 0.1, 0.2])
+    assert "val_mean_dice" not in meta  # one run's validation is not the ensemble's
+    assert meta["split"] == SPLIT
+    assert meta["epoch"] == 3  # all members are epoch 3's
+    case = make_case()
+    options = {"device": "cpu", "dtype": "float32", "backend": "torch"}
+    alone = [Predictor(p, **options).predict_volume(case).probabilities for p in members]
+    together = Predictor(tmp_path / "ensemble.safetensors", **options)
+    result = together.predict_volume(case)
+    np.testing.assert_allclose(result.probabilities, np.mean(alone, axis=0), atol=1e-5)
+    assert together.attention_map(case, 5).shape == case.image.shape[2:]
+    uncertain = together.predict_volume(case, mc_samples=2)
+    assert uncertain.uncertainty is not None and uncertain.uncertainty.max() > 0
+
+
+def test_the_onnx_path_exports_the_ensemble(tmp_path: Path) -> None:
+    members = _members(tmp_path, seeds=(3, 4))
+    pack_ensemble.pack(tmp_path / "ensemble", members, half=True)
+    case = make_case()
+    checkpoint = tmp_path / "ensemble.safetensors"
+    on_torch = Predictor(checkpoint, device="cpu", dtype="float32", backend="torch")
+    on_onnx = Predictor(checkpoint, device="cpu", dtype="float32", backend="onnx")
+    assert on_onnx.backend == "onnx"
+    np.testing.assert_allclose(
+        on_onnx.predict_volume(case).probabilities, on_torch.predict_volume(case).probabilities, atol=1e-4
+    )
+
+
+def test_pack_refuses_members_of_other_splits_or_networks(tmp_path: Path) -> None:
+    first = _members(tmp_path / "a", seeds=(0,))[0]
+    other_split = _members(tmp_path / "b", seeds=(1,), split={**SPLIT, "val": ["a"]})[0]
+    with pytest.raises(CheckpointError, match="other cases"):
+        pack_ensemble.pack(tmp_path / "e1", [first, other_split])
+    wider = tmp_path / "wider.safetensors"
+    save_checkpoint(wider, AttentionUNet(4, 3, 8, 2, 0.2, True), {"target": "regions", "split": SPLIT})
+    with pytest.raises(CheckpointError, match="model differs"):
+        pack_ensemble.pack(tmp_path / "e2", [first, wider])
+    pack_ensemble.pack(tmp_path / "e3", [first, _members(tmp_path / "c", seeds=(2,))[0]])
+    with pytest.raises(CheckpointError, match="ensemble already"):
+        pack_ensemble.pack(tmp_path / "e4", [tmp_path / "e3.safetensors", first])
+    assert not checkpoint_paths(tmp_path / "e4")[0].exists()  # nothing written on a refusal
+
+
+def test_pack_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    members = _members(tmp_path, seeds=(0, 1))
+    assert pack_ensemble.main([str(tmp_path / "out"), *map(str, members), "--half"]) == 0
+    assert "2 members" in capsys.readouterr().out
+    assert json.loads((tmp_path / "out.json").read_text())["ensemble"]["weights_dtype"] == "float16"
+    with pytest.raises(SystemExit):
+        pack_ensemble.main([str(tmp_path / "one"), str(members[0])])
+
+
+def test_each_dropout_pass_runs_one_member_in_turn(tmp_path: Path) -> None:
+    pack_ensemble.pack(tmp_path / "ensemble", _members(tmp_path), half=False)
+    predictor = Predictor(tmp_path / "ensemble.safetensors", device="cpu", dtype="float32", backend="torch")
+    ensemble = predictor.model
+    calls = [0, 0, 0]
+    for i, member in enumerate(ensemble.members):
+        member.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+    predictor.predict_volume(make_case())
+    plain = list(calls)
+    assert plain[0] > 0 and plain == [plain[0]] * 3  # a plain pass runs every member once per batch
+    calls[:] = [0, 0, 0]
+    result = predictor.predict_volume(make_case(), mc_samples=6)
+    # 6 passes over the same batches: each member twice, so the passes cost two plain ones, not six.
+    assert calls == [2 * plain[0]] * 3
+    assert result.uncertainty is not None and float(result.uncertainty.max()) > 0
+    assert ensemble._only is None  # back to the whole ensemble afterwards
+    assert "ensemble of 3 networks" in predictor.describe()
+
+
+def test_the_models_page_rows_of_an_ensemble(tmp_path: Path) -> None:
+    from medvision.app_support.catalog import ensemble_rows
+
+    meta = pack_ensemble.pack(tmp_path / "ensemble", _members(tmp_path, seeds=(0, 1)))
+    rows = ensemble_rows(meta)
+    assert [(r["member"], r["seed"], r["epoch"]) for r in rows] == [(1, "0", "3"), (2, "1", "3")]
+    assert rows[1]["val mean Dice"] == pytest.approx(0.1)
+    # Metadata is anyone's file: odd members are skipped or shown as text, never trusted as numbers.
+    odd = {"ensemble": {"members": ["x", {"seed": "<b>", "val_mean_dice": "0.9"}]}}
+    assert ensemble_rows(odd) == [{"member": 2, "seed": "<b>", "epoch": "–", "val mean Dice": None}]
+    assert ensemble_rows({"ensemble": "nonsense"}) == [] and ensemble_rows({}) == []
