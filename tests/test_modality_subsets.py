@@ -23,7 +23,13 @@ from medvision.inference import Predictor
 from medvision.inference.spec import model_spec
 from medvision.models import AttentionUNet
 from medvision.train import rundir
-from medvision.train.modality_dropout import apply_availability, draw_availability, drop_modalities
+from medvision.train.config import TrainConfig
+from medvision.train.modality_dropout import (
+    apply_availability,
+    draw_availability,
+    drop_modalities,
+    subset_weights,
+)
 from medvision.train.run import run_training
 from tests.test_predict_cli import CASE_ID, write_case_folder
 from tests.test_trainer import TINY, tiny_case
@@ -59,6 +65,32 @@ def test_no_dropout_keeps_everything_and_adds_ones():
     assert torch.equal(out[:, :4], images) and torch.all(out[:, 4:] == 1)
     with pytest.raises(ValueError, match="multiple of 4"):
         apply_availability(torch.rand(2, 5, 4, 4), torch.ones(2, 4))
+
+
+def test_inverse_size_weighting_draws_single_modalities_more_often():
+    assert float(subset_weights("uniform").sum()) == pytest.approx(1.0)
+    generator = torch.Generator().manual_seed(0)
+    drawn = draw_availability(20000, 1.0, generator, torch.device("cpu"), "inverse-size")
+    sizes = drawn.sum(dim=1)
+    # 1/k weights: singles 4 / (4 + 6/2 + 4/3 + 1/4) = 0.466, all four 0.029 (uniform: 0.267 and 0.067).
+    assert float((sizes == 1).float().mean()) == pytest.approx(0.466, abs=0.015)
+    assert float((sizes == 4).float().mean()) == pytest.approx(0.029, abs=0.006)
+    t1ce_alone = (drawn == torch.tensor([0.0, 0.0, 1.0, 0.0])).all(dim=1)
+    assert float(t1ce_alone.float().mean()) == pytest.approx(0.1165, abs=0.01)
+    assert (sizes >= 1).all()
+    # "uniform" makes the draws it made before weightings existed (a subset index by randint, then the
+    # coin for dropping), so the shipped recipe trains the same for the same seed.
+    drawn = draw_availability(64, 0.5, torch.Generator().manual_seed(3), torch.device("cpu"), "uniform")
+    generator = torch.Generator().manual_seed(3)
+    choice = torch.randint(len(SUBSETS), (64,), generator=generator)
+    dropped = torch.rand(64, generator=generator) < 0.5
+    for row, index, drop in zip(drawn, choice, dropped, strict=True):
+        expected = [float(m in SUBSETS[index]) for m in MODALITIES] if drop else [1.0] * 4
+        assert row.tolist() == expected
+    with pytest.raises(ValueError, match="modality_subsets"):
+        TrainConfig(modality_dropout=0.5, modality_subsets="singles")
+    with pytest.raises(ValueError, match="weighting"):
+        subset_weights("singles")
 
 
 def test_spec_reads_availability_from_channels_or_metadata():

@@ -14,7 +14,7 @@ import argparse
 import logging
 import os
 
-from medvision.train.config import AMP_MODES, DEVICES, PRESETS, TARGETS, TrainConfig
+from medvision.train.config import AMP_MODES, DEVICES, PRESETS, SUBSET_WEIGHTINGS, TARGETS, TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ OVERRIDES = {
     "channels_last": "channels_last",
     "threads": "threads",
     "modality_dropout": "modality_dropout",
+    "modality_subsets": "modality_subsets",
     "split_file": "split_file",
 }
 
@@ -81,6 +82,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         metavar="P",
         help="train for any subset of the modalities: drop a random subset from a share P of the slices",
+    )
+    parser.add_argument(
+        "--modality-subsets",
+        choices=SUBSET_WEIGHTINGS,
+        help="how the dropped subsets are drawn: uniform over the 15, or inverse-size (1/k for k modalities)",
     )
     parser.add_argument("--patch-size", type=int, nargs=2, metavar=("H", "W"))
     parser.add_argument("--scheduler", choices=("plateau", "cosine"))

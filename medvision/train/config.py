@@ -13,6 +13,9 @@ from typing import Any
 from medvision.data.regions import TARGETS, target_spec
 from medvision.precision import AMP_MODES, DEVICE_CHOICES
 
+# How modality dropout draws the subsets it keeps (medvision.train.modality_dropout).
+SUBSET_WEIGHTINGS = ("uniform", "inverse-size")
+
 __all__ = ["AMP_MODES", "DEVICES", "PRESETS", "TARGETS", "TrainConfig"]
 SCHEDULERS = ("plateau", "cosine")
 DEVICES = DEVICE_CHOICES
@@ -39,6 +42,8 @@ class TrainConfig:
     # network takes image channels alone); a probability p in [0, 1] adds 4 availability planes to the
     # input and drops a random subset of the modalities from a share p of the training slices.
     modality_dropout: float | None = None
+    # How the dropped subsets are drawn: "uniform" over the 15, or "inverse-size" (1/k for k modalities).
+    modality_subsets: str = "uniform"
     # Data sampling and augmentation.
     # Share of draws from slices that contain tumour (sampling with replacement); None: natural frequency,
     # each slice once per epoch in a shuffled order (the original project's sampling).
@@ -126,6 +131,10 @@ class TrainConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.modality_dropout is not None and not 0.0 <= self.modality_dropout <= 1.0:
             raise ValueError(f"modality_dropout must be in [0, 1], got {self.modality_dropout}")
+        if self.modality_subsets not in SUBSET_WEIGHTINGS:
+            raise ValueError(
+                f"modality_subsets must be one of {SUBSET_WEIGHTINGS}, got {self.modality_subsets!r}"
+            )
         if self.neighbours < 0 or self.workers < 0 or self.warmup_steps < 0 or self.sample_slices < 0:
             raise ValueError("neighbours, workers, warmup_steps and sample_slices must be >= 0")
         if self.grad_clip is not None and not self.grad_clip > 0:

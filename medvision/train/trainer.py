@@ -338,7 +338,9 @@ class Trainer:
         if self.augment is not None:
             images, targets = augment_batch(images, targets, self.augment, self.aug_generator)
         if self.config.modality_dropout is not None:
-            images = drop_modalities(images, self.config.modality_dropout, self.aug_generator)
+            images = drop_modalities(
+                images, self.config.modality_dropout, self.aug_generator, self.config.modality_subsets
+            )
         images = images.contiguous(memory_format=self.memory_format)
         self.net.train()
         with self.autocast():
