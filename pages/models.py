@@ -48,6 +48,12 @@ if best_empty:
         "validation data: see Metrics below."
     )
 
+members = catalog.ensemble_rows(meta)
+if members:
+    # Each member's own validation; the ensemble's figures are its cross-validation in the card below.
+    st.markdown(f"**An ensemble of {len(members)} networks**: their probabilities are averaged.")
+    st.dataframe(pd.DataFrame(members).set_index("member").style.format(precision=3, na_rep="–"))
+
 card = catalog.model_card_text(model, settings)
 if card:
     with st.expander("Model card", expanded=True):

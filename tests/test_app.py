@@ -125,6 +125,17 @@ def test_models_page_shows_metrics_of_the_selected_model(app):
     assert not app.error
 
 
+def test_models_page_lists_the_members_of_the_shipped_ensemble(app):
+    from medvision.checkpoint import read_checkpoint_meta
+
+    shipped = REPO / "checkpoints" / "default.safetensors"
+    members = read_checkpoint_meta(shipped)["model"]["members"]
+    _open(app, "pages/models.py")  # the shipped default model is the one selected at first
+    assert any(f"An ensemble of {members} networks" in m for m in _values(app.markdown))
+    member_tables = [d for d in app.dataframe if "val mean Dice" in d.value.columns]
+    assert len(member_tables) == 1 and len(member_tables[0].value) == members
+
+
 # -------------------------------------------------------------------------------------------- train
 
 

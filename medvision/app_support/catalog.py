@@ -314,6 +314,27 @@ def validation_note(meta: dict[str, Any]) -> str | None:
     return f"{note} (step {step}{of_total})."
 
 
+def ensemble_rows(meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per member of an ensemble checkpoint (medvision.train.pack_ensemble): its seed, epoch and
+    own validation mean Dice; empty for a single network or metadata without a members list."""
+    ensemble = meta.get("ensemble") if isinstance(meta.get("ensemble"), dict) else {}
+    members = ensemble.get("members") if isinstance(ensemble.get("members"), list) else []
+    rows = []
+    for number, member in enumerate(members, start=1):
+        if not isinstance(member, dict):
+            continue
+        dice = member.get("val_mean_dice")
+        rows.append(
+            {
+                "member": number,
+                "seed": str(member.get("seed", "–")),
+                "epoch": str(member.get("epoch", "–")),
+                "val mean Dice": float(dice) if _is_number(dice) else None,
+            }
+        )
+    return rows
+
+
 def summary_fields(meta: dict[str, Any]) -> dict[str, Any]:
     """The top-level scalar facts of a checkpoint (target, preset, epoch, best Dice, ...)."""
     skip = {"weights_sha256", "weights_file", "format", "version"}
@@ -327,6 +348,7 @@ def summary_fields(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 __all__ = [
+    "ensemble_rows",
     "CaseChoice",
     "CheckpointError",
     "DataSource",
