@@ -1,0 +1,104 @@
+"""Benchmark: what the shipped ensemble costs against one of its networks alone, on the real case.
+
+    python bench/ensemble_cost.py [--rounds 3] [--mc-samples 6] [--note TEXT] [--no-record] [--under-load]
+
+The shipped default model (checkpoints/default.*) is an ensemble of networks whose probabilities are
+averaged (medvision.models.ensemble). Timed, alternating in one process on BraTS2021_00006
+(240x240x155): the whole volume's prediction by the ensemble and by its first member alone (the same
+weights, packed as a one-network model), each with the backend ``auto`` picks on this CPU; then focused
+MC dropout with the plain volume cached (as on the Predict page), where the ensemble runs one member per
+pass. Medians, their ratios and the CPU go to bench/RESULTS.md. Time it on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+REAL_CASE = ROOT.parent / "shared" / "data" / "brats2021_00006"
+CHECKPOINT = ROOT / "checkpoints" / "default.safetensors"
+
+
+def _predictors():
+    """(ensemble predictor, predictor of its first member alone) with the options ``auto`` picks."""
+    from medvision.checkpoint import load_checkpoint
+    from medvision.inference import Predictor
+    from medvision.models import ModelEnsemble
+
+    ensemble = Predictor(CHECKPOINT, device="cpu")
+    model, meta = load_checkpoint(CHECKPOINT)
+    if not isinstance(model, ModelEnsemble):
+        raise SystemExit(f"{CHECKPOINT} is not an ensemble; nothing to compare")
+    member = model.members[0]
+    alone = Predictor.from_model(member, {**meta, "model": dict(member.config)}, device="cpu")
+    return ensemble, alone, len(model.members)
+
+
+def _time(predict, rounds: int) -> list[float]:
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        predict()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def main() -> None:
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
+    parser.add_argument("--rounds", type=int, default=3, help="timed volumes per way and kind")
+    parser.add_argument("--mc-samples", type=int, default=6, help="MC passes (the Predict page's default)")
+    from bench_report import Reporter, add_report_flags, finish_from_args, machine_calibration
+
+    add_report_flags(parser)
+    args = parser.parse_args()
+    from medvision.data.readers import load_case
+    from medvision.inference.forward import MC_FOCUS_PROBABILITY
+    from medvision.precision import cpu_kind
+
+    if not REAL_CASE.is_dir():
+        raise SystemExit("needs ../shared/data/brats2021_00006")
+    calibration, load_before = machine_calibration(), os.getloadavg()
+    report = Reporter()
+    report(f"- CPU: {cpu_kind()}")
+    case = load_case(REAL_CASE)
+    ensemble, alone, members = _predictors()
+    for predictor in (ensemble, alone):  # warm-up: ONNX export where auto picks it, threads, prepared case
+        predictor.predict_volume(case)
+    report(f"- ensemble: {ensemble.describe()}; alone: {alone.describe()}")
+    ways = {"ensemble": ensemble, "one member": alone}
+    plain: dict[str, list[float]] = {name: [] for name in ways}
+    mc: dict[str, list[float]] = {name: [] for name in ways}
+    for _ in range(args.rounds):
+        for name, predictor in ways.items():
+            predictor.clear_cache()
+            plain[name] += _time(lambda p=predictor: p.predict_volume(case), 1)
+            mc[name] += _time(
+                lambda p=predictor: p.predict_volume(
+                    case, mc_samples=args.mc_samples, seed=0, mc_focus=MC_FOCUS_PROBABILITY
+                ),
+                1,
+            )
+    report(
+        f"- what: BraTS2021_00006 (240x240x155), whole volume with the clean-up, {args.rounds} rounds per "
+        f"way, alternating; then focused MC dropout ({args.mc_samples} passes, plain volume cached)"
+    )
+    for label, times in (("whole volume", plain), (f"MC dropout, {args.mc_samples} passes", mc)):
+        medians = {name: statistics.median(t) for name, t in times.items()}
+        for name, t in times.items():
+            report(f"- {label}, {name}: median {medians[name]:.2f} s ({', '.join(f'{x:.2f}' for x in t)})")
+        ratio = medians["ensemble"] / medians["one member"]
+        report(f"- {label}: ensemble of {members} / one member = {ratio:.2f}x")
+    name = "ensemble_cost (bench/ensemble_cost.py)"
+    finish_from_args(name, report, args, calibration=calibration, load_before=load_before)
+
+
+if __name__ == "__main__":
+    main()
