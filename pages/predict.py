@@ -799,7 +799,9 @@ if st.session_state.get("view_uncertainty"):
             "(slices only, bench/mc_focus.py): it left out 2.6% of the uncertainty on average (6.4% at "
             "worst) and ranked wrong voxels as well (AUROC 0.913 vs 0.907); the windows leave out about "
             "1% more. On the real case, 6 passes took 17.1 s instead of 30.3 s on 2 cores of an AVX2 CPU "
-            "(1.78x) and 3.9 s instead of 5.9 s on a native-bf16 CPU (1.51x)."
+            "(1.78x) and 3.9 s instead of 5.9 s on a native-bf16 CPU (1.51x), with one network. An "
+            "ensemble runs one of its networks per pass, so its passes cost about the same "
+            "(1.13x, bench/ensemble_cost.py)."
         ),
     )
     if mc_job is None:
