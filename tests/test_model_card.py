@@ -84,6 +84,22 @@ def test_cross_validation_is_recorded_and_shown_for_the_given_subset(tmp_path: P
     assert modalities_line(("flair", "t1", "t1ce", "t2")).endswith("(all four)")
 
 
+def test_the_table_command_line(tmp_path: Path, capsys) -> None:
+    from medvision.train.model_card import main
+
+    fold = tmp_path / "fold.json"
+    fold.write_text(json.dumps({"subsets": [_result("flair", 0.81), _result("flair+t1", 0.7)]}))
+    meta_file = tmp_path / "ckpt.json"
+    meta_file.write_text(json.dumps({"format": "medvision-checkpoint"}))
+    assert main([str(fold), "--into", str(meta_file)]) == 0
+    out = capsys.readouterr().out
+    assert "| flair | 2 | 0.810 |" in out and "flair -> +t1: WT Dice 0.110 lower" in out
+    assert json.loads(meta_file.read_text())["cross_validation"]["subsets"]["flair"]["WT"] == 0.81
+    assert main(["--help"]) == 0 and "--into" in capsys.readouterr().out
+    assert main([str(tmp_path / "missing.json")]) == 2
+    assert "no such result file" in capsys.readouterr().err and main([]) == 2
+
+
 def test_failure_figure_draws_truth_beside_prediction(tmp_path: Path):
     from PIL import Image
 

@@ -9,6 +9,7 @@ a modality never lowers a region's mean Dice by more than a tolerance.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -113,17 +114,18 @@ def record_in_checkpoint(checkpoint_json: Path, pooled: dict[str, list[dict[str,
 def main(argv: Sequence[str]) -> int:
     """``python -m medvision.train.model_card RESULT.json ... [--into CHECKPOINT.json]``: print the subset
     table and the checks; with ``--into``, also record the means in that checkpoint's metadata."""
-    args = list(argv)
-    into = None
-    if "--into" in args:
-        at = args.index("--into")
-        into = Path(args[at + 1])
-        del args[at : at + 2]
-    if not args:
-        print(
-            "usage: python -m medvision.train.model_card RESULT.json ... [--into CKPT.json]", file=sys.stderr
-        )
+    parser = argparse.ArgumentParser(prog="python -m medvision.train.model_card", description=__doc__)
+    parser.add_argument("results", type=Path, nargs="+", help="evaluate --modalities ... --out JSON files")
+    parser.add_argument("--into", type=Path, help="record the cross-validated means in this checkpoint .json")
+    try:
+        parsed = parser.parse_args(list(argv))
+    except SystemExit as stop:  # --help (0) or a usage error (2), already printed
+        return int(stop.code or 0)
+    missing = [str(p) for p in parsed.results if not p.is_file()]
+    if missing:
+        print(f"error: no such result file: {', '.join(missing)}", file=sys.stderr)
         return 2
+    args, into = parsed.results, parsed.into
     pooled = load_subset_results([Path(a) for a in args])
     if into is not None:
         record_in_checkpoint(into, pooled, "3-fold cross-validation")
