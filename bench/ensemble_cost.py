@@ -41,13 +41,10 @@ def _predictors():
     return ensemble, alone, len(model.members)
 
 
-def _time(predict, rounds: int) -> list[float]:
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        predict()
-        times.append(time.perf_counter() - start)
-    return times
+def _seconds(predict) -> float:
+    start = time.perf_counter()
+    predict()
+    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -79,12 +76,13 @@ def main() -> None:
     for _ in range(args.rounds):
         for name, predictor in ways.items():
             predictor.clear_cache()
-            plain[name] += _time(lambda p=predictor: p.predict_volume(case), 1)
-            mc[name] += _time(
-                lambda p=predictor: p.predict_volume(
-                    case, mc_samples=args.mc_samples, seed=0, mc_focus=MC_FOCUS_PROBABILITY
-                ),
-                1,
+            plain[name].append(_seconds(lambda p=predictor: p.predict_volume(case)))
+            mc[name].append(
+                _seconds(
+                    lambda p=predictor: p.predict_volume(
+                        case, mc_samples=args.mc_samples, seed=0, mc_focus=MC_FOCUS_PROBABILITY
+                    )
+                )
             )
     report(
         f"- what: BraTS2021_00006 (240x240x155), whole volume with the clean-up, {args.rounds} rounds per "

@@ -348,13 +348,13 @@ def summary_fields(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 __all__ = [
-    "ensemble_rows",
     "CaseChoice",
     "CheckpointError",
     "DataSource",
     "ModelChoice",
     "case_choices",
     "demo_source",
+    "ensemble_rows",
     "ensure_demo_cohort",
     "is_ready",
     "metric_tables",

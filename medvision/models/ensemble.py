@@ -60,24 +60,15 @@ class ModelEnsemble(nn.Module):
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         if self._only is not None:
             return self.members[self._only](x, return_attention=return_attention)
-        total: torch.Tensor | None = None
-        maps_total: list[torch.Tensor] = []
-        for member in self.members:
-            if return_attention:
-                logits, maps = member(x, return_attention=True)
-                maps_total = (
-                    [m.float() for m in maps]
-                    if not maps_total
-                    else [a + m.float() for a, m in zip(maps_total, maps, strict=True)]
-                )
-            else:
-                logits = member(x)
-            probability = torch.sigmoid(logits.float())
-            total = probability if total is None else total + probability
-        count = len(self.members)
-        mean = (total / count).clamp(PROBABILITY_EPS, 1.0 - PROBABILITY_EPS)
+        outputs = [
+            member(x, return_attention=True) if return_attention else (member(x), [])
+            for member in self.members
+        ]
+        mean = torch.stack([torch.sigmoid(logits.float()) for logits, _ in outputs]).mean(dim=0)
+        mean = mean.clamp(PROBABILITY_EPS, 1.0 - PROBABILITY_EPS)
         # log(p) - log(1 - p) rather than torch.logit: the same value, and every ONNX exporter knows it.
         logits = torch.log(mean) - torch.log1p(-mean)
-        if return_attention:
-            return logits, [m / count for m in maps_total]
-        return logits
+        if not return_attention:
+            return logits
+        levels = zip(*(maps for _, maps in outputs), strict=True)  # one tuple of member maps per level
+        return logits, [torch.stack([m.float() for m in level]).mean(dim=0) for level in levels]

@@ -125,10 +125,9 @@ def main(argv: Sequence[str]) -> int:
     if missing:
         print(f"error: no such result file: {', '.join(missing)}", file=sys.stderr)
         return 2
-    args, into = parsed.results, parsed.into
-    pooled = load_subset_results([Path(a) for a in args])
-    if into is not None:
-        record_in_checkpoint(into, pooled, "3-fold cross-validation")
+    pooled = load_subset_results(parsed.results)
+    if parsed.into is not None:
+        record_in_checkpoint(parsed.into, pooled, "3-fold cross-validation")
     print(subset_table(pooled))
     drops = worst_additions(pooled)
     print(f"\nadding a modality lowered a region's mean Dice by more than 0.01 in {len(drops)} cases")

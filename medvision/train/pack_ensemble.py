@@ -13,12 +13,17 @@ trained on. The result is an ordinary MedVision checkpoint (medvision.models.ens
 from __future__ import annotations
 
 import argparse
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from medvision.checkpoint import RESERVED_KEYS, checkpoint_paths, load_checkpoint, save_checkpoint
+from medvision.checkpoint import (
+    RESERVED_KEYS,
+    checkpoint_paths,
+    load_checkpoint,
+    read_checkpoint_meta,
+    save_checkpoint,
+)
 from medvision.errors import CheckpointError
 from medvision.models import AttentionUNet, ModelEnsemble
 
@@ -83,20 +88,15 @@ def pack(out: Path, checkpoints: Sequence[Path], *, half: bool = False) -> dict[
     for key in SCHEDULE_KEYS:
         if any(m.get(key) != metas[0].get(key) for m in metas):
             meta.pop(key, None)
-    config = dict(meta.get("train_config") or {})
-    config["seed"] = [member_record(m, p)["seed"] for m, p in zip(metas, checkpoints, strict=True)]
+    records = [member_record(m, p) for m, p in zip(metas, checkpoints, strict=True)]
+    weights_dtype = "float16" if half else "float32"
     meta.update(
         kind="ensemble",
-        train_config=config,
-        ensemble={
-            "combine": COMBINE,
-            "weights_dtype": "float16" if half else "float32",
-            "members": [member_record(m, p) for m, p in zip(metas, checkpoints, strict=True)],
-        },
+        train_config={**(meta.get("train_config") or {}), "seed": [r["seed"] for r in records]},
+        ensemble={"combine": COMBINE, "weights_dtype": weights_dtype, "members": records},
     )
-    save_checkpoint(out, ensemble, meta, weights_dtype="float16" if half else "float32")
-    weights, _ = checkpoint_paths(out)
-    return {**meta, "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
+    save_checkpoint(out, ensemble, meta, weights_dtype=weights_dtype)
+    return read_checkpoint_meta(out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
