@@ -32,10 +32,35 @@ DTYPE_TO_AMP = {"auto": "auto", "float32": "off", "bfloat16": "bf16", "float16":
 AMP_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
+# oneDNN instruction sets (ONEDNN_MAX_CPU_ISA values) whose convolutions run bf16 natively. A lower cap,
+# e.g. ONEDNN_MAX_CPU_ISA=AVX2 (which also lets an AVX-512 machine stand in for an AVX2 laptop), makes
+# oneDNN emulate bf16 even on a CPU that has it, so "auto" must then choose fp32 too.
+_BF16_ISAS = {
+    "AVX512_CORE_BF16",
+    "AVX512_CORE_FP16",
+    "AVX10_1_512",
+    "AVX512_CORE_AMX",
+    "AVX512_CORE_AMX_FP16",
+    "AVX10_1_512_AMX",
+    "AVX10_1_512_AMX_FP16",
+    "ALL",
+    "DEFAULT",
+}
+
+
+def onednn_isa_cap() -> str | None:
+    """The instruction-set cap set by ONEDNN_MAX_CPU_ISA (upper case), or None when there is none."""
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    return cap or None
+
+
 @functools.cache
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU runs bf16 convolutions natively (AVX512-BF16 or AMX) through oneDNN."""
     if not torch.backends.mkldnn.is_available():
+        return False
+    cap = onednn_isa_cap()
+    if cap is not None and cap not in _BF16_ISAS:
         return False
     checks = (
         getattr(torch.cpu, "_is_avx512_bf16_supported", None),
@@ -61,7 +86,9 @@ def cpu_kind() -> str:
     with suppress(AttributeError, RuntimeError):
         capability = torch.backends.cpu.get_cpu_capability().lower()
     bf16 = "native bf16" if cpu_has_native_bf16() else "bf16 emulated"
-    return f"{cpu_model_name()} ({capability}; {bf16}; {os.cpu_count()} cores)"
+    cap = onednn_isa_cap()
+    limited = f"; oneDNN limited to {cap} by ONEDNN_MAX_CPU_ISA" if cap else ""
+    return f"{cpu_model_name()} ({capability}; {bf16}; {os.cpu_count()} cores{limited})"
 
 
 def resolve_device(preference: str = "auto", local_rank: int = 0) -> torch.device:

@@ -73,6 +73,30 @@ def test_native_bf16_detection_agrees_with_torch_capability() -> None:
     assert capability.lower() in kind and ("native bf16" in kind) == native
 
 
+@pytest.mark.parametrize(("cap", "may_be_native"), [("AVX2", False), ("avx512_core", False), ("ALL", True)])
+def test_onednn_isa_cap_below_bf16_means_fp32(
+    monkeypatch: pytest.MonkeyPatch, cap: str, may_be_native: bool
+) -> None:
+    # ONEDNN_MAX_CPU_ISA=AVX2 makes oneDNN emulate bf16 (measured 150x slower than its native bf16 on an
+    # AVX-512 EPYC), so "auto" must not pick it, and the CPU's description says the cap is on.
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    native = precision.cpu_has_native_bf16.__wrapped__()
+    if not may_be_native:
+        assert native is False
+    else:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+        assert native == precision.cpu_has_native_bf16.__wrapped__()
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    precision.cpu_has_native_bf16.cache_clear()
+    try:
+        assert f"oneDNN limited to {cap.upper()}" in precision.cpu_kind()
+        if not may_be_native:
+            assert precision.autocast_dtype("auto", CPU) is None
+    finally:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+        precision.cpu_has_native_bf16.cache_clear()
+
+
 def test_presets_default_to_auto_precision() -> None:
     # The CPU demo preset and the GPU recipe let the machine decide; only "seed" pins the original fp16.
     assert PRESETS["demo"].amp == "auto" and PRESETS["brats"].amp == "auto"
