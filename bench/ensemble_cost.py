@@ -1,6 +1,7 @@
 """Benchmark: what the shipped ensemble costs against one of its networks alone, on the real case.
 
-    python bench/ensemble_cost.py [--rounds 3] [--mc-samples 6] [--note TEXT] [--no-record] [--under-load]
+    python bench/ensemble_cost.py [--rounds 3] [--mc-samples 6] [--backend auto] [--dtype auto]
+                                  [--note TEXT] [--no-record] [--under-load]
 
 The shipped default model (checkpoints/default.*) is an ensemble of networks whose probabilities are
 averaged (medvision.models.ensemble). Timed, alternating in one process on BraTS2021_00006
@@ -8,6 +9,10 @@ averaged (medvision.models.ensemble). Timed, alternating in one process on BraTS
 weights, packed as a one-network model), each with the backend ``auto`` picks on this CPU; then focused
 MC dropout with the plain volume cached (as on the Predict page), where the ensemble runs one member per
 pass. Medians, their ratios and the CPU go to bench/RESULTS.md. Time it on a quiet machine.
+
+An AVX-512 machine stands in for an AVX2 laptop with ``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2
+... --backend torch``: PyTorch's kernels then use AVX2 only and ``auto`` picks fp32, as there. ONNX Runtime
+(what ``auto`` runs on such a laptop) has no such cap, so it would still use AVX-512 here.
 """
 
 from __future__ import annotations
@@ -26,18 +31,19 @@ REAL_CASE = ROOT.parent / "shared" / "data" / "brats2021_00006"
 CHECKPOINT = ROOT / "checkpoints" / "default.safetensors"
 
 
-def _predictors():
-    """(ensemble predictor, predictor of its first member alone) with the options ``auto`` picks."""
+def _predictors(backend: str, dtype: str):
+    """(ensemble predictor, predictor of its first member alone, members) with these options."""
     from medvision.checkpoint import load_checkpoint
     from medvision.inference import Predictor
     from medvision.models import ModelEnsemble
 
-    ensemble = Predictor(CHECKPOINT, device="cpu")
+    ensemble = Predictor(CHECKPOINT, device="cpu", backend=backend, dtype=dtype)
     model, meta = load_checkpoint(CHECKPOINT)
     if not isinstance(model, ModelEnsemble):
         raise SystemExit(f"{CHECKPOINT} is not an ensemble; nothing to compare")
     member = model.members[0]
-    alone = Predictor.from_model(member, {**meta, "model": dict(member.config)}, device="cpu")
+    member_meta = {**meta, "model": dict(member.config)}
+    alone = Predictor.from_model(member, member_meta, device="cpu", backend=backend, dtype=dtype)
     return ensemble, alone, len(model.members)
 
 
@@ -52,6 +58,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
     parser.add_argument("--rounds", type=int, default=3, help="timed volumes per way and kind")
     parser.add_argument("--mc-samples", type=int, default=6, help="MC passes (the Predict page's default)")
+    parser.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"))
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"))
     from bench_report import Reporter, add_report_flags, finish_from_args, machine_calibration
 
     add_report_flags(parser)
@@ -66,7 +74,7 @@ def main() -> None:
     report = Reporter()
     report(f"- CPU: {cpu_kind()}")
     case = load_case(REAL_CASE)
-    ensemble, alone, members = _predictors()
+    ensemble, alone, members = _predictors(args.backend, args.dtype)
     for predictor in (ensemble, alone):  # warm-up: ONNX export where auto picks it, threads, prepared case
         predictor.predict_volume(case)
     report(f"- ensemble: {ensemble.describe()}; alone: {alone.describe()}")
