@@ -5,7 +5,9 @@
 #   bash checkpoints/recipe_study.sh NAME [--real-only] [-- TRAIN_ARGS...]
 #   bash checkpoints/recipe_study.sh patch128 -- --patch-size 128 128 --batch-size 5
 #   bash checkpoints/recipe_study.sh real_only --real-only
+#   bash checkpoints/recipe_study.sh distill -- --distill-from runs/default/fold_{fold}/checkpoints/last.safetensors
 #
+# "{fold}" in TRAIN_ARGS becomes the fold's number (a teacher per fold: one trained on that fold's cases only).
 # Each fold trains the "real" preset with TRAIN_ARGS added, then scores its held-out real cases with the
 # default model's clean-up for the four subsets the goals name. The table (same layout as the model card's)
 # goes to runs/recipe/NAME/cv_table.md; compare it with runs/default/cv_table.md. Killed runs resume.
@@ -51,8 +53,9 @@ PY
   run="$OUT/fold_$fold"
   if [ ! -f "$run/checkpoints/last.safetensors" ] || ! grep -q '"finished"' "$run/status.json"; then
     resume=(); [ -f "$run/train_state.pt" ] && resume=(--resume)
+    fold_args=("${EXTRA[@]//\{fold\}/$fold}")
     $PY -m medvision train --data "$STORE" --run-dir "$run" --preset real --split-file "$split" \
-      "${THREADS[@]}" "${resume[@]}" "${EXTRA[@]}"
+      "${THREADS[@]}" "${resume[@]}" "${fold_args[@]}"
   fi
   if [ ! -f "$run/cv_goal_subsets.json" ]; then
     $PY -m medvision evaluate --checkpoint "$run/checkpoints/last.safetensors" --data "$STORE" \

@@ -53,6 +53,9 @@ if members:
     # Each member's own validation; the ensemble's figures are its cross-validation in the card below.
     st.markdown(f"**An ensemble of {len(members)} networks**: their probabilities are averaged.")
     st.dataframe(pd.DataFrame(members).set_index("member").style.format(precision=3, na_rep="–"))
+teacher = catalog.teacher_note(meta)
+if teacher:
+    st.markdown(plain(teacher))
 
 card = catalog.model_card_text(model, settings)
 if card:

@@ -335,6 +335,21 @@ def ensemble_rows(meta: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def teacher_note(meta: dict[str, Any]) -> str | None:
+    """What a distilled network learnt from (medvision.train.distillation), as one sentence; None for a
+    network trained on labels only."""
+    teacher = meta.get("distilled_from") if isinstance(meta.get("distilled_from"), dict) else None
+    if teacher is None:
+        return None
+    members = _int(teacher.get("members")) or 1
+    what = f"an ensemble of {members} networks" if members > 1 else "one network"
+    name = Path(str(teacher.get("checkpoint") or "?")).name
+    config = meta.get("train_config") if isinstance(meta.get("train_config"), dict) else {}
+    weight = config.get("distill_weight")
+    share = f" (weight {float(weight):.2f})" if _is_number(weight) else ""
+    return f"Distilled from {what} ({name}): trained on its probabilities{share} as well as on the labels."
+
+
 def summary_fields(meta: dict[str, Any]) -> dict[str, Any]:
     """The top-level scalar facts of a checkpoint (target, preset, epoch, best Dice, ...)."""
     skip = {"weights_sha256", "weights_file", "format", "version"}
@@ -355,6 +370,7 @@ __all__ = [
     "case_choices",
     "demo_source",
     "ensemble_rows",
+    "teacher_note",
     "ensure_demo_cohort",
     "is_ready",
     "metric_tables",

@@ -45,6 +45,8 @@ OVERRIDES = {
     "modality_dropout": "modality_dropout",
     "modality_subsets": "modality_subsets",
     "split_file": "split_file",
+    "distill_from": "distill_from",
+    "distill_weight": "distill_weight",
 }
 
 
@@ -109,6 +111,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--split-file",
         metavar="JSON",
         help="fixed split {train, val, test: [case ids]}, e.g. a fold from `python -m medvision folds`",
+    )
+    parser.add_argument(
+        "--distill-from",
+        metavar="CKPT",
+        help="also learn this checkpoint's probabilities (e.g. an ensemble's), trained on no held-out case",
+    )
+    parser.add_argument(
+        "--distill-weight",
+        type=float,
+        metavar="W",
+        help="weight of the teacher's probabilities in the loss, against 1 - W for the labels (default 0.5)",
     )
     parser.add_argument("--log-every", type=int)
     parser.add_argument("--seed", type=int)

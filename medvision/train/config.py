@@ -71,6 +71,10 @@ class TrainConfig:
     dice_weight: float = 0.5
     bce_weight: float = 0.3
     focal_weight: float = 0.2
+    # Distillation (medvision.train.distillation): a checkpoint (e.g. an ensemble) whose probabilities the
+    # run also learns, with this weight against the labels' (1 - weight). None: labels only.
+    distill_from: str | None = None
+    distill_weight: float = 0.5
     # Speed.
     # "auto": bf16 on CUDA with bf16, fp16 + GradScaler on other CUDA; on a CPU bf16 only where it is native
     # (AMX/AVX512-BF16), else fp32 (medvision.precision decides for training, evaluation and inference).
@@ -143,6 +147,8 @@ class TrainConfig:
             raise ValueError("plateau_factor must be in (0, 1) and plateau_patience >= 0")
         if self.memory_budget_gb <= 0:
             raise ValueError("memory_budget_gb must be > 0")
+        if not 0.0 < self.distill_weight <= 1.0:
+            raise ValueError(f"distill_weight must be in (0, 1], got {self.distill_weight}")
 
     # Derived values -------------------------------------------------------------------------
     @property

@@ -44,6 +44,7 @@ from medvision.precision import autocast, resolve_device
 from medvision.train import distributed as dist_utils
 from medvision.train.batches import EpochPlan, augment_config, load_size, make_slices, random_crop
 from medvision.train.config import NORMALISATION, TrainConfig
+from medvision.train.distillation import Teacher
 from medvision.train.distributed import DistContext
 from medvision.train.modality_dropout import drop_modalities
 from medvision.train.rundir import STATE_FILE, checkpoint_path, json_safe
@@ -203,6 +204,11 @@ class Trainer:
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.loss_fn = CombinedLoss(config.dice_weight, config.bce_weight, config.focal_weight)
+        self.teacher = (
+            Teacher(config.distill_from, config, self.splits, self.device, self.memory_format)
+            if config.distill_from
+            else None
+        )
         self.augment = augment_config(config.augment) if config.augment != "none" else None
         self.aug_generator = torch.Generator(device=self.device)
         self.aug_generator.manual_seed(config.seed * 1_000_003 + self.ctx.rank)
@@ -345,7 +351,11 @@ class Trainer:
         self.net.train()
         with self.autocast():
             logits = self.net(images)
+            taught = self.teacher.probabilities(images) if self.teacher is not None else None
         loss = self.loss_fn(logits, targets)
+        if taught is not None:
+            weight = self.config.distill_weight
+            loss = (1.0 - weight) * loss + weight * self.loss_fn(logits, taught)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.config.grad_clip is not None:
@@ -558,6 +568,7 @@ class Trainer:
                 "best_epoch": p.best_epoch or None,
                 "train_config": cfg.to_dict(),
                 "init_from": self.init_from,
+                "distilled_from": self.teacher.describe() if self.teacher is not None else None,
                 "created": time.time(),
             }
         )
