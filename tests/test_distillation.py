@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from medvision.checkpoint import read_checkpoint_meta
 from medvision.cli import main
@@ -45,9 +46,10 @@ def teacher(tmp_path_factory, store: Path, split_file: Path) -> Path:
     return rundir.checkpoint_path(run, "last")
 
 
-def test_student_loss_mixes_labels_and_teacher_on_the_same_input(tmp_path, store, split_file, teacher):
+@pytest.mark.parametrize("kind", ["combined", "bce"])
+def test_student_loss_mixes_labels_and_teacher_on_the_same_input(tmp_path, store, split_file, teacher, kind):
     config = dataclasses.replace(
-        TEACH, split_file=str(split_file), distill_from=str(teacher), distill_weight=0.3
+        TEACH, split_file=str(split_file), distill_from=str(teacher), distill_weight=0.3, distill_loss=kind
     )
     trainer = Trainer(config, store, tmp_path / "student", splits=SPLIT)
     seen: dict[str, torch.Tensor] = {}
@@ -64,13 +66,20 @@ def test_student_loss_mixes_labels_and_teacher_on_the_same_input(tmp_path, store
     assert not trainer.teacher.model.training and all(
         not p.requires_grad for p in trainer.teacher.model.parameters()
     )
-    # The loss is 0.7 x the labels' loss + 0.3 x the same loss against the teacher's probabilities.
-    (logits, labels), (logits_again, taught) = calls
-    assert logits is seen["logits"] and logits_again is logits
-    assert torch.equal(taught, torch.sigmoid(seen["t"].float()))
-    assert set(torch.unique(labels).tolist()) <= {0.0, 1.0}
+    # The loss is 0.7 x the labels' loss + 0.3 x the teacher's term: the same loss, or BCE alone, against
+    # the teacher's probabilities.
+    taught = torch.sigmoid(seen["t"].float())
     assert 0 < float(taught.min()) < float(taught.max()) < 1
-    expected = 0.7 * loss_fn(logits, labels) + 0.3 * loss_fn(logits, taught)
+    logits = seen["logits"]
+    if kind == "combined":
+        (logits_seen, labels), (logits_again, taught_seen) = calls
+        assert logits_again is logits and torch.equal(taught_seen, taught)
+        term = loss_fn(logits, taught)
+    else:
+        ((logits_seen, labels),) = calls
+        term = F.binary_cross_entropy_with_logits(logits.float(), taught)
+    assert logits_seen is logits and set(torch.unique(labels).tolist()) <= {0.0, 1.0}
+    expected = 0.7 * loss_fn(logits, labels) + 0.3 * term
     assert float(info["loss"]) == pytest.approx(float(expected.detach()), rel=1e-5)
 
 
@@ -134,3 +143,25 @@ def test_models_page_note_names_the_teacher():
         "Distilled from one network (t.safetensors)"
     )
     assert teacher_note({"distilled_from": None}) is None and teacher_note({}) is None
+
+
+def test_bce_term_is_lowest_at_the_teachers_probability_and_soft_dice_is_not():
+    # Why "bce" exists: against a teacher's 0.6 the BCE term is lowest where the student says 0.6, the
+    # combined loss (soft Dice in it) where the student says more: it teaches a larger, surer region.
+    from medvision.losses import CombinedLoss
+    from medvision.train.distillation import distillation_term
+
+    taught = torch.full((2, 3, 8, 8), 0.6)
+    levels = torch.linspace(-3, 6, 181)
+
+    def best_probability(kind: str) -> float:
+        loss = CombinedLoss()
+        terms = [float(distillation_term(torch.full_like(taught, c), taught, kind, loss)) for c in levels]
+        return float(torch.sigmoid(levels[int(torch.tensor(terms).argmin())]))
+
+    assert best_probability("bce") == pytest.approx(0.6, abs=0.01)
+    assert best_probability("combined") > 0.7
+    with pytest.raises(ValueError, match="distill_loss must be"):
+        distillation_term(taught, taught, "kl", CombinedLoss())
+    with pytest.raises(ValueError, match="distill_loss must be one of"):
+        TrainConfig(distill_loss="kl")

@@ -14,7 +14,15 @@ import argparse
 import logging
 import os
 
-from medvision.train.config import AMP_MODES, DEVICES, PRESETS, SUBSET_WEIGHTINGS, TARGETS, TrainConfig
+from medvision.train.config import (
+    AMP_MODES,
+    DEVICES,
+    DISTILL_LOSSES,
+    PRESETS,
+    SUBSET_WEIGHTINGS,
+    TARGETS,
+    TrainConfig,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +55,7 @@ OVERRIDES = {
     "split_file": "split_file",
     "distill_from": "distill_from",
     "distill_weight": "distill_weight",
+    "distill_loss": "distill_loss",
 }
 
 
@@ -122,6 +131,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         metavar="W",
         help="weight of the teacher's probabilities in the loss, against 1 - W for the labels (default 0.5)",
+    )
+    parser.add_argument(
+        "--distill-loss",
+        choices=DISTILL_LOSSES,
+        help="the teacher's term: the run's own loss (combined, default) or binary cross-entropy alone (bce)",
     )
     parser.add_argument("--log-every", type=int)
     parser.add_argument("--seed", type=int)

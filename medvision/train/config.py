@@ -15,6 +15,8 @@ from medvision.precision import AMP_MODES, DEVICE_CHOICES
 
 # How modality dropout draws the subsets it keeps (medvision.train.modality_dropout).
 SUBSET_WEIGHTINGS = ("uniform", "inverse-size")
+# The teacher's term in a distilled run's loss (medvision.train.distillation).
+DISTILL_LOSSES = ("combined", "bce")
 
 __all__ = ["AMP_MODES", "DEVICES", "PRESETS", "TARGETS", "TrainConfig"]
 SCHEDULERS = ("plateau", "cosine")
@@ -75,6 +77,10 @@ class TrainConfig:
     # run also learns, with this weight against the labels' (1 - weight). None: labels only.
     distill_from: str | None = None
     distill_weight: float = 0.5
+    # The teacher's term: "combined", the run's own Dice + BCE + focal loss against the probabilities, or
+    # "bce", binary cross-entropy alone (a proper score: lowest where the student's probabilities equal the
+    # teacher's; soft Dice against soft targets is lowest for a larger, more certain region).
+    distill_loss: str = "combined"
     # Speed.
     # "auto": bf16 on CUDA with bf16, fp16 + GradScaler on other CUDA; on a CPU bf16 only where it is native
     # (AMX/AVX512-BF16), else fp32 (medvision.precision decides for training, evaluation and inference).
@@ -110,6 +116,7 @@ class TrainConfig:
         _check_choice("device", self.device, DEVICES)
         _check_choice("augment", self.augment, AUGMENT_LEVELS)
         _check_choice("in_memory", self.in_memory, IN_MEMORY_MODES)
+        _check_choice("distill_loss", self.distill_loss, DISTILL_LOSSES)
 
     def _check_sizes(self) -> None:
         if len(self.patch_size) != 2 or min(self.patch_size) < 1:

@@ -6,8 +6,11 @@ reproduce the ensemble's probabilities (Hinton et al. 2015, "Distilling the know
 can keep part of that gain at one network's cost. The teacher sees exactly the student's input (after crop,
 augmentation and modality dropout), so it teaches what the ensemble predicts for the subset that is left.
 
-The student's loss is ``(1 - w) * loss(logits, labels) + w * loss(logits, teacher probabilities)`` with the
-run's own Dice + BCE + focal loss for both terms (``w``: ``TrainConfig.distill_weight``).
+The student's loss is ``(1 - w) * loss(logits, labels) + w * term(logits, teacher probabilities)``, with the
+run's own Dice + BCE + focal loss for the labels (``w``: ``TrainConfig.distill_weight``). The teacher's term
+(``TrainConfig.distill_loss``) is that same loss ("combined") or binary cross-entropy alone ("bce"). BCE is a
+proper score, lowest where the student's probabilities are the teacher's; soft Dice is not: against a
+target of 0.6 it is lowest at 1, so it pushes the student past the teacher's uncertain rim.
 
 A teacher must take the student's input (target, regions, modality input, neighbours, normalisation) and
 must not have been trained on a case the student validates or is tested on: a cross-validation fold's
@@ -16,15 +19,30 @@ student taught by a model that saw the fold's held-out cases would score cases i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from medvision.checkpoint import load_checkpoint
 from medvision.errors import CheckpointError
 from medvision.train.config import NORMALISATION, TrainConfig
+
+
+def distillation_term(
+    logits: torch.Tensor, taught: torch.Tensor, kind: str, loss_fn: Callable[..., torch.Tensor]
+) -> torch.Tensor:
+    """The teacher's term of the student's loss: ``loss_fn`` ("combined") or BCE ("bce") against the
+    teacher's probabilities ``taught``, in float32 outside autocast."""
+    if kind == "combined":
+        return loss_fn(logits, taught)
+    if kind == "bce":
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            return F.binary_cross_entropy_with_logits(logits.float(), taught.float())
+    raise ValueError(f"distill_loss must be combined or bce, got {kind!r}")
 
 
 def _split(meta: dict[str, Any], part: str) -> set[str]:

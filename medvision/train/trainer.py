@@ -44,7 +44,7 @@ from medvision.precision import autocast, resolve_device
 from medvision.train import distributed as dist_utils
 from medvision.train.batches import EpochPlan, augment_config, load_size, make_slices, random_crop
 from medvision.train.config import NORMALISATION, TrainConfig
-from medvision.train.distillation import Teacher
+from medvision.train.distillation import Teacher, distillation_term
 from medvision.train.distributed import DistContext
 from medvision.train.modality_dropout import drop_modalities
 from medvision.train.rundir import STATE_FILE, checkpoint_path, json_safe
@@ -355,7 +355,8 @@ class Trainer:
         loss = self.loss_fn(logits, targets)
         if taught is not None:
             weight = self.config.distill_weight
-            loss = (1.0 - weight) * loss + weight * self.loss_fn(logits, taught)
+            term = distillation_term(logits, taught, self.config.distill_loss, self.loss_fn)
+            loss = (1.0 - weight) * loss + weight * term
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.config.grad_clip is not None:
