@@ -165,3 +165,17 @@ def test_bce_term_is_lowest_at_the_teachers_probability_and_soft_dice_is_not():
         distillation_term(taught, taught, "kl", CombinedLoss())
     with pytest.raises(ValueError, match="distill_loss must be one of"):
         TrainConfig(distill_loss="kl")
+
+
+def test_loss_and_distillation_flags_reach_the_config(tmp_path):
+    from medvision.cli import build_parser
+    from medvision.commands.train import config_from_args
+
+    argv = ["train", "--run-dir", str(tmp_path / "r"), "--preset", "real", "--dice-weight", "0.3"]
+    argv += ["--bce-weight", "0.5", "--focal-weight", "0.1"]
+    argv += ["--distill-loss", "bce", "--distill-weight", "0.7"]
+    config = config_from_args(build_parser().parse_args(argv))
+    assert (config.dice_weight, config.bce_weight, config.focal_weight) == (0.3, 0.5, 0.1)
+    assert (config.distill_loss, config.distill_weight, config.distill_from) == ("bce", 0.7, None)
+    plain = config_from_args(build_parser().parse_args(argv[:5]))
+    assert (plain.dice_weight, plain.bce_weight, plain.focal_weight) == (0.5, 0.3, 0.2)

@@ -53,6 +53,9 @@ OVERRIDES = {
     "modality_dropout": "modality_dropout",
     "modality_subsets": "modality_subsets",
     "split_file": "split_file",
+    "dice_weight": "dice_weight",
+    "bce_weight": "bce_weight",
+    "focal_weight": "focal_weight",
     "distill_from": "distill_from",
     "distill_weight": "distill_weight",
     "distill_loss": "distill_loss",
@@ -121,6 +124,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="JSON",
         help="fixed split {train, val, test: [case ids]}, e.g. a fold from `python -m medvision folds`",
     )
+    # The loss is dice_weight * Dice + bce_weight * BCE + focal_weight * focal (medvision.losses).
+    parser.add_argument("--dice-weight", type=float, metavar="W", help="Dice term weight (presets: 0.5)")
+    parser.add_argument("--bce-weight", type=float, metavar="W", help="BCE term weight (presets: 0.3)")
+    parser.add_argument("--focal-weight", type=float, metavar="W", help="focal term weight (presets: 0.2)")
     parser.add_argument(
         "--distill-from",
         metavar="CKPT",
