@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from medvision.train.calibration import auroc, case_calibration, expected_calibration_error
 from medvision.train.model_card import load_subset_results, subset_table, worst_additions
@@ -111,6 +112,7 @@ def test_failure_figure_draws_truth_beside_prediction(tmp_path: Path):
 
     store = prepare_store([tiny_case("Tiny_000", 0)], tmp_path / "s.h5", workers=1, progress=False)
     checkpoint = tmp_path / "m.safetensors"
+    torch.manual_seed(0)  # an untrained network whose most-marked slice is not the truth's (checked below)
     save_checkpoint(
         checkpoint, AttentionUNet(8, 3, 4, 2, 0.1), {"target": "regions", "modality_input": "availability"}
     )
@@ -120,3 +122,26 @@ def test_failure_figure_draws_truth_beside_prediction(tmp_path: Path):
     assert 0 <= index < 8 and picture.shape[2] == 3 and picture.shape[1] % 2 == 0
     left = picture[:, : picture.shape[1] // 2].astype(int)
     assert ((left[..., 0] - left[..., 2]) > 60).any(), "the true tumour is drawn in colour"
+    # --at prediction: the slice where the (untrained, so arbitrary) prediction marks the most tumour.
+    import dataclasses
+
+    from medvision.app_support.orientation import DisplayFrame
+    from medvision.data.modality_sets import keep_only
+    from medvision.data.store import SliceStore
+    from medvision.train.evaluation import checkpoint_engine
+
+    engine, _ = checkpoint_engine(str(checkpoint), "cpu", "auto", "auto", 16)
+    with SliceStore(store) as opened:
+        case = opened.read_case("Tiny_000")
+        prepared = engine.prepare_stored(opened.read_image("Tiny_000"))
+    given = ("flair", "t1ce")
+    predicted = engine.predict(
+        dataclasses.replace(prepared, image=keep_only(prepared.image, given), available=given)
+    ).label
+    axis = DisplayFrame.from_affine(case.affine).slice_axis("axial")
+    others = tuple(a for a in range(3) if a != axis)
+    assert index == int(np.argmax((case.label > 0).sum(axis=others)))
+    at_prediction = failure_figure(str(checkpoint), str(store), "Tiny_000", out, given, "prediction")
+    assert at_prediction == int(np.argmax((predicted > 0).sum(axis=others))) != index
+    with pytest.raises(ValueError, match="at must be one of"):
+        failure_figure(str(checkpoint), str(store), "Tiny_000", out, ("flair",), "both")

@@ -1,9 +1,11 @@
 """Pictures for the model card's failure modes: one axial slice, truth beside prediction.
 
-``python -m medvision.train.card_figures CHECKPOINT STORE CASE_ID OUT.png [--modalities SET]`` predicts the
-stored case as ``evaluate`` does, picks the axial slice with the most true tumour, and draws it in the
-radiological convention from the case's affine (medvision.app_support.orientation), A/P/L/R at the edges:
-FLAIR (or the first modality given) in grey, labels coloured ED blue, NCR/NET yellow, ET red.
+``python -m medvision.train.card_figures CHECKPOINT STORE CASE_ID OUT.png [--modalities SET] [--at WHICH]``
+predicts the stored case as ``evaluate`` does and picks the axial slice with the most true tumour (``--at
+truth``) or with the most predicted tumour (``--at prediction``: where a model that misses the tumour marks
+something else). It draws that slice in the radiological convention from the case's affine
+(medvision.app_support.orientation), A/P/L/R at the edges: FLAIR (or the first modality given) in grey,
+labels coloured ED blue, NCR/NET yellow, ET red.
 """
 
 from __future__ import annotations
@@ -53,10 +55,21 @@ def _panel(rgb: np.ndarray, title: str, edges: dict[str, str], scale: int = 2) -
     return image
 
 
+SLICE_CHOICES = ("truth", "prediction")
+
+
 def failure_figure(
-    checkpoint: str, store_path: str, case_id: str, out: Path, modalities: tuple[str, ...] = MODALITIES
+    checkpoint: str,
+    store_path: str,
+    case_id: str,
+    out: Path,
+    modalities: tuple[str, ...] = MODALITIES,
+    at: str = "truth",
 ) -> int:
-    """Write the truth/prediction picture of ``case_id``; returns the axial slice index drawn."""
+    """Write the truth/prediction picture of ``case_id`` at the axial slice with the most tumour in the
+    truth or in the prediction (``at``); returns the axial slice index drawn."""
+    if at not in SLICE_CHOICES:
+        raise ValueError(f"at must be one of {SLICE_CHOICES}, got {at!r}")
     from medvision.atomic import atomic_path
     from medvision.train.evaluation import checkpoint_engine
 
@@ -72,7 +85,8 @@ def failure_figure(
     frame = DisplayFrame.from_affine(case.affine)
     axis = frame.slice_axis("axial")
     truth = case.label if case.label is not None else np.zeros(case.shape, np.uint8)
-    index = int(np.argmax((truth > 0).sum(axis=tuple(a for a in range(3) if a != axis))))
+    chosen = truth if at == "truth" else predicted
+    index = int(np.argmax((chosen > 0).sum(axis=tuple(a for a in range(3) if a != axis))))
     channel = MODALITIES.index(modalities[0]) if "flair" not in modalities else 0
     plane = frame.take(case.image[channel], "axial", index)
     edges = frame.edge_labels("axial")
@@ -93,8 +107,10 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("case_id")
     parser.add_argument("out", type=Path)
     parser.add_argument("--modalities", default="flair+t1+t1ce+t2")
+    parser.add_argument("--at", choices=SLICE_CHOICES, default="truth", help="the slice with most tumour in")
     args = parser.parse_args(argv)
-    index = failure_figure(args.checkpoint, args.store, args.case_id, args.out, parse_subset(args.modalities))
+    modalities = parse_subset(args.modalities)
+    index = failure_figure(args.checkpoint, args.store, args.case_id, args.out, modalities, args.at)
     print(f"wrote {args.out} (axial slice {index})")
     return 0
 
