@@ -272,6 +272,12 @@ try:
 except MedVisionError:  # the metadata went away since the model was loaded: say nothing about it
     expected = None
 st.caption(subset_expectations.modalities_line(case.available) + (f" · {expected}" if expected else ""))
+try:
+    weak = subset_expectations.weak_subset_warning(catalog.model_meta(model), case.available)
+except MedVisionError:
+    weak = None
+if weak:
+    st.warning(weak)  # built from modality names and numbers only, never from the data
 if dicom_study is not None:
     dicom_panel.study_panel(
         dicom_study,

@@ -145,3 +145,21 @@ def test_failure_figure_draws_truth_beside_prediction(tmp_path: Path):
     assert at_prediction == int(np.argmax((predicted > 0).sum(axis=others))) != index
     with pytest.raises(ValueError, match="at must be one of"):
         failure_figure(str(checkpoint), str(store), "Tiny_000", out, ("flair",), "both")
+
+
+def test_weak_subsets_are_warned_with_the_addition_that_helps_most():
+    from medvision.app_support.subset_expectations import weak_subset_warning
+
+    def row(wt: float) -> dict:
+        return {"cases": 9, "WT": wt, "TC": 0.1, "ET": 0.1}
+
+    subsets = {"t1ce": row(0.13), "flair+t1ce": row(0.73), "t1ce+t2": row(0.57), "t1+t1ce": row(0.10)}
+    meta = {"cross_validation": {"source": "cv", "subsets": {**subsets, "t1": row(0.0), "flair": row(0.71)}}}
+    assert weak_subset_warning(meta, ("t1ce",)) == (
+        "With T1CE alone this model mostly misses the tumour (cross-validated WT Dice 0.13). "
+        "Adding FLAIR gives 0.73 (FLAIR+T1CE)."
+    )
+    assert weak_subset_warning(meta, ("flair",)) is None  # 0.71: no warning
+    # No recorded addition that helps: the warning alone.
+    assert weak_subset_warning(meta, ("t1",)).endswith("(cross-validated WT Dice 0.00).")
+    assert weak_subset_warning({}, ("t1ce",)) is None and weak_subset_warning(meta, ("t2",)) is None

@@ -48,3 +48,33 @@ def expectation_line(meta: Mapping[str, Any], available: Sequence[str]) -> str |
         f"Expected for {scores['subset'].upper()} ({source}{cases}): mean Dice WT {scores['WT']:.2f}, "
         f"TC {scores['TC']:.2f}, ET {scores['ET']:.2f}"
     )
+
+
+# Below this cross-validated WT Dice the page warns that the model mostly misses the tumour with the
+# modalities given (T1 alone, T1ce alone and T1 + T1ce are far below it for the shipped model).
+WEAK_WT_DICE = 0.3
+
+
+def weak_subset_warning(
+    meta: Mapping[str, Any], available: Sequence[str], floor: float = WEAK_WT_DICE
+) -> str | None:
+    """A warning when the model's cross-validated WT Dice for ``available`` is below ``floor``, naming the
+    one added modality that helps most by the same table (when it reaches ``floor``); None when the subset
+    is good or not recorded."""
+    scores = expected_scores(meta, available)
+    if scores is None or scores["WT"] >= floor:
+        return None
+    text = (
+        f"With {scores['subset'].upper()} alone this model mostly misses the tumour (cross-validated WT Dice "
+        f"{scores['WT']:.2f})."
+    )
+    additions = []
+    for extra in (m for m in MODALITIES if m not in available):
+        better = expected_scores(meta, (*available, extra))
+        if better is not None:
+            additions.append((better["WT"], extra, better["subset"]))
+    if additions:
+        wt, extra, subset = max(additions)
+        if wt >= floor:  # an addition that still leaves the model missing the tumour is no advice
+            text += f" Adding {extra.upper()} gives {wt:.2f} ({subset.upper()})."
+    return text
