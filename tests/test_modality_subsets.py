@@ -188,6 +188,28 @@ def test_predict_cli_with_a_subset(tmp_path: Path, subset_run: Path, capsys):
     assert code == 2 and "asks for t2, which the input does not have" in err
 
 
+def test_predict_cli_warns_when_the_subset_mostly_misses_the_tumour(tmp_path: Path, subset_run: Path, capsys):
+    import json
+    import shutil
+
+    folder = write_case_folder(tmp_path / "in")
+    checkpoint = rundir.checkpoint_path(subset_run, "last")
+    mine = tmp_path / "model.safetensors"
+    shutil.copy(checkpoint, mine)
+    meta = json.loads(checkpoint.with_suffix(".json").read_text())
+    meta["weights_file"] = mine.name
+    row = {"cases": 9, "TC": 0.1, "ET": 0.1}
+    meta["cross_validation"] = {"subsets": {"t1ce": {**row, "WT": 0.13}, "flair+t1ce": {**row, "WT": 0.73}}}
+    mine.with_suffix(".json").write_text(json.dumps(meta))
+    args = ["predict", str(folder), "-o", str(tmp_path / "t1ce.nii.gz"), "--checkpoint", str(mine)]
+    code = main([*args, "--modalities", "t1ce"])
+    err = capsys.readouterr().err
+    assert code == 0 and (tmp_path / "t1ce.nii.gz").exists()
+    assert "warning:" in err and "mostly misses the tumour" in err and "Adding FLAIR gives 0.73" in err
+    assert main([*args, "--modalities", "flair+t1ce"]) == 0
+    assert "mostly misses" not in capsys.readouterr().err
+
+
 def test_folds_hold_out_each_real_case_once():
     ids = [f"Real_{i}" for i in range(9)] + [f"Synth_{i}" for i in range(4)]
     folds = make_folds(ids, 3, seed=0, train_only=[i for i in ids if i.startswith("Synth")])

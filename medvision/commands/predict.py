@@ -319,6 +319,7 @@ def _check_model_takes(args: argparse.Namespace, case: Case) -> None:
     (or exported), from its metadata file alone."""
     if not case.missing:
         return
+    from medvision.app_support.subset_expectations import weak_subset_warning
     from medvision.checkpoint import read_checkpoint_meta
     from medvision.inference import DEFAULT_CHECKPOINT
     from medvision.inference.spec import check_modalities, takes_availability
@@ -326,6 +327,9 @@ def _check_model_takes(args: argparse.Namespace, case: Case) -> None:
     meta = read_checkpoint_meta(args.checkpoint or DEFAULT_CHECKPOINT)
     where = str(case.source_paths[0]) if case.source_paths else case.case_id
     check_modalities(takes_availability(meta), case.available, where)
+    weak = weak_subset_warning(meta, case.available)
+    if weak:  # the prediction still runs: the user may have nothing else
+        print(f"warning: {where}: {weak}", file=sys.stderr)
 
 
 def predict_case(args: argparse.Namespace, predictor: Any | None = None) -> None:
