@@ -496,6 +496,29 @@ def test_auto_threads_leave_busy_cores_alone(checkpoint: Path, case: Case, monke
     assert seen == [1]
 
 
+def test_a_volume_decides_its_threads_batch_by_batch(checkpoint: Path, case: Case, monkeypatch) -> None:
+    # A volume started while other work (the browser drawing the first view) held a core keeps going with
+    # more threads once that work ends: auto_threads is asked again for every batch.
+    import medvision.inference.backend as backend
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)  # the most a prediction may use, read when the predictor is made
+    try:
+        pred = Predictor(checkpoint, device="cpu", dtype="float32", backend="torch", batch_size=2)
+        answers = iter([1, 1] + [2] * 100)  # busy for the first two batches, then free
+        monkeypatch.setattr(backend, "auto_threads", lambda max_threads: min(next(answers), max_threads))
+        seen: list[int] = []
+        forward = pred.model.forward
+        monkeypatch.setattr(
+            pred.model, "forward", lambda *a, **k: seen.append(torch.get_num_threads()) or forward(*a, **k)
+        )
+        pred.predict_volume(case)
+        assert len(seen) >= 3 and seen[:2] == [1, 1] and set(seen[2:]) == {2}, seen
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
+
+
 def test_pad_to_patch_uses_the_training_patch(checkpoint: Path, case: Case) -> None:
     minimal = Predictor(checkpoint, device="cpu", dtype="float32")
     padded = Predictor(checkpoint, device="cpu", dtype="float32", pad_to_patch=True)

@@ -341,7 +341,7 @@ class SegmentationEngine:
         # The model lock is taken per batch, so the viewer's single slices can run between the batches of
         # a background volume. MC runs hold their own lock throughout: the seeded global RNG is theirs alone.
         mc_lock = self._mc_lock if mc_samples else contextlib.nullcontext()
-        with mc_lock, self.backend.thread_limit(), torch.inference_mode(), self._seeded(seed, mc_samples):
+        with mc_lock, torch.inference_mode(), self._seeded(seed, mc_samples):
             for stage_indices, samples in stages:
                 if stage_indices is None:
                     stage_indices = focus_slices(probabilities[0], indices, mc_focus)
@@ -353,16 +353,20 @@ class SegmentationEngine:
                     outside = (
                         probabilities[:, batch_indices].transpose(1, 0, 2, 3) if window is not None else None
                     )
-                    mean = self._batch(
-                        prepared,
-                        batch_indices,
-                        tta,
-                        samples,
-                        mc if samples else None,
-                        on_logits,
-                        window,
-                        outside,
-                    )
+                    # The thread count is decided per batch (auto_threads caches its look for 5 s): a
+                    # volume started while the browser draws the first view would otherwise keep the one
+                    # thread it got then (measured in the app: every batch of the whole volume on 1 of 2).
+                    with self.backend.thread_limit():
+                        mean = self._batch(
+                            prepared,
+                            batch_indices,
+                            tta,
+                            samples,
+                            mc if samples else None,
+                            on_logits,
+                            window,
+                            outside,
+                        )
                     probabilities[:, batch_indices] = mean.transpose(1, 0, 2, 3)
                     done += len(batch_indices) * max(samples, 1)
                     if progress is not None:
