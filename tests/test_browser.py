@@ -250,7 +250,7 @@ def test_every_page_and_an_uploaded_case_in_a_real_browser(server, browser):
     _shot(page, "2_train")
 
     _open_page(page, "Models")
-    page.get_by_text("Architecture").wait_for()
+    page.get_by_text("Architecture", exact=True).wait_for()  # not the model card's text
     page.locator("[data-testid=stDataFrame]").first.wait_for()
     page.wait_for_timeout(1500)  # data frames draw on a canvas after they mount
     _shot(page, "3_models")

@@ -124,6 +124,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="JSON",
         help="fixed split {train, val, test: [case ids]}, e.g. a fold from `python -m medvision folds`",
     )
+    _add_loss_arguments(parser)
+    parser.add_argument("--log-every", type=int)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir exactly")
+    parser.add_argument(
+        "--init-from", metavar="CKPT", help="start from this checkpoint's weights (fine-tune)"
+    )
+    parser.add_argument("--prepare-workers", type=int, default=2, help="processes preparing a raw source")
+    parser.set_defaults(func=run)
+
+
+def _add_loss_arguments(parser: argparse.ArgumentParser) -> None:
+    """The loss terms' weights and distillation from a teacher checkpoint (medvision.train.distillation)."""
     # The loss is dice_weight * Dice + bce_weight * BCE + focal_weight * focal (medvision.losses).
     parser.add_argument("--dice-weight", type=float, metavar="W", help="Dice term weight (presets: 0.5)")
     parser.add_argument("--bce-weight", type=float, metavar="W", help="BCE term weight (presets: 0.3)")
@@ -144,14 +157,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=DISTILL_LOSSES,
         help="the teacher's term: the run's own loss (combined, default) or binary cross-entropy alone (bce)",
     )
-    parser.add_argument("--log-every", type=int)
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir exactly")
-    parser.add_argument(
-        "--init-from", metavar="CKPT", help="start from this checkpoint's weights (fine-tune)"
-    )
-    parser.add_argument("--prepare-workers", type=int, default=2, help="processes preparing a raw source")
-    parser.set_defaults(func=run)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
