@@ -61,7 +61,12 @@ card = catalog.model_card_text(model, settings)
 if card:
     with st.expander("Model card", expanded=True):
         if model.checkpoint in settings.shipped_checkpoints:
-            st.markdown(card)  # the card shipped with the repository's checkpoints
+            # The card shipped with the repository's checkpoints; its pictures are read from that folder.
+            for kind, value, alt in catalog.card_parts(card, model.checkpoint.parent):
+                if kind == "image":
+                    st.image(str(value), caption=alt)
+                else:
+                    st.markdown(value)
         else:  # any other card is the workspace's: its text, never its links or images
             st.code(card, language="markdown", wrap_lines=True)
 

@@ -667,3 +667,25 @@ def test_kept_widget_values_are_remembered_and_put_back():
     assert state["view_plane"] == "sagittal" and state["view_slice_axial"] == 7 and "view_3d" not in state
     assert came_from_another_page({"mv_previous_page": "model-card", "mv_current_page": "prediction"})
     assert not came_from_another_page({"mv_previous_page": "prediction", "mv_current_page": "prediction"})
+
+
+def test_model_card_pictures_are_read_from_the_card_folder_only(tmp_path):
+    from medvision.app_support.catalog import card_parts
+
+    folder = tmp_path / "checkpoints"
+    (folder / "card").mkdir(parents=True)
+    (folder / "card" / "a.png").write_bytes(b"png")
+    (tmp_path / "secret.png").write_bytes(b"png")
+    (folder / "card" / "link.png").symlink_to(tmp_path / "secret.png")
+    card = (
+        "# Card\n\ntext\n\n  ![inside](card/a.png)\n\nmore\n![up](../secret.png)\n![abs](/etc/x.png)\n"
+        "![link](card/link.png)\n![gone](card/none.png)\nend\n"
+    )
+    parts = card_parts(card, folder)
+    images = [(value, alt) for kind, value, alt in parts if kind == "image"]
+    assert images == [(folder / "card" / "a.png", "inside")]
+    text = "".join(value for kind, value, _ in parts if kind == "markdown")
+    # Pictures that lead outside the folder, are absolute or missing stay as their Markdown text.
+    for kept in ("../secret.png", "/etc/x.png", "card/link.png", "card/none.png", "# Card", "end"):
+        assert kept in text
+    assert "card/a.png" not in text

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -219,6 +220,35 @@ def model_card_text(choice: ModelChoice, settings: AppSettings) -> str | None:
     return None
 
 
+# A picture on a line of its own in a model card: ``![alt](relative/path.png)`` (indented inside a list).
+_CARD_PICTURE = re.compile(r"^[ \t]*!\[(?P<alt>[^\]]*)\]\((?P<path>[^)\s]+)\)[ \t]*$", re.MULTILINE)
+
+
+def card_parts(card: str, card_dir: Path) -> list[tuple[str, Any, str]]:
+    """The card split into ``("markdown", text, "")`` and ``("image", path, alt)`` parts, in order.
+
+    Why: a browser resolves a Markdown picture's relative path against the app's URL, where no such file
+    is served, so the card's pictures are shown from disk instead. Only pictures inside ``card_dir`` (the
+    shipped checkpoints' folder, through the confinement check) become images; any other picture line stays
+    as Markdown text.
+    """
+    allowed = Confinement.of([card_dir])
+    parts: list[tuple[str, Any, str]] = []
+    start = 0
+    for match in _CARD_PICTURE.finditer(card):
+        path = card_dir / match["path"]
+        outside = match["path"].startswith(("/", "http:", "https:")) or not allowed.allows(path)
+        if outside or not path.is_file():
+            continue
+        if card[start : match.start()].strip():
+            parts.append(("markdown", card[start : match.start()], ""))
+        parts.append(("image", path, match["alt"]))
+        start = match.end()
+    if card[start:].strip():
+        parts.append(("markdown", card[start:], ""))
+    return parts
+
+
 def run_dir_of(choice: ModelChoice, meta: dict[str, Any]) -> Path | None:
     """The run folder whose metrics log shows how this model was trained, when it still exists.
 
@@ -369,6 +399,7 @@ __all__ = [
     "ModelChoice",
     "case_choices",
     "demo_source",
+    "card_parts",
     "ensemble_rows",
     "teacher_note",
     "ensure_demo_cohort",
