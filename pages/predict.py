@@ -268,14 +268,12 @@ st.caption(
     f"model: {plain(model.label)} ({predictor.target}, {predictor.device})"
 )
 try:
-    expected = subset_expectations.expectation_line(catalog.model_meta(model), case.available)
+    model_meta = catalog.model_meta(model)
 except MedVisionError:  # the metadata went away since the model was loaded: say nothing about it
-    expected = None
+    model_meta = {}
+expected = subset_expectations.expectation_line(model_meta, case.available)
 st.caption(subset_expectations.modalities_line(case.available) + (f" · {expected}" if expected else ""))
-try:
-    weak = subset_expectations.weak_subset_warning(catalog.model_meta(model), case.available)
-except MedVisionError:
-    weak = None
+weak = subset_expectations.weak_subset_warning(model_meta, case.available)
 if weak:
     st.warning(weak)  # built from modality names and numbers only, never from the data
 if dicom_study is not None:

@@ -164,6 +164,12 @@ class TrainConfig:
         return 4 * (1 + 2 * self.neighbours) + planes
 
     @property
+    def modality_input(self) -> str:
+        """What the network takes (checkpoint metadata): "availability" planes beside the images when
+        trained with modality dropout, else "images" alone."""
+        return "availability" if self.modality_dropout is not None else "images"
+
+    @property
     def out_channels(self) -> int:
         return target_spec(self.target).channels
 

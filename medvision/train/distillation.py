@@ -54,11 +54,10 @@ def check_teacher(
     meta: dict[str, Any], config: TrainConfig, splits: dict[str, list[str]], source: str | Path
 ) -> None:
     """CheckpointError naming ``source`` and the first thing that makes it unfit to teach this run."""
-    modality_input = "availability" if config.modality_dropout is not None else "images"
     wanted = {
         "target": config.target,
         "regions": list(config.region_names),
-        "modality_input": modality_input,
+        "modality_input": config.modality_input,
         "neighbours": config.neighbours,
         "normalisation": NORMALISATION,
     }

@@ -553,7 +553,7 @@ class Trainer:
                 "regions": list(self.region_names),
                 "preset": cfg.preset,
                 "modalities": list(MODALITIES),
-                "modality_input": "availability" if cfg.modality_dropout is not None else "images",
+                "modality_input": cfg.modality_input,
                 "neighbours": cfg.neighbours,
                 "patch_size": list(cfg.patch_size),
                 "normalisation": NORMALISATION,
