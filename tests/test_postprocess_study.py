@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from medvision.data.case import REGIONS
-from medvision.inference import label_masks
+from medvision.inference import label_masks, probabilities_to_label
 from medvision.train.postprocess_study import (
     BASELINE,
     CANDIDATES,
+    CORE_CANDIDATES,
     HeldOutCase,
     Variant,
     apply_variant,
@@ -78,3 +79,52 @@ def test_the_candidates_are_declared_and_the_grid_covers_them() -> None:
     assert CANDIDATES[0] == BASELINE
     assert len(set(grid())) == 72
     assert set(CANDIDATES) <= set(grid())
+
+
+def _over_segmented_core(fold: int, rng: np.random.Generator) -> HeldOutCase:
+    """The "network" is sure of the whole tumour and of the true core (0.9), and half-sure (0.65) of a
+    rim around the core that is not core: a core threshold of 0.7 fixes it, 0.5 keeps the rim."""
+    truth_label = np.zeros((6, 20, 20), dtype=np.uint8)
+    truth_label[1:5, 2:18, 2:18] = 2
+    truth_label[2:4, 8:12, 8:12] = 1
+    truth = label_masks(truth_label, REGIONS)
+    probabilities = np.where(truth, 0.9, 0.05).astype(np.float32)
+    rim = np.zeros(truth.shape[1:], dtype=bool)
+    rim[2:4, 5:15, 5:15] = True
+    probabilities[1][rim & ~truth[1]] = 0.65
+    probabilities += rng.normal(0, 0.01, probabilities.shape).astype(np.float32)
+    return HeldOutCase(
+        fold, f"case_{fold}", truth, (1.0, 1.0, 1.0), {False: probabilities, True: probabilities}
+    )
+
+
+def test_a_core_threshold_is_a_declared_choice_and_applies_to_tc_and_et_only(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    cases = [_over_segmented_core(fold, rng) for fold in range(3)]
+    assert CORE_CANDIDATES[0] == CANDIDATES[1]  # the shipped clean-up first: it wins ties
+    assert {v.core_threshold for v in CORE_CANDIDATES[1:]} == {0.6, 0.7, 0.8}
+    study = run_study(cases, REGIONS, CORE_CANDIDATES)
+    chosen = Variant(**study["chosen"]["variant"])
+    assert chosen.core_threshold == 0.7  # 0.6 keeps the rim at 0.65; 0.8 would too, 0.7 is first
+    assert study["nested"]["TC"]["dice"] > study["baseline"]["TC"]["dice"] + 0.2
+    assert study["nested"]["WT"]["dice"] == pytest.approx(study["baseline"]["WT"]["dice"])
+    assert chosen.thresholds(REGIONS) == (0.5, 0.7, 0.7)
+    label = apply_variant(cases[0].probabilities[False], REGIONS, chosen)
+    assert np.array_equal(label_masks(label, REGIONS), cases[0].truth)
+    with pytest.raises(ValueError, match="sub-regions"):
+        chosen.thresholds(("WT",))
+    # predict applies only a relative clean-up: a study that chose a core threshold is not half-recorded.
+    checkpoint_json = tmp_path / "model.json"
+    checkpoint_json.write_text("{}")
+    with pytest.raises(ValueError, match="only a relative clean-up"):
+        record_in_checkpoint(checkpoint_json, study)
+    assert checkpoint_json.read_text() == "{}"
+
+
+def test_per_region_thresholds_in_the_label() -> None:
+    probabilities = np.zeros((3, 1, 1, 3), dtype=np.float32)
+    probabilities[:, 0, 0] = [[0.9, 0.9, 0.9], [0.9, 0.6, 0.9], [0.9, 0.9, 0.6]]  # rows WT/TC/ET
+    assert probabilities_to_label(probabilities, REGIONS, 0.5)[0, 0].tolist() == [4, 4, 4]
+    assert probabilities_to_label(probabilities, REGIONS, (0.5, 0.7, 0.7))[0, 0].tolist() == [4, 2, 1]
+    with pytest.raises(ValueError, match="2 thresholds for the 3 regions"):
+        probabilities_to_label(probabilities, REGIONS, (0.5, 0.7))

@@ -11,6 +11,8 @@ scores what ``predict`` writes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from medvision.data.case import REGIONS, regions_to_label
@@ -21,14 +23,24 @@ THRESHOLD = 0.5
 
 
 def probabilities_to_label(
-    probabilities: np.ndarray, regions: tuple[str, ...], threshold: float = THRESHOLD
+    probabilities: np.ndarray, regions: tuple[str, ...], threshold: float | Sequence[float] = THRESHOLD
 ) -> np.ndarray:
     """Region probabilities (R, ...) -> BraTS labels (...) uint8, with nesting enforced (module doc).
 
+    ``threshold``: one for every region, or one per region (in ``regions`` order).
+
     Raises:
-        ValueError: ``regions`` is not the output of any target (see medvision.data.regions).
+        ValueError: ``regions`` is not the output of any target (see medvision.data.regions), or the
+            thresholds are not one per region.
     """
-    on = np.asarray(probabilities) > threshold
+    probabilities = np.asarray(probabilities)
+    if np.ndim(threshold) == 0:
+        on = probabilities > threshold
+    else:
+        per_region = np.asarray(threshold, dtype=np.float32)
+        if per_region.shape != (len(regions),):
+            raise ValueError(f"{len(per_region)} thresholds for the {len(regions)} regions {regions}")
+        on = probabilities > per_region.reshape(-1, *([1] * (probabilities.ndim - 1)))
     empty = np.zeros(on.shape[1:], dtype=bool)
     if tuple(regions) == REGIONS:
         wt = on[0]
