@@ -93,6 +93,22 @@ def test_inverse_size_weighting_draws_single_modalities_more_often():
         subset_weights("singles")
 
 
+def test_a_named_subset_draws_only_that_subset():
+    """``--modality-subsets t1ce`` with dropout 1: every slice is T1ce alone (a network for that input);
+    with dropout 0.5 the other half keep all four."""
+    assert subset_weights("t1ce").tolist() == [float(s == ("t1ce",)) for s in SUBSETS]
+    drawn = draw_availability(2000, 1.0, torch.Generator().manual_seed(0), torch.device("cpu"), "t1ce")
+    assert (drawn == torch.tensor([0.0, 0.0, 1.0, 0.0])).all()
+    drawn = draw_availability(2000, 0.5, torch.Generator().manual_seed(1), torch.device("cpu"), "flair+t1ce")
+    pair = (drawn == torch.tensor([1.0, 0.0, 1.0, 0.0])).all(dim=1)
+    full = (drawn == 1.0).all(dim=1)
+    assert bool((pair | full).all())
+    assert float(pair.float().mean()) == pytest.approx(0.5, abs=0.05)
+    assert TrainConfig(modality_dropout=1.0, modality_subsets="flair,t1ce").modality_subsets == "flair,t1ce"
+    with pytest.raises(ValueError, match="subset such as 't1ce'"):
+        TrainConfig(modality_dropout=1.0, modality_subsets="t1cx")
+
+
 def test_spec_reads_availability_from_channels_or_metadata():
     assert model_spec(AttentionUNet(8, 3, 4, 2, 0.1), {}).availability
     assert not model_spec(AttentionUNet(4, 3, 4, 2, 0.1), {}).availability

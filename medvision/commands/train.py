@@ -19,7 +19,6 @@ from medvision.train.config import (
     DEVICES,
     DISTILL_LOSSES,
     PRESETS,
-    SUBSET_WEIGHTINGS,
     TARGETS,
     TrainConfig,
 )
@@ -99,8 +98,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--modality-subsets",
-        choices=SUBSET_WEIGHTINGS,
-        help="how the dropped subsets are drawn: uniform over the 15, or inverse-size (1/k for k modalities)",
+        metavar="{uniform,inverse-size,SUBSET}",
+        help="how the dropped subsets are drawn: uniform over the 15, inverse-size (1/k for k modalities), or"
+        " one subset alone (e.g. t1ce; with --modality-dropout 1 a network for that input only)",
     )
     parser.add_argument("--patch-size", type=int, nargs=2, metavar=("H", "W"))
     parser.add_argument("--scheduler", choices=("plateau", "cosine"))

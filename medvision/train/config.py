@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from medvision.data.modality_sets import parse_subset
 from medvision.data.regions import TARGETS, target_spec
 from medvision.precision import AMP_MODES, DEVICE_CHOICES
 
@@ -44,7 +45,8 @@ class TrainConfig:
     # network takes image channels alone); a probability p in [0, 1] adds 4 availability planes to the
     # input and drops a random subset of the modalities from a share p of the training slices.
     modality_dropout: float | None = None
-    # How the dropped subsets are drawn: "uniform" over the 15, or "inverse-size" (1/k for k modalities).
+    # How the dropped subsets are drawn: "uniform" over the 15, "inverse-size" (1/k for k modalities), or one
+    # subset's name ("t1ce"): with modality_dropout 1.0 a network for that input alone.
     modality_subsets: str = "uniform"
     # Data sampling and augmentation.
     # Share of draws from slices that contain tumour (sampling with replacement); None: natural frequency,
@@ -143,9 +145,13 @@ class TrainConfig:
         if self.modality_dropout is not None and not 0.0 <= self.modality_dropout <= 1.0:
             raise ValueError(f"modality_dropout must be in [0, 1], got {self.modality_dropout}")
         if self.modality_subsets not in SUBSET_WEIGHTINGS:
-            raise ValueError(
-                f"modality_subsets must be one of {SUBSET_WEIGHTINGS}, got {self.modality_subsets!r}"
-            )
+            try:
+                parse_subset(self.modality_subsets)
+            except ValueError:
+                raise ValueError(
+                    f"modality_subsets must be one of {SUBSET_WEIGHTINGS} or a subset such as 't1ce' or"
+                    f" 'flair+t1ce', got {self.modality_subsets!r}"
+                ) from None
         if self.neighbours < 0 or self.workers < 0 or self.warmup_steps < 0 or self.sample_slices < 0:
             raise ValueError("neighbours, workers, warmup_steps and sample_slices must be >= 0")
         if self.grad_clip is not None and not self.grad_clip > 0:

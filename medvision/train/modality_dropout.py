@@ -2,7 +2,8 @@
 
 Each training slice, with probability ``p``, keeps only a random non-empty subset of its modalities,
 drawn from the 15 by the ``weighting``: "uniform" (each subset equally likely) or "inverse-size" (a subset
-of k modalities weighted 1/k, so single modalities are 47% of the dropped slices instead of 27%). The
+of k modalities weighted 1/k, so single modalities are 47% of the dropped slices instead of 27%), or one
+named subset ("t1ce", "flair+t1ce") alone: with ``p = 1`` a network trained only for that input. The
 dropped channels, in every neighbour block, become zeros, and the four availability planes of
 ``medvision.data.modality_sets`` are appended. With ``p = 0`` nothing is dropped but the planes are still
 appended (all ones), so the same network can be given a subset later.
@@ -13,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from medvision.data.case import MODALITIES
-from medvision.data.modality_sets import SUBSETS
+from medvision.data.modality_sets import SUBSETS, parse_subset
 from medvision.train.config import SUBSET_WEIGHTINGS
 
 N_MODALITIES = len(MODALITIES)
@@ -26,9 +27,16 @@ def _subset_masks(device: torch.device) -> torch.Tensor:
 
 
 def subset_weights(weighting: str) -> torch.Tensor:
-    """(15,) drawing weights of SUBSETS (summing to 1) for a ``weighting`` of SUBSET_WEIGHTINGS."""
+    """(15,) drawing weights of SUBSETS (summing to 1) for a ``weighting`` of SUBSET_WEIGHTINGS or a subset
+    name (all the weight on that subset)."""
     if weighting not in SUBSET_WEIGHTINGS:
-        raise ValueError(f"weighting must be one of {SUBSET_WEIGHTINGS}, got {weighting!r}")
+        try:
+            only = parse_subset(weighting)
+        except ValueError:
+            raise ValueError(
+                f"weighting must be one of {SUBSET_WEIGHTINGS} or a subset name, got {weighting!r}"
+            ) from None
+        return torch.tensor([1.0 if subset == only else 0.0 for subset in SUBSETS])
     sizes = torch.tensor([float(len(subset)) for subset in SUBSETS])
     weights = torch.ones_like(sizes) if weighting == "uniform" else 1.0 / sizes
     return weights / weights.sum()
