@@ -27,7 +27,8 @@ BASE=${BASE:-runs/default}
 STORE=${STORE:-data/default_mix.h5}
 OUT=runs/recipe/$NAME
 THREADS=(); [ -n "${MEDVISION_TRAIN_THREADS:-}" ] && THREADS=(--threads "$MEDVISION_TRAIN_THREADS")
-SUBSETS="flair+t1+t1ce+t2 flair t1ce flair+t1ce"
+# SUBSETS="t1ce" scores only the subsets named (a specialist for one subset is scored on that one).
+SUBSETS=${SUBSETS:-flair+t1+t1ce+t2 flair t1ce flair+t1ce}
 FOLDS=${FOLDS:-0 1 2}
 if [ -f "$BASE/postprocess_study.json" ]; then
   FRACTION=$($PY -c "import json,sys; print(json.load(open(sys.argv[1]))['chosen']['variant']['min_fraction'])" \

@@ -6,8 +6,9 @@
 # Steps (each skipped when its output already exists, so a killed run can be started again):
 #   1. 16 phantoms (python -m medvision synth) and one store of the 9 real labelled cases + phantoms;
 #   2. 3 patient-wise folds over the real cases (phantoms are never held out);
-#   3. per fold: train the "real" preset once per seed (SEEDS, default "0 1 2") and pack the runs' last
-#      epochs into one ensemble (medvision.train.pack_ensemble, float16 weights), then score its held-out
+#   3. per fold: train the "real" preset once per seed (SEEDS, default "0 1 2") and once for each subset in
+#      SPECIALISTS (default "t1ce", that subset alone) and pack the runs' last epochs into one ensemble
+#      (medvision.train.pack_ensemble, float16 weights, the specialists as routes), then score its held-out
 #      real cases for all 15 modality subsets and the calibration of its probabilities and uncertainty;
 #   4. the final ensemble on all 9 real cases (validation: 3 phantoms), one run per seed, shipped as
 #      checkpoints/default.* with the cross-validated means per subset recorded in its metadata;
@@ -25,6 +26,14 @@ PHANTOMS_IN_TRAINING=${PHANTOMS_IN_TRAINING:-0}
 # One training run per seed, averaged: on the same 3 folds the mean of three seeds' probabilities beat
 # the runs alone on all-four WT Dice in every held-out case (medvision.train.ensemble_study; model card).
 SEEDS=${SEEDS:-0 1 2}
+# Specialists: one more run per fold for each subset named, trained on that subset alone (modality dropout 1)
+# and packed as the ensemble's route for exactly that input (medvision.models.ensemble). On the same 3 folds
+# a network trained on T1ce alone raised the T1ce-only TC Dice far above the all-subset networks' (model
+# card). "" packs none.
+SPECIALISTS=${SPECIALISTS-t1ce}
+# Larger subsets sent to a specialist without their extra modality: T1 + T1ce, where the all-subset networks
+# scored WT / TC / ET 0.153 / 0.190 / 0.241 and the T1ce specialist alone 0.511 / 0.431 / 0.443 (model card).
+SUPERSETS=${SUPERSETS-t1+t1ce=t1ce}
 # torch threads per training run; 1 keeps a run steady on a 2-core machine that does other work too.
 THREADS=(); [ -n "${MEDVISION_TRAIN_THREADS:-}" ] && THREADS=(--threads "$MEDVISION_TRAIN_THREADS")
 if [ -f "$OUT/fold_0/status.json" ]; then
@@ -75,9 +84,25 @@ train_members() {  # train_members SPLIT_FILE FOLDER: one run per seed in FOLDER
     fi
     members+=("$run/checkpoints/last.safetensors")
   done
-  if ! $PY - "$folder/checkpoints/last.json" "${#members[@]}" <<'PY'
+  local routes=() subset first_seed
+  first_seed=$(printf '%s\n' $SEEDS | head -n 1)
+  for subset in $SPECIALISTS; do
+    run="$folder/only_$subset"
+    if [ ! -f "$run/checkpoints/last.safetensors" ] || ! grep -q '"finished"' "$run/status.json"; then
+      local resume=(); [ -f "$run/train_state.pt" ] && resume=(--resume)
+      $PY -m medvision train --data "$STORE" --run-dir "$run" --preset real --seed "$first_seed" \
+        --split-file "$split" --modality-dropout 1.0 --modality-subsets "$subset" "${THREADS[@]}" "${resume[@]}"
+    fi
+    routes+=(--route "$subset=$run/checkpoints/last.safetensors")
+  done
+  local supersets=() item
+  for item in $SUPERSETS; do
+    # Only for a specialist that is packed: with SPECIALISTS="" no superset is routed either.
+    case " $SPECIALISTS " in *" ${item#*=} "*) supersets+=(--route-superset "$item") ;; esac
+  done
+  if ! $PY - "$folder/checkpoints/last.json" "$(( ${#members[@]} + ${#routes[@]} / 2 ))" <<'PY'
 import json, sys
-# The pack exists and has as many members as seeds (a folder of an older single-run layout does not).
+# The pack exists and has as many members as seeds and specialists (an older layout does not).
 try:
     meta = json.load(open(sys.argv[1]))
 except OSError:
@@ -85,8 +110,9 @@ except OSError:
 raise SystemExit(0 if meta.get("model", {}).get("members", 1) == int(sys.argv[2]) else 1)
 PY
   then
-    if [ "${#members[@]}" -gt 1 ]; then
-      $PY -m medvision.train.pack_ensemble "$folder/checkpoints/last" "${members[@]}" --half
+    if [ $(( ${#members[@]} + ${#routes[@]} / 2 )) -gt 1 ]; then
+      $PY -m medvision.train.pack_ensemble "$folder/checkpoints/last" "${members[@]}" "${routes[@]}" \
+        "${supersets[@]}" --half
     else
       mkdir -p "$folder/checkpoints"
       cp "${members[0]}" "$folder/checkpoints/last.safetensors"

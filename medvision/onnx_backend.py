@@ -135,6 +135,10 @@ def load_onnx_runner(
     With ``cache_dir`` the export is made on first use and reused by later processes; with None it is
     made in memory for this process only.
     """
+    if getattr(model, "routes", None):
+        # Its route is read from the input's values, which a trace would freeze (medvision.models.ensemble):
+        # the general members are exported, and the backend runs routed inputs in PyTorch.
+        model = model.general_part()
     try:
         if next(model.parameters()).device.type != "cpu":
             raise RuntimeError("ONNX export runs from a CPU model")

@@ -51,7 +51,18 @@ if best_empty:
 members = catalog.ensemble_rows(meta)
 if members:
     # Each member's own validation; the ensemble's figures are its cross-validation in the card below.
-    st.markdown(f"**An ensemble of {len(members)} networks**: their probabilities are averaged.")
+    specialists = [m for m in members if m["predicts"] != "any subset"]
+    if specialists:
+        st.markdown(
+            f"**An ensemble of {len(members) - len(specialists)} networks** whose probabilities are averaged,"
+            f" and {len(specialists)} more trained for one subset alone, which predict that subset instead."
+        )
+        st.caption(
+            "A specialist's own validation ran with all four modalities, which it never gets in use, so it "
+            "is left out here; its cross-validated figures are the model card's row of its subset."
+        )
+    else:
+        st.markdown(f"**An ensemble of {len(members)} networks**: their probabilities are averaged.")
     st.dataframe(pd.DataFrame(members).set_index("member").style.format(precision=3, na_rep="–"))
 teacher = catalog.teacher_note(meta)
 if teacher:

@@ -490,14 +490,14 @@ def test_upload_a_dicom_study_and_change_its_mapping(app, tmp_path):
 
 
 @pytest.mark.skipif(not REAL_CASE.is_dir(), reason="real BraTS case not available in ../shared/data")
-def test_a_t1ce_only_upload_warns_that_the_tumour_is_mostly_missed(app):
-    # Tried as a new user would with only a contrast T1: the cross-validation says the model then mostly
+def test_a_t1_only_upload_warns_that_the_tumour_is_mostly_missed(app):
+    # Tried as a new user would with only a plain T1: the cross-validation says the model then mostly
     # misses the tumour (model card), so the page says so and what to add, before any result is read.
     _open(app, "pages/predict.py")
     app.radio(key="predict_input").set_value("Upload files").run()
-    app.get("file_uploader")[0].set_value(_upload(sorted(REAL_CASE.glob("*_t1ce.nii*")))).run()
+    app.get("file_uploader")[0].set_value(_upload(sorted(REAL_CASE.glob("*_t1.nii*")))).run()
     assert not app.exception, [e.value for e in app.exception]
-    assert "Given: T1CE · missing: FLAIR, T1, T2" in " ".join(_values(app.caption))
+    assert "Given: T1 · missing: FLAIR, T1CE, T2" in " ".join(_values(app.caption))
     warnings = [w for w in _values(app.warning) if "mostly misses the tumour" in w]
     assert warnings and "Adding FLAIR gives" in warnings[0], _values(app.warning)
     app.session_state["predict_job"].cancel()

@@ -54,9 +54,11 @@ def save_tiny(
     attention: bool = True,
     seed: int = 0,
     meta: dict | None = None,
+    availability: bool = False,
 ) -> Path:
     torch.manual_seed(seed)
-    model = AttentionUNet(4 * (1 + 2 * neighbours), out_channels, 4, 2, 0.2, attention)
+    planes = 4 if availability else 0  # a model for any modality subset takes 4 availability planes too
+    model = AttentionUNet(4 * (1 + 2 * neighbours) + planes, out_channels, 4, 2, 0.2, attention)
     # Untrained BatchNorm statistics would make every probability ~0.5; spread them so the label is mixed.
     with torch.no_grad():
         model.head.bias.fill_(0.0)
@@ -64,7 +66,7 @@ def save_tiny(
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.running_var.fill_(0.05)
     checkpoint = path / f"tiny_{target}_{neighbours}.safetensors"
-    extra = meta or {}
+    extra = {**({"modality_input": "availability"} if availability else {}), **(meta or {})}
     save_checkpoint(
         checkpoint, model, {"target": target, "neighbours": neighbours, "patch_size": [32, 48], **extra}
     )

@@ -3,6 +3,7 @@ command's checks, and the whole predictor (PyTorch and ONNX Runtime, MC dropout,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import torch
 from test_inference import make_case, save_tiny
 
 from medvision.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
+from medvision.data.modality_sets import keep_only
 from medvision.errors import CheckpointError
 from medvision.inference import Predictor
 from medvision.models import AttentionUNet, ModelEnsemble, build_model
@@ -170,5 +172,132 @@ def test_the_models_page_rows_of_an_ensemble(tmp_path: Path) -> None:
     assert rows[1]["val mean Dice"] == pytest.approx(0.1)
     # Metadata is anyone's file: odd members are skipped or shown as text, never trusted as numbers.
     odd = {"ensemble": {"members": ["x", {"seed": "<b>", "val_mean_dice": "0.9"}]}}
-    assert ensemble_rows(odd) == [{"member": 2, "seed": "<b>", "epoch": "–", "val mean Dice": None}]
+    assert ensemble_rows(odd) == [
+        {"member": 2, "predicts": "any subset", "seed": "<b>", "epoch": "–", "val mean Dice": None}
+    ]
     assert ensemble_rows({"ensemble": "nonsense"}) == [] and ensemble_rows({}) == []
+
+
+ROUTED = {**CONFIG, "in_channels": 8}  # 4 images + 4 availability planes
+
+
+def _planes(batch: int, given: tuple[str, ...]) -> torch.Tensor:
+    x = torch.randn(batch, 8, 16, 16)
+    for i, name in enumerate(("flair", "t1", "t1ce", "t2")):
+        x[:, i] *= float(name in given)
+        x[:, 4 + i] = float(name in given)
+    return x
+
+
+def test_a_routed_subset_is_predicted_by_its_specialist_alone() -> None:
+    torch.manual_seed(0)
+    ensemble = build_model({**ROUTED, "members": 4, "routes": {"t1ce": [3]}}).eval()
+    assert ensemble.general == (0, 1, 2) and ensemble.config["routes"] == {"t1ce": [3]}
+    t1ce, four = _planes(2, ("t1ce",)), _planes(2, ("flair", "t1", "t1ce", "t2"))
+    flair_t1ce = _planes(2, ("flair", "t1ce"))
+    with torch.no_grad():
+        assert torch.equal(ensemble(t1ce), ensemble.members[3](t1ce))
+        for x in (four, flair_t1ce):  # not routed: the mean of the three general members, not the fourth
+            mean = torch.stack([torch.sigmoid(ensemble.members[i](x)) for i in range(3)]).mean(0)
+            assert torch.allclose(torch.sigmoid(ensemble(x)), mean, atol=1e-6)
+        with ensemble.one_member(5):  # a dropout pass: within the route, or among the general members
+            assert torch.equal(ensemble(t1ce), ensemble.members[3](t1ce))
+            assert torch.equal(ensemble(four), ensemble.members[5 % 3](four))
+        logits, maps = ensemble(t1ce, return_attention=True)
+        assert torch.equal(logits, ensemble.members[3](t1ce)) and maps
+        # A training batch (modality dropout, a distillation teacher) mixes subsets: row by row.
+        mixed_logits, mixed_maps = ensemble(torch.cat([t1ce, four]), return_attention=True)
+        assert torch.allclose(mixed_logits[:2], ensemble(t1ce), atol=1e-6)
+        assert torch.allclose(mixed_logits[2:], ensemble(four), atol=1e-6)
+        four_maps = ensemble(four, return_attention=True)[1]
+        assert len(mixed_maps) == len(four_maps) and torch.allclose(
+            mixed_maps[0][2:], four_maps[0], atol=1e-6
+        )
+        assert ensemble.routed(torch.cat([t1ce, four])) and not ensemble.routed(four)
+    rebuilt = build_model(ensemble.config)
+    assert rebuilt.routes == {"t1ce": (3,)}
+    wider = build_model({**ensemble.config, "route_supersets": {"t1ce+t1": "t1ce"}}).eval()
+    wider.load_state_dict(ensemble.state_dict())
+    t1_t1ce = _planes(2, ("t1", "t1ce"))
+    without_t1 = t1_t1ce.clone()
+    without_t1[:, [1, 5]] = 0.0
+    with torch.no_grad():
+        assert torch.equal(wider(t1_t1ce), ensemble.members[3](without_t1))
+    for supersets in ({"flair": "t1ce"}, {"t1ce": "t1ce"}, {"t1+t1ce": "flair"}):
+        with pytest.raises(ValueError, match="not a larger subset"):
+            build_model({**ensemble.config, "route_supersets": supersets})
+    for routes, problem in (
+        ({"t1cx": [3]}, "unknown modality"),
+        ({"t1ce": [4]}, "empty, unknown or reused"),
+        ({"t1ce": [1, 2], "flair": [0]}, "none is left"),
+    ):
+        with pytest.raises(ValueError, match=problem):
+            build_model({**ROUTED, "members": 3, "routes": routes})
+    with pytest.raises(ValueError, match="availability planes"):
+        build_model({**CONFIG, "members": 2, "routes": {"t1ce": [1]}})
+    with pytest.raises(ValueError, match="unknown model config keys"):
+        build_model({**ROUTED, "routes": {"t1ce": [0]}})  # routes belong to an ensemble
+
+
+def _availability_members(tmp_path: Path, seeds=(0, 1, 2)) -> list[Path]:
+    """Tiny runs for any modality subset (4 availability planes after the images), one split."""
+    paths = []
+    for seed in seeds:
+        folder = tmp_path / f"run{seed}"
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = {"split": SPLIT, "train_config": {"seed": seed}}
+        paths.append(save_tiny(folder, seed=seed, availability=True, meta=meta))
+    return paths
+
+
+def test_pack_with_a_route_predicts_t1ce_alone_with_the_specialist(tmp_path: Path, capsys) -> None:
+    general, (specialist,) = _availability_members(tmp_path), _availability_members(tmp_path, seeds=(7,))
+    out = tmp_path / "routed"
+    args = [str(out), *map(str, general), "--route", f"T1CE={specialist}", "--route-superset", "t1ce+t1=t1ce"]
+    args.append("--half")
+    assert pack_ensemble.main(args) == 0
+    assert "4 members" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "routed.json").read_text())
+    assert meta["model"]["routes"] == {"t1ce": [3]} and meta["model"]["members"] == 4
+    assert [m.get("route") for m in meta["ensemble"]["members"]] == [None, None, None, "t1ce"]
+    from medvision.app_support.catalog import ensemble_rows
+
+    rows = ensemble_rows(
+        {
+            **meta,
+            "ensemble": {
+                "members": [
+                    *meta["ensemble"]["members"][:3],
+                    {**meta["ensemble"]["members"][3], "val_mean_dice": 0.1},
+                ]
+            },
+        }
+    )
+    assert [r["predicts"] for r in rows] == ["any subset"] * 3 + ["t1ce alone"]
+    assert rows[3]["val mean Dice"] is None  # its validation saw all four modalities: not shown
+    options = {"device": "cpu", "dtype": "float32", "backend": "torch"}
+    routed = Predictor(tmp_path / "routed.safetensors", **options)
+    assert "ensemble of 3 networks (1 more for t1ce alone)" in routed.describe()
+    case = make_case()
+    t1ce = dataclasses.replace(case, image=keep_only(case.image, ("t1ce",)), available=("t1ce",))
+    pack_ensemble.pack(tmp_path / "alone", [specialist, specialist], half=True)  # the specialist's output
+    expected = Predictor(tmp_path / "alone.safetensors", **options).predict_volume(t1ce).probabilities
+    np.testing.assert_allclose(routed.predict_volume(t1ce).probabilities, expected, atol=1e-5)
+    # T1 + T1ce goes to the T1ce specialist with T1 removed: the same prediction as T1ce alone.
+    assert meta["model"]["route_supersets"] == {"t1+t1ce": "t1ce"}
+    both = dataclasses.replace(case, image=keep_only(case.image, ("t1", "t1ce")), available=("t1", "t1ce"))
+    np.testing.assert_allclose(routed.predict_volume(both).probabilities, expected, atol=1e-5)
+    pack_ensemble.pack(tmp_path / "plain", general, half=True)
+    plain = Predictor(tmp_path / "plain.safetensors", **options)
+    np.testing.assert_allclose(
+        routed.predict_volume(case).probabilities, plain.predict_volume(case).probabilities, atol=1e-5
+    )
+    # The route is read from the input's values: ONNX Runtime runs the general members, PyTorch the route.
+    on_onnx = Predictor(tmp_path / "routed.safetensors", device="cpu", dtype="float32", backend="onnx")
+    assert on_onnx.backend == "onnx"
+    np.testing.assert_allclose(on_onnx.predict_volume(t1ce).probabilities, expected, atol=1e-5)
+    np.testing.assert_allclose(
+        on_onnx.predict_volume(case).probabilities, plain.predict_volume(case).probabilities, atol=1e-4
+    )
+    with pytest.raises(SystemExit):
+        pack_ensemble.main([str(tmp_path / "bad"), str(general[0]), "--route", "t1ce"])

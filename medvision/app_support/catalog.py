@@ -344,18 +344,23 @@ def validation_note(meta: dict[str, Any]) -> str | None:
 
 
 def ensemble_rows(meta: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per member of an ensemble checkpoint (medvision.train.pack_ensemble): its seed, epoch and
-    own validation mean Dice; empty for a single network or metadata without a members list."""
+    """One row per member of an ensemble checkpoint (medvision.train.pack_ensemble): what it predicts (the
+    subsets without a specialist, or its one subset), its seed, epoch and own validation mean Dice; empty for
+    a single network or metadata without a members list."""
     ensemble = meta.get("ensemble") if isinstance(meta.get("ensemble"), dict) else {}
     members = ensemble.get("members") if isinstance(ensemble.get("members"), list) else []
     rows = []
     for number, member in enumerate(members, start=1):
         if not isinstance(member, dict):
             continue
-        dice = member.get("val_mean_dice")
+        # A specialist's own validation gave it all four modalities, which it never gets in use: no figure.
+        dice = None if isinstance(member.get("route"), str) else member.get("val_mean_dice")
         rows.append(
             {
                 "member": number,
+                "predicts": f"{member['route']} alone"
+                if isinstance(member.get("route"), str)
+                else "any subset",
                 "seed": str(member.get("seed", "–")),
                 "epoch": str(member.get("epoch", "–")),
                 "val mean Dice": float(dice) if _is_number(dice) else None,

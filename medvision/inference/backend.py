@@ -169,10 +169,11 @@ class InferenceBackend:
     def probabilities(self, batch: np.ndarray, *, tta: bool = False, stochastic: bool = False) -> np.ndarray:
         """Sigmoid probabilities (B, R, H, W) float32 of one input batch, averaged over flips with ``tta``.
 
-        ``stochastic`` (MC dropout) always runs on PyTorch: the ONNX export has dropout folded away.
+        ``stochastic`` (MC dropout) always runs on PyTorch: the ONNX export has dropout folded away; so does
+        an input that a routed ensemble sends to a specialist (its ONNX export holds the general members).
         """
         flips = TTA_FLIPS if tta else ((),)
-        if self.onnx is not None and not stochastic:
+        if self.onnx is not None and not stochastic and not self._routed(batch):
             return self._onnx_probabilities(batch, flips)
         x = self.to_device(batch)
         total = None
@@ -183,6 +184,10 @@ class InferenceBackend:
                 p = torch.flip(p, dims) if dims else p
                 total = p if total is None else total + p
         return (total / len(flips)).float().cpu().numpy()
+
+    def _routed(self, batch: np.ndarray) -> bool:
+        routed = getattr(self.model, "routed", None)
+        return routed is not None and bool(self.model.routes) and routed(torch.from_numpy(batch))
 
     def _onnx_probabilities(self, batch: np.ndarray, flips: tuple[tuple[int, ...], ...]) -> np.ndarray:
         total = None

@@ -267,8 +267,12 @@ class Predictor:
 
     def describe(self) -> str:
         """One line saying how this predictor runs (for logs, the CLI and the app)."""
-        members = getattr(self.model, "config", {}).get("members")
-        kind = f"{self.target} ensemble of {members} networks" if members else f"{self.target} model"
+        config = getattr(self.model, "config", {})
+        members, routes = config.get("members"), config.get("routes") or {}
+        general = (members or 0) - sum(len(indices) for indices in routes.values())
+        kind = f"{self.target} ensemble of {general} networks" if members else f"{self.target} model"
+        if routes:
+            kind += " (" + ", ".join(f"{len(i)} more for {name} alone" for name, i in routes.items()) + ")"
         return (
             f"{kind} on {self.device} ({self.precision}, {self.backend}, "
             f"batch {self.batch_size}, threads {self.options.threads}, neighbours {self.neighbours})"

@@ -30,6 +30,8 @@ CONFIG_KEYS: tuple[str, ...] = (
 )
 # The extra config key of an ensemble of AttentionUNets (medvision.models.ensemble): how many members.
 ENSEMBLE_KEY = "members"
+# An ensemble's specialists for one modality subset, and the larger subsets sent to them.
+ROUTES_KEYS = ("routes", "route_supersets")
 
 
 class ConvBlock(nn.Sequential):
@@ -170,11 +172,12 @@ def build_model(config: dict[str, Any]) -> nn.Module:
     """Build a network from a ``model.config``-style dict; unknown keys raise ValueError.
 
     A config with ``"members"`` is a :class:`~medvision.models.ensemble.ModelEnsemble` of that many
-    AttentionUNets; without it, one AttentionUNet.
+    AttentionUNets (``"routes"``: its specialists for one modality subset); without it, one AttentionUNet.
     """
     if not isinstance(config, dict):
         raise ValueError(f"model config must be a dict, got {type(config).__name__}")
-    unknown = sorted(set(config) - set(CONFIG_KEYS) - {ENSEMBLE_KEY})
+    ensemble_keys = {ENSEMBLE_KEY, *ROUTES_KEYS} if ENSEMBLE_KEY in config else set()
+    unknown = sorted(set(config) - set(CONFIG_KEYS) - ensemble_keys)
     if unknown:
         raise ValueError(f"unknown model config keys: {unknown}")
     if ENSEMBLE_KEY in config:

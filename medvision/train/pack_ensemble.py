@@ -7,13 +7,16 @@ regions, modalities, modality input, neighbours, patch size, normalisation) on t
 ensemble of models that saw other cases would make a cross-validation fold score cases one member was
 trained on. The result is an ordinary MedVision checkpoint (medvision.models.ensemble.ModelEnsemble), so
 ``predict``, ``evaluate``, the calibration and post-processing studies and the app all take it as it is.
-``--half`` stores the weights in float16 (half the file; they are run in fp32).
+``--half`` stores the weights in float16 (half the file; they are run in fp32). ``--route SUBSET=CHECKPOINT``
+(repeatable) adds a specialist: a run trained for that modality subset alone (``train --modality-dropout 1
+--modality-subsets t1ce``), which then predicts every input of exactly that subset in place of the others;
+``--route-superset t1+t1ce=t1ce`` sends a larger subset to that specialist too, without the extra modality.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,7 @@ from medvision.checkpoint import (
     read_checkpoint_meta,
     save_checkpoint,
 )
+from medvision.data.modality_sets import parse_subset, subset_name
 from medvision.errors import CheckpointError
 from medvision.models import AttentionUNet, ModelEnsemble
 
@@ -71,17 +75,34 @@ def member_record(meta: dict[str, Any], source: Path) -> dict[str, Any]:
     return record
 
 
-def pack(out: Path, checkpoints: Sequence[Path], *, half: bool = False) -> dict[str, Any]:
-    """Write the ensemble of ``checkpoints`` to ``out`` (``out.safetensors`` + ``out.json``); its metadata."""
-    if len(checkpoints) < 2:
-        raise ValueError("an ensemble needs two or more checkpoints")
+def pack(
+    out: Path,
+    checkpoints: Sequence[Path],
+    *,
+    half: bool = False,
+    routes: Mapping[str, Sequence[Path]] | None = None,
+    route_supersets: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Write the ensemble of ``checkpoints`` (and the specialists of ``routes``: subset name -> their
+    checkpoints) to ``out`` (``out.safetensors`` + ``out.json``); its metadata."""
+    routes = {subset_name(parse_subset(name)): list(paths) for name, paths in (routes or {}).items()}
+    specialists = [(name, path) for name, paths in routes.items() for path in paths]
+    if len(checkpoints) + len(specialists) < 2 or not checkpoints:
+        raise ValueError("an ensemble needs two or more checkpoints, one or more of them for every subset")
+    checkpoints = [*checkpoints, *(path for _, path in specialists)]
     loaded = [load_checkpoint(path) for path in checkpoints]
     for (model, _), path in zip(loaded, checkpoints, strict=True):
         if not isinstance(model, AttentionUNet):
             raise CheckpointError(path, "is an ensemble already; give the single runs' checkpoints")
     metas = [meta for _, meta in loaded]
     check_members(metas, checkpoints)
-    ensemble = ModelEnsemble(members=len(loaded), **metas[0]["model"])
+    general = len(checkpoints) - len(specialists)
+    member_routes: dict[str, list[int]] = {}
+    for index, (name, _) in enumerate(specialists, start=general):
+        member_routes.setdefault(name, []).append(index)
+    ensemble = ModelEnsemble(
+        members=len(loaded), routes=member_routes, route_supersets=route_supersets, **metas[0]["model"]
+    )
     for member, (model, _) in zip(ensemble.members, loaded, strict=True):
         member.load_state_dict(model.state_dict())
     meta = {k: v for k, v in metas[0].items() if k not in RESERVED_KEYS and k not in PER_RUN_KEYS}
@@ -89,6 +110,8 @@ def pack(out: Path, checkpoints: Sequence[Path], *, half: bool = False) -> dict[
         if any(m.get(key) != metas[0].get(key) for m in metas):
             meta.pop(key, None)
     records = [member_record(m, p) for m, p in zip(metas, checkpoints, strict=True)]
+    for record, (name, _) in zip(records[general:], specialists, strict=True):
+        record["route"] = name
     weights_dtype = "float16" if half else "float32"
     meta.update(
         kind="ensemble",
@@ -104,15 +127,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("out", type=Path, help="the ensemble checkpoint to write (name or name.safetensors)")
     parser.add_argument("checkpoints", type=Path, nargs="+", help="two or more single runs' checkpoints")
     parser.add_argument("--half", action="store_true", help="store the weights in float16")
+    parser.add_argument(
+        "--route",
+        action="append",
+        default=[],
+        metavar="SUBSET=CHECKPOINT",
+        help="a specialist for one modality subset (e.g. t1ce=runs/t1ce/checkpoints/last.safetensors)",
+    )
+    parser.add_argument(
+        "--route-superset",
+        action="append",
+        default=[],
+        metavar="LARGER=SUBSET",
+        help="send a larger subset to a route's specialist without its extra modalities (e.g. t1+t1ce=t1ce)",
+    )
     args = parser.parse_args(argv)
-    if len(args.checkpoints) < 2:
+    supersets = dict(item.partition("=")[::2] for item in args.route_superset)
+    routes: dict[str, list[Path]] = {}
+    for item in args.route:
+        name, _, path = item.partition("=")
+        if not path:
+            parser.error(f"--route {item!r}: give SUBSET=CHECKPOINT")
+        routes.setdefault(name, []).append(Path(path))
+    if len(args.checkpoints) + sum(map(len, routes.values())) < 2:
         parser.error("give two or more checkpoints")
     try:
-        pack(args.out, args.checkpoints, half=args.half)
-    except CheckpointError as error:
+        meta = pack(args.out, args.checkpoints, half=args.half, routes=routes, route_supersets=supersets)
+    except (CheckpointError, ValueError) as error:
         parser.exit(2, f"error: {error}\n")
     weights, _ = checkpoint_paths(args.out)
-    print(f"{weights}: {len(args.checkpoints)} members, {weights.stat().st_size / 2**20:.1f} MB")
+    print(f"{weights}: {meta['model']['members']} members, {weights.stat().st_size / 2**20:.1f} MB")
     return 0
 
 
