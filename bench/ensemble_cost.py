@@ -32,7 +32,8 @@ CHECKPOINT = ROOT / "checkpoints" / "default.safetensors"
 
 
 def _predictors(backend: str, dtype: str):
-    """(ensemble predictor, predictor of its first member alone, members) with these options."""
+    """(ensemble predictor, predictor of its first member alone, the members that predict a four-modality
+    case: a routed ensemble's general ones) with these options."""
     from medvision.checkpoint import load_checkpoint
     from medvision.inference import Predictor
     from medvision.models import ModelEnsemble
@@ -44,7 +45,7 @@ def _predictors(backend: str, dtype: str):
     member = model.members[0]
     member_meta = {**meta, "model": dict(member.config)}
     alone = Predictor.from_model(member, member_meta, device="cpu", backend=backend, dtype=dtype)
-    return ensemble, alone, len(model.members)
+    return ensemble, alone, len(model.general)
 
 
 def _seconds(predict) -> float:

@@ -129,11 +129,19 @@ def test_models_page_lists_the_members_of_the_shipped_ensemble(app):
     from medvision.checkpoint import read_checkpoint_meta
 
     shipped = REPO / "checkpoints" / "default.safetensors"
-    members = read_checkpoint_meta(shipped)["model"]["members"]
+    config = read_checkpoint_meta(shipped)["model"]
+    members, routes = config["members"], config.get("routes") or {}
+    specialists = sum(len(indices) for indices in routes.values())
     _open(app, "pages/models.py")  # the shipped default model is the one selected at first
-    assert any(f"An ensemble of {members} networks" in m for m in _values(app.markdown))
+    assert any(f"An ensemble of {members - specialists} networks" in m for m in _values(app.markdown))
     member_tables = [d for d in app.dataframe if "val mean Dice" in d.value.columns]
     assert len(member_tables) == 1 and len(member_tables[0].value) == members
+    predicts = list(member_tables[0].value["predicts"])
+    assert predicts.count("any subset") == members - specialists
+    assert sorted(p for p in predicts if p != "any subset") == sorted(f"{name} alone" for name in routes)
+    if specialists:  # the specialist's all-four validation figure is left out, and the page says why
+        assert f"and {specialists} more trained for one subset alone" in " ".join(_values(app.markdown))
+        assert any("never gets in use" in c for c in _values(app.caption))
 
 
 # -------------------------------------------------------------------------------------------- train
