@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -288,3 +289,30 @@ def test_batch_refuses_single_file_options(tmp_path: Path, checkpoint: Path, cap
         [root, "-o", out, "--checkpoint", checkpoint, "--report", tmp_path / "r.csv"], capsys
     )
     assert_clean_failure(code, err, "--report", out)
+
+
+REAL_CASE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "brats2021_00006"
+
+
+@pytest.mark.skipif(not REAL_CASE.is_dir(), reason="real BraTS case not available in ../shared/data")
+def test_the_shipped_model_predicts_t1ce_alone_with_its_t1ce_route(tmp_path: Path, capsys) -> None:
+    """Tried as a new user would with only a contrast T1 of the real case (a training case of the shipped
+    model, so the Dice only shows the route works, not how well it generalises): the T1ce network predicts
+    it, and T1 + T1ce gives exactly the same label (T1 is set aside for that route)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("t1", "t1ce"):
+        shutil.copy(REAL_CASE / f"BraTS2021_00006_{name}.nii.gz", folder)  # links are refused, rightly
+    labels = {}
+    for subset in ("t1ce", "t1+t1ce"):
+        out = tmp_path / f"{subset}.nii.gz"
+        code, stdout, err = run_cli([folder, "-o", out, "--modalities", subset], capsys)
+        assert code == 0, err
+        assert (
+            "(1 more for t1ce alone)" in stdout and f"modalities used: {subset.replace('+', ', ')}" in stdout
+        )
+        labels[subset] = np.asarray(nib.load(out).dataobj)
+    assert np.array_equal(labels["t1ce"], labels["t1+t1ce"])
+    truth = np.asarray(nib.load(REAL_CASE / "BraTS2021_00006_seg.nii.gz").dataobj) > 0
+    predicted = labels["t1ce"] > 0
+    assert 2 * (predicted & truth).sum() / (predicted.sum() + truth.sum()) > 0.5
