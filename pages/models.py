@@ -63,7 +63,10 @@ if members:
         )
     else:
         st.markdown(f"**An ensemble of {len(members)} networks**: their probabilities are averaged.")
-    st.dataframe(pd.DataFrame(members).set_index("member").style.format(precision=3, na_rep="–"))
+    # As text: the grid draws a missing number (a specialist's) as "None" whatever the style says.
+    table = pd.DataFrame(members).set_index("member")
+    table["val mean Dice"] = ["–" if pd.isna(v) else f"{v:.3f}" for v in table["val mean Dice"]]
+    st.dataframe(table)
 teacher = catalog.teacher_note(meta)
 if teacher:
     st.markdown(plain(teacher))

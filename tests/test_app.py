@@ -139,9 +139,12 @@ def test_models_page_lists_the_members_of_the_shipped_ensemble(app):
     predicts = list(member_tables[0].value["predicts"])
     assert predicts.count("any subset") == members - specialists
     assert sorted(p for p in predicts if p != "any subset") == sorted(f"{name} alone" for name in routes)
+    figures = list(member_tables[0].value["val mean Dice"])
+    assert all(f == "–" or 0.0 <= float(f) <= 1.0 for f in figures)
     if specialists:  # the specialist's all-four validation figure is left out, and the page says why
         assert f"and {specialists} more trained for one subset alone" in " ".join(_values(app.markdown))
         assert any("never gets in use" in c for c in _values(app.caption))
+        assert [f for f, p in zip(figures, predicts, strict=True) if p != "any subset"] == ["–"] * specialists
 
 
 # -------------------------------------------------------------------------------------------- train
