@@ -353,14 +353,13 @@ def ensemble_rows(meta: dict[str, Any]) -> list[dict[str, Any]]:
     for number, member in enumerate(members, start=1):
         if not isinstance(member, dict):
             continue
+        route = member.get("route") if isinstance(member.get("route"), str) else None
         # A specialist's own validation gave it all four modalities, which it never gets in use: no figure.
-        dice = None if isinstance(member.get("route"), str) else member.get("val_mean_dice")
+        dice = None if route else member.get("val_mean_dice")
         rows.append(
             {
                 "member": number,
-                "predicts": f"{member['route']} alone"
-                if isinstance(member.get("route"), str)
-                else "any subset",
+                "predicts": f"{route} alone" if route else "any subset",
                 "seed": str(member.get("seed", "–")),
                 "epoch": str(member.get("epoch", "–")),
                 "val mean Dice": float(dice) if _is_number(dice) else None,

@@ -186,8 +186,8 @@ class InferenceBackend:
         return (total / len(flips)).float().cpu().numpy()
 
     def _routed(self, batch: np.ndarray) -> bool:
-        routed = getattr(self.model, "routed", None)
-        return routed is not None and bool(self.model.routes) and routed(torch.from_numpy(batch))
+        routed = getattr(self.model, "routed", None)  # a ModelEnsemble's: False when it has no routes
+        return routed is not None and routed(torch.from_numpy(batch))
 
     def _onnx_probabilities(self, batch: np.ndarray, flips: tuple[tuple[int, ...], ...]) -> np.ndarray:
         total = None

@@ -28,6 +28,7 @@ from medvision.inference.forward import ProgressFn, SegmentationEngine, check_vo
 from medvision.inference.geometry import PreparedVolume, to_full_volume
 from medvision.inference.postprocess import probabilities_to_label
 from medvision.inference.spec import model_spec
+from medvision.models import ModelEnsemble
 from medvision.precision import resolve_device
 from medvision.prediction_cache import ByteLRU, case_content_hash
 
@@ -267,12 +268,15 @@ class Predictor:
 
     def describe(self) -> str:
         """One line saying how this predictor runs (for logs, the CLI and the app)."""
-        config = getattr(self.model, "config", {})
-        members, routes = config.get("members"), config.get("routes") or {}
-        general = (members or 0) - sum(len(indices) for indices in routes.values())
-        kind = f"{self.target} ensemble of {general} networks" if members else f"{self.target} model"
-        if routes:
-            kind += " (" + ", ".join(f"{len(i)} more for {name} alone" for name, i in routes.items()) + ")"
+        if isinstance(self.model, ModelEnsemble):
+            kind = f"{self.target} ensemble of {len(self.model.general)} networks"
+            routes = self.model.routes
+            if routes:
+                kind += (
+                    " (" + ", ".join(f"{len(i)} more for {name} alone" for name, i in routes.items()) + ")"
+                )
+        else:
+            kind = f"{self.target} model"
         return (
             f"{kind} on {self.device} ({self.precision}, {self.backend}, "
             f"batch {self.batch_size}, threads {self.options.threads}, neighbours {self.neighbours})"

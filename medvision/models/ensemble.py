@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from medvision.data.case import MODALITIES
-from medvision.data.modality_sets import parse_subset, subset_name
+from medvision.data.modality_sets import availability_vector, parse_subset, subset_name
 from medvision.models.attention_unet import AttentionUNet
 
 # The averaged probability is clamped this far from 0 and 1 before the logit, so that a member certain in
@@ -148,8 +148,8 @@ class ModelEnsemble(nn.Module):
         """The logit of the mean probability of members ``indices`` on ``x`` (only ``keep``'s modalities)."""
         chosen = [self.members[i] for i in indices]
         if keep is not None:  # the specialist's own input: the other modalities' images and planes zero
-            kept = torch.tensor([float(m in parse_subset(keep)) for m in MODALITIES], dtype=x.dtype)
-            x = x * kept.to(x.device).repeat(x.shape[1] // len(MODALITIES))[None, :, None, None]
+            kept = torch.from_numpy(availability_vector(parse_subset(keep))).to(x.device, x.dtype)
+            x = x * kept.repeat(x.shape[1] // len(MODALITIES))[None, :, None, None]
         if self._only is not None:
             return chosen[self._only % len(chosen)](x, return_attention=return_attention)
         if len(chosen) == 1:  # one network: its own logit, exactly
