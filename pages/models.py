@@ -57,16 +57,23 @@ if members:
             f"**An ensemble of {len(members) - len(specialists)} networks** whose probabilities are averaged,"
             f" and {len(specialists)} more trained for one subset alone, which predict that subset instead."
         )
-        st.caption(
-            "A specialist's own validation ran with all four modalities, which it never gets in use, so it "
-            "is left out here; its cross-validated figures are the model card's row of its subset."
-        )
+        if any(m["val mean Dice"] is None for m in specialists):
+            st.caption(
+                "A specialist whose own validation ran with all four modalities, which it never gets in use, "
+                "has its figure left out here; its cross-validated figures are the model card's row of its "
+                "subset."
+            )
+        else:
+            st.caption("Each specialist's own validation gave it its one subset, the input it gets in use.")
     else:
         st.markdown(f"**An ensemble of {len(members)} networks**: their probabilities are averaged.")
     # As text: the grid draws a missing number (a specialist's) as "None" whatever the style says.
     table = pd.DataFrame(members).set_index("member")
     table["val mean Dice"] = ["–" if pd.isna(v) else f"{v:.3f}" for v in table["val mean Dice"]]
     st.dataframe(table)
+set_aside = catalog.set_aside_note(meta)
+if set_aside:
+    st.markdown(plain(set_aside))
 teacher = catalog.teacher_note(meta)
 if teacher:
     st.markdown(plain(teacher))

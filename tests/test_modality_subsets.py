@@ -109,6 +109,38 @@ def test_a_named_subset_draws_only_that_subset():
         TrainConfig(modality_dropout=1.0, modality_subsets="t1cx")
 
 
+def test_a_network_for_one_subset_is_validated_on_that_subset(tmp_path: Path):
+    """Its validation Dice, its best checkpoint and the Models page's figure are about the input it gets in
+    use (T1ce alone), not all four modalities, which it never sees."""
+    assert TrainConfig(modality_dropout=1.0, modality_subsets="t1ce").val_modalities == ("t1ce",)
+    assert TrainConfig(modality_dropout=0.5, modality_subsets="t1ce").val_modalities == MODALITIES
+    assert TrainConfig(modality_dropout=1.0).val_modalities == MODALITIES  # every subset: all four
+    cases = [tiny_case(f"Tiny_{i:03d}", i) for i in range(4)]
+    store = prepare_store(cases, tmp_path / "store.h5", workers=1, progress=False)
+    run = tmp_path / "run"
+    config = dataclasses.replace(
+        TINY, modality_dropout=1.0, modality_subsets="t1ce", sample_slices=1, val_max_slices=None
+    )
+    assert run_training(config, run, store) == "finished"
+    model, meta = load_checkpoint(rundir.checkpoint_path(run, "last"))
+    assert meta["val_modalities"] == "t1ce"
+    # The recorded validation is the T1ce-only one: scoring the same network on all four gives another loss.
+    from medvision.train.distributed import DistContext
+    from medvision.train.evaluation import checkpoint_engine
+    from medvision.train.validation import Validation
+
+    engine, _ = checkpoint_engine(rundir.checkpoint_path(run, "last"), "cpu", "off", "torch", 8)
+    loss = lambda logits, truth: torch.nn.functional.binary_cross_entropy_with_logits(logits, truth)  # noqa: E731
+    ctx = DistContext()
+    scored = {
+        given: Validation(store, meta["split"]["val"], target="regions", ctx=ctx, available=given).run(
+            engine, loss
+        )
+        for given in (("t1ce",), MODALITIES)
+    }
+    assert scored[("t1ce",)]["val_loss"] != pytest.approx(scored[MODALITIES]["val_loss"], rel=1e-6)
+
+
 def test_spec_reads_availability_from_channels_or_metadata():
     assert model_spec(AttentionUNet(8, 3, 4, 2, 0.1), {}).availability
     assert not model_spec(AttentionUNet(4, 3, 4, 2, 0.1), {}).availability

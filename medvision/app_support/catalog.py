@@ -24,6 +24,7 @@ from typing import Any
 from medvision.app_support.workspace import AppSettings, Workspace
 from medvision.confinement import Confinement
 from medvision.data.case import Case
+from medvision.data.modality_sets import parse_subset
 from medvision.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -354,8 +355,9 @@ def ensemble_rows(meta: dict[str, Any]) -> list[dict[str, Any]]:
         if not isinstance(member, dict):
             continue
         route = member.get("route") if isinstance(member.get("route"), str) else None
-        # A specialist's own validation gave it all four modalities, which it never gets in use: no figure.
-        dice = None if route else member.get("val_mean_dice")
+        # A specialist validated on all four modalities (runs before validation took its subset) was scored
+        # on an input it never gets in use: no figure for it.
+        dice = None if route and member.get("val_modalities") != route else member.get("val_mean_dice")
         rows.append(
             {
                 "member": number,
@@ -381,6 +383,28 @@ def teacher_note(meta: dict[str, Any]) -> str | None:
     weight = config.get("distill_weight")
     share = f" (weight {float(weight):.2f})" if _is_number(weight) else ""
     return f"Distilled from {what} ({name}): trained on its probabilities{share} as well as on the labels."
+
+
+def set_aside_note(meta: dict[str, Any]) -> str | None:
+    """The inputs an ensemble predicts as a smaller subset (its ``route_supersets``), as one sentence;
+    None when it has none. Only canonical modality names reach the text (an unreadable entry is skipped)."""
+    model = meta.get("model") if isinstance(meta.get("model"), dict) else {}
+    supersets = model.get("route_supersets") if isinstance(model.get("route_supersets"), dict) else {}
+    pairs = []
+    for larger, smaller in supersets.items():
+        try:
+            big, small = parse_subset(str(larger)), parse_subset(str(smaller))
+        except ValueError:
+            continue
+        aside = [m.upper() for m in big if m not in small]
+        given = "all four" if len(big) == 4 else " + ".join(m.upper() for m in big)
+        pairs.append(f"{given} without {' + '.join(aside)}")
+    if not pairs:
+        return None
+    return (
+        "Predicted as a smaller input: " + "; ".join(pairs) + " (the cross-validation scored the smaller "
+        "input higher; model card)."
+    )
 
 
 def summary_fields(meta: dict[str, Any]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from medvision.data.case import MODALITIES
 from medvision.data.modality_sets import parse_subset
 from medvision.data.regions import TARGETS, target_spec
 from medvision.precision import AMP_MODES, DEVICE_CHOICES
@@ -174,6 +175,14 @@ class TrainConfig:
         """What the network takes (checkpoint metadata): "availability" planes beside the images when
         trained with modality dropout, else "images" alone."""
         return "availability" if self.modality_dropout is not None else "images"
+
+    @property
+    def val_modalities(self) -> tuple[str, ...]:
+        """The modalities validation gives the network: a network trained on one subset alone (dropout 1
+        with a named subset) is validated on that subset, the input it will get; any other on all four."""
+        if self.modality_dropout == 1.0 and self.modality_subsets not in SUBSET_WEIGHTINGS:
+            return parse_subset(self.modality_subsets)
+        return MODALITIES
 
     @property
     def out_channels(self) -> int:

@@ -10,7 +10,9 @@ trained on. The result is an ordinary MedVision checkpoint (medvision.models.ens
 ``--half`` stores the weights in float16 (half the file; they are run in fp32). ``--route SUBSET=CHECKPOINT``
 (repeatable) adds a specialist: a run trained for that modality subset alone (``train --modality-dropout 1
 --modality-subsets t1ce``), which then predicts every input of exactly that subset in place of the others;
-``--route-superset t1+t1ce=t1ce`` sends a larger subset to that specialist too, without the extra modality.
+``--route-superset LARGER=SMALLER`` predicts a larger subset as the smaller one, the other modalities set
+aside: ``t1+t1ce=t1ce`` sends T1 + T1ce to the T1ce specialist without T1, ``flair+t1+t1ce+t2=flair+t1ce+t2``
+gives all four to the general members without T1 (where the cross-validation scored the smaller input higher).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ SHARED_KEYS = (
     "normalisation",
 )
 # Figures of one training run's own validation: per member in the ensemble's record, not at the top.
-PER_RUN_KEYS = ("val", "val_loss", "val_mean_dice", "best_val_mean_dice", "best_epoch")
+PER_RUN_KEYS = ("val", "val_loss", "val_mean_dice", "val_modalities", "best_val_mean_dice", "best_epoch")
 # Where in training the members were taken: kept at the top when all agree (the last epoch of one schedule).
 SCHEDULE_KEYS = ("epoch", "step", "total_steps")
 COMBINE = "mean of the members' sigmoid probabilities"
@@ -138,8 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--route-superset",
         action="append",
         default=[],
-        metavar="LARGER=SUBSET",
-        help="send a larger subset to a route's specialist without its extra modalities (e.g. t1+t1ce=t1ce)",
+        metavar="LARGER=SMALLER",
+        help="predict a larger subset as a smaller one, the other modalities set aside (e.g. t1+t1ce=t1ce)",
     )
     args = parser.parse_args(argv)
     supersets = dict(item.partition("=")[::2] for item in args.route_superset)

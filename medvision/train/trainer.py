@@ -27,6 +27,7 @@ from medvision.checkpoint import load_checkpoint, save_checkpoint
 from medvision.data.augment import augment_batch
 from medvision.data.case import MODALITIES
 from medvision.data.dataset import centre_channels, fit_to_patch
+from medvision.data.modality_sets import subset_name
 from medvision.data.store import SliceStore
 from medvision.errors import CheckpointError, MedVisionError
 from medvision.inference import (
@@ -46,6 +47,7 @@ from medvision.train.batches import EpochPlan, augment_config, load_size, make_s
 from medvision.train.config import NORMALISATION, TrainConfig
 from medvision.train.distillation import Teacher, distillation_term
 from medvision.train.distributed import DistContext
+from medvision.train.evaluation import given_as
 from medvision.train.modality_dropout import drop_modalities
 from medvision.train.rundir import STATE_FILE, checkpoint_path, json_safe
 from medvision.train.validation import Validation, slice_subset
@@ -394,7 +396,12 @@ class Trainer:
                 self.val_slices.case_id, self.val_slices.slice_index, self.val_rows_all, self.splits["val"]
             )
         return Validation(
-            self.store_path, self.splits["val"], target=self.config.target, slices=subset, ctx=self.ctx
+            self.store_path,
+            self.splits["val"],
+            target=self.config.target,
+            slices=subset,
+            ctx=self.ctx,
+            available=self.config.val_modalities,
         )
 
     @torch.no_grad()
@@ -418,7 +425,10 @@ class Trainer:
         # Several sample slices may come from one case (few validation cases): read and prepare it once.
         case_ids = [self.val_slices.case_id[row] for row in self.sample_rows]
         with SliceStore(self.store_path) as store:
-            prepared = {c: self.engine.prepare_stored(store.read_image(c)) for c in dict.fromkeys(case_ids)}
+            prepared = {
+                c: given_as(self.engine.prepare_stored(store.read_image(c)), self.config.val_modalities)
+                for c in dict.fromkeys(case_ids)
+            }
         predicted = np.stack(
             [
                 self._sample_prediction(prepared[case_id], int(self.val_slices.slice_index[row]))
@@ -565,6 +575,7 @@ class Trainer:
                 "val": p.last_val.get("val"),
                 "val_loss": p.last_val.get("val_loss"),
                 "val_mean_dice": p.last_val.get("val_mean_dice"),
+                "val_modalities": subset_name(cfg.val_modalities),
                 "best_val_mean_dice": p.best if math.isfinite(p.best) else None,
                 "best_epoch": p.best_epoch or None,
                 "train_config": cfg.to_dict(),

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from medvision.data.case import MODALITIES
 from medvision.data.dataset import labels_to_target
 from medvision.data.store import SliceStore
 from medvision.inference import SegmentationEngine, label_masks
@@ -33,6 +34,7 @@ from medvision.metrics import (
 )
 from medvision.train import distributed as dist_utils
 from medvision.train.distributed import DistContext
+from medvision.train.evaluation import given_as
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -56,6 +58,7 @@ class Validation:
         target: the training target (medvision.data.regions).
         slices: per case, the crop slice indices to score (None: every slice, as ``evaluate`` does).
         ctx: the DDP context; rank r scores cases r, r + world, ...
+        available: the modalities each case is given as (the others zeroed, as ``evaluate --modalities``).
     """
 
     def __init__(
@@ -66,7 +69,9 @@ class Validation:
         target: str,
         slices: dict[str, np.ndarray] | None = None,
         ctx: DistContext,
+        available: tuple[str, ...] = MODALITIES,
     ) -> None:
+        self.available = tuple(available)
         self.store_path = Path(store_path)
         self.case_ids = list(case_ids)
         self.target = target
@@ -99,7 +104,7 @@ class Validation:
         self, engine: SegmentationEngine, loss_fn: LossFn, store: SliceStore, index: int, sums: _Sums
     ) -> None:
         case_id = self.case_ids[index]
-        prepared = engine.prepare_stored(store.read_image(case_id))
+        prepared = given_as(engine.prepare_stored(store.read_image(case_id)), self.available)
         label = store.read_label(case_id)
         chosen = None if self.slices is None else self.slices[case_id]
         target = labels_to_target(label, self.target)  # (T, d, h, w)
