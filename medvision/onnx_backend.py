@@ -135,9 +135,10 @@ def load_onnx_runner(
     With ``cache_dir`` the export is made on first use and reused by later processes; with None it is
     made in memory for this process only.
     """
-    if getattr(model, "routes", None):
+    if getattr(model, "routes", None) or getattr(model, "route_supersets", None):
         # Its route is read from the input's values, which a trace would freeze (medvision.models.ensemble):
-        # the general members are exported, and the backend runs routed inputs in PyTorch.
+        # the general members are exported; the backend runs inputs routed to a specialist in PyTorch and
+        # sets aside what a superset route drops before the export runs.
         model = model.general_part()
     try:
         if next(model.parameters()).device.type != "cpu":

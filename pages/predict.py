@@ -272,7 +272,8 @@ try:
 except MedVisionError:  # the metadata went away since the model was loaded: say nothing about it
     model_meta = {}
 expected = subset_expectations.expectation_line(model_meta, case.available)
-st.caption(subset_expectations.modalities_line(case.available) + (f" · {expected}" if expected else ""))
+given_line = subset_expectations.modalities_line(case.available, predictor.set_aside(case.available))
+st.caption(given_line + (f" · {expected}" if expected else ""))
 weak = subset_expectations.weak_subset_warning(model_meta, case.available)
 if weak:
     st.warning(weak)  # built from modality names and numbers only, never from the data

@@ -145,6 +145,8 @@ def test_models_page_lists_the_members_of_the_shipped_ensemble(app):
         assert f"and {specialists} more trained for one subset alone" in " ".join(_values(app.markdown))
         assert any("never gets in use" in c for c in _values(app.caption))
         assert [f for f, p in zip(figures, predicts, strict=True) if p != "any subset"] == ["–"] * specialists
+    notes = [m for m in _values(app.markdown) if "Predicted as a smaller input" in m]
+    assert len(notes) == (1 if config.get("route_supersets") else 0), notes
 
 
 # -------------------------------------------------------------------------------------------- train
@@ -498,6 +500,20 @@ def test_upload_a_dicom_study_and_change_its_mapping(app, tmp_path):
     app.radio(key="view_nv_grid").set_value("Model grid").run()
     assert not app.exception
     assert "On the reference series' own grid" not in " ".join(_values(app.caption))
+
+
+@pytest.mark.skipif(not REAL_CASE.is_dir(), reason="real BraTS case not available in ../shared/data")
+def test_an_upload_says_which_given_modality_the_model_sets_aside(app):
+    # Tried as a new user would with T1 and T1ce: the shipped model predicts that input as T1ce alone (its
+    # cross-validation scored it higher without T1), and the page says so rather than listing T1 as used.
+    _open(app, "pages/predict.py")
+    app.radio(key="predict_input").set_value("Upload files").run()
+    files = sorted(REAL_CASE.glob("*_t1.nii*")) + sorted(REAL_CASE.glob("*_t1ce.nii*"))
+    app.get("file_uploader")[0].set_value(_upload(files)).run()
+    assert not app.exception, [e.value for e in app.exception]
+    captions = " ".join(_values(app.caption))
+    assert "Given: T1, T1CE · missing: FLAIR, T2 · T1 set aside" in captions, captions
+    app.session_state["predict_job"].cancel()
 
 
 @pytest.mark.skipif(not REAL_CASE.is_dir(), reason="real BraTS case not available in ../shared/data")

@@ -83,6 +83,10 @@ def test_cross_validation_is_recorded_and_shown_for_the_given_subset(tmp_path: P
     )
     assert modalities_line(("flair", "t1ce")) == "Given: FLAIR, T1CE · missing: T1, T2"
     assert modalities_line(("flair", "t1", "t1ce", "t2")).endswith("(all four)")
+    assert modalities_line(("t1", "t1ce"), ("t1",)) == (
+        "Given: T1, T1CE · missing: FLAIR, T2 · T1 set aside: the model's cross-validation scored this input "
+        "higher without it (model card)"
+    )
 
 
 def test_the_table_command_line(tmp_path: Path, capsys) -> None:

@@ -18,6 +18,7 @@ from medvision.errors import CheckpointError
 from medvision.inference import Predictor
 from medvision.models import AttentionUNet, ModelEnsemble, build_model
 from medvision.train import pack_ensemble
+from medvision.train.evaluation import given_as
 
 CONFIG = {"in_channels": 4, "out_channels": 3, "base_filters": 4, "depth": 2, "dropout": 0.2}
 CONFIG["attention"] = True
@@ -250,6 +251,37 @@ def _availability_members(tmp_path: Path, seeds=(0, 1, 2)) -> list[Path]:
     return paths
 
 
+def test_a_superset_route_to_the_general_members_sets_a_modality_aside() -> None:
+    """All four given, predicted as FLAIR + T1ce + T2: the general members' mean on the input without T1
+    (images and plane), in a plain ensemble and beside a specialist route, row by row in a mixed batch."""
+    torch.manual_seed(0)
+    aside = {"flair+t1+t1ce+t2": "flair+t1ce+t2"}
+    four, three = _planes(2, ("flair", "t1", "t1ce", "t2")), _planes(2, ("flair", "t1ce", "t2"))
+    without_t1 = four.clone()
+    without_t1[:, [1, 5]] = 0.0
+    for routes in ({}, {"t1ce": [3]}):
+        members = 4 if routes else 3
+        ensemble = build_model({**ROUTED, "members": members, "routes": routes, "route_supersets": aside})
+        ensemble.eval()
+        assert ensemble.general == (0, 1, 2) and ensemble.config["route_supersets"] == aside
+        with torch.no_grad():
+            mean = torch.stack([torch.sigmoid(ensemble.members[i](without_t1)) for i in range(3)]).mean(0)
+            assert torch.allclose(torch.sigmoid(ensemble(four)), mean, atol=1e-6)
+            with_t1 = torch.stack([torch.sigmoid(ensemble.members[i](four)) for i in range(3)]).mean(0)
+            assert not torch.allclose(torch.sigmoid(ensemble(four)), with_t1, atol=1e-4)  # T1 did count
+            assert torch.equal(ensemble.kept_input(four), without_t1)
+            assert torch.equal(ensemble.kept_input(three), three)  # nothing set aside: the same tensor
+            assert not ensemble.routed(four)  # the general members: the ONNX export can run it
+            mixed = torch.cat([three, four])
+            assert torch.equal(ensemble.kept_input(mixed), torch.cat([three, without_t1]))
+            assert torch.allclose(ensemble(mixed)[2:], ensemble(four), atol=1e-6)
+        assert build_model(ensemble.config).route_supersets == aside
+    with pytest.raises(ValueError, match="chain"):
+        build_model({**ROUTED, "members": 3, "route_supersets": {**aside, "flair+t1ce+t2": "flair+t2"}})
+    with pytest.raises(ValueError, match="availability planes"):
+        build_model({**CONFIG, "members": 3, "route_supersets": aside})
+
+
 def test_pack_with_a_route_predicts_t1ce_alone_with_the_specialist(tmp_path: Path, capsys) -> None:
     general, (specialist,) = _availability_members(tmp_path), _availability_members(tmp_path, seeds=(7,))
     out = tmp_path / "routed"
@@ -274,10 +306,30 @@ def test_pack_with_a_route_predicts_t1ce_alone_with_the_specialist(tmp_path: Pat
         }
     )
     assert [r["predicts"] for r in rows] == ["any subset"] * 3 + ["t1ce alone"]
+    from medvision.app_support.catalog import set_aside_note
+
+    assert set_aside_note(meta) == (
+        "Predicted as a smaller input: T1 + T1CE without T1 (the cross-validation scored the smaller input "
+        "higher; model card)."
+    )
+    odd = {"model": {"route_supersets": {"flair+t1+t1ce+t2": "flair+t1ce+t2", "<b>x</b>": "t1"}}}
+    assert set_aside_note(odd).startswith("Predicted as a smaller input: all four without T1 (")
+    assert set_aside_note({"model": {}}) is None
     assert rows[3]["val mean Dice"] is None  # its validation saw all four modalities: not shown
+    own = dict(
+        meta,
+        ensemble={
+            "members": [
+                *meta["ensemble"]["members"][:3],
+                {"route": "t1ce", "val_mean_dice": 0.1, "val_modalities": "t1ce"},
+            ]
+        },
+    )
+    assert ensemble_rows(own)[3]["val mean Dice"] == 0.1  # validated on T1ce alone: its figure is shown
     options = {"device": "cpu", "dtype": "float32", "backend": "torch"}
     routed = Predictor(tmp_path / "routed.safetensors", **options)
-    assert "ensemble of 3 networks (1 more for t1ce alone)" in routed.describe()
+    assert "ensemble of 3 networks (1 more for t1ce alone; predicts t1+t1ce as t1ce)" in routed.describe()
+    assert routed.set_aside(("t1ce", "t1")) == ("t1",) and routed.set_aside(("t1ce",)) == ()
     case = make_case()
     t1ce = dataclasses.replace(case, image=keep_only(case.image, ("t1ce",)), available=("t1ce",))
     pack_ensemble.pack(tmp_path / "alone", [specialist, specialist], half=True)  # the specialist's output
@@ -299,5 +351,25 @@ def test_pack_with_a_route_predicts_t1ce_alone_with_the_specialist(tmp_path: Pat
     np.testing.assert_allclose(
         on_onnx.predict_volume(case).probabilities, plain.predict_volume(case).probabilities, atol=1e-4
     )
+    # All four predicted as FLAIR + T1ce + T2 by the general members: the plain ensemble's prediction without
+    # T1, in PyTorch and in ONNX Runtime (which runs the general members on the input with T1 set aside).
+    aside = [str(tmp_path / "aside"), *map(str, general), "--route", f"t1ce={specialist}"]
+    aside += [
+        "--route-superset",
+        "t1+t1ce=t1ce",
+        "--route-superset",
+        "flair+t1+t1ce+t2=flair+t1ce+t2",
+        "--half",
+    ]
+    assert pack_ensemble.main(aside) == 0
+    prepared = plain.prepare(case)  # the same brain crop for both: only the input channels differ
+    without_t1 = plain.engine.predict(given_as(prepared, ("flair", "t1ce", "t2"))).probabilities
+    for backend in ("torch", "onnx"):
+        predictor = Predictor(tmp_path / "aside.safetensors", **{**options, "backend": backend})
+        assert predictor.backend == backend
+        np.testing.assert_allclose(predictor.engine.predict(prepared).probabilities, without_t1, atol=1e-4)
+    assert "predicts t1+t1ce as t1ce, flair+t1+t1ce+t2 as flair+t1ce+t2)" in predictor.describe()
+    assert predictor.set_aside(("flair", "t1", "t1ce", "t2")) == ("t1",)
+    assert not np.allclose(without_t1, plain.engine.predict(prepared).probabilities, atol=1e-4)
     with pytest.raises(SystemExit):
         pack_ensemble.main([str(tmp_path / "bad"), str(general[0]), "--route", "t1ce"])

@@ -29,12 +29,20 @@ def expected_scores(meta: Mapping[str, Any], available: Sequence[str]) -> dict[s
     return {"subset": subset_name(available), "cases": row.get("cases"), **scores}
 
 
-def modalities_line(available: Sequence[str]) -> str:
-    """``"Given: FLAIR, T1CE - missing: T1, T2"`` (names from MODALITIES only, never from the data)."""
+def modalities_line(available: Sequence[str], set_aside: Sequence[str] = ()) -> str:
+    """``"Given: FLAIR, T1CE - missing: T1, T2"`` (names from MODALITIES only, never from the data), and
+    the given modalities the model leaves out for this input (``Predictor.set_aside``), if any."""
     given = [m.upper() for m in MODALITIES if m in available]
     missing = [m.upper() for m in MODALITIES if m not in available]
     text = "Given: " + ", ".join(given)
-    return text + (" · missing: " + ", ".join(missing) if missing else " (all four)")
+    text += " · missing: " + ", ".join(missing) if missing else " (all four)"
+    aside = [m.upper() for m in MODALITIES if m in set_aside and m in available]
+    if aside:
+        text += (
+            f" · {', '.join(aside)} set aside: the model's cross-validation scored this input higher without "
+            f"{'it' if len(aside) == 1 else 'them'} (model card)"
+        )
+    return text
 
 
 def expectation_line(meta: Mapping[str, Any], available: Sequence[str]) -> str | None:

@@ -274,6 +274,19 @@ def _write_outputs(
     return written
 
 
+def _modalities_used(available: tuple[str, ...], predictor: Any) -> str:
+    """``modalities used: flair, t1ce, t2 (t1 given, set aside: ...)`` or the plain list."""
+    set_aside = predictor.set_aside(available) if hasattr(predictor, "set_aside") else ()
+    used = [m for m in available if m not in set_aside]
+    line = f"  modalities used: {', '.join(used)}"
+    if set_aside:
+        line += (
+            f" ({', '.join(set_aside)} given but set aside: the model's cross-validation scored this input "
+            "higher without it; checkpoints/MODEL_CARD.md)"
+        )
+    return line
+
+
 def _summary(
     prepared: PreparedInput, out: _Exported, vol: dict[str, Any], predictor: Any, seconds: float
 ) -> str:
@@ -281,7 +294,7 @@ def _summary(
     lines = [
         f"{case.case_id}: {case.shape[0]} slices of {case.shape[1]}x{case.shape[2]}, "
         f"{predictor.describe()}, {seconds:.1f} s",
-        f"  modalities used: {', '.join(prepared.case.available)}",
+        _modalities_used(prepared.case.available, predictor),
     ]
     volumes = ", ".join(f"{k.removesuffix('_cm3')} {v:.2f}" for k, v in vol.items() if k.endswith("_cm3"))
     lines.append(f"  volumes (cm^3): {volumes}")

@@ -170,11 +170,12 @@ class InferenceBackend:
         """Sigmoid probabilities (B, R, H, W) float32 of one input batch, averaged over flips with ``tta``.
 
         ``stochastic`` (MC dropout) always runs on PyTorch: the ONNX export has dropout folded away; so does
-        an input that a routed ensemble sends to a specialist (its ONNX export holds the general members).
+        an input that a routed ensemble sends to a specialist (its ONNX export holds the general members;
+        what a superset route sets aside is zeroed before the export runs).
         """
         flips = TTA_FLIPS if tta else ((),)
         if self.onnx is not None and not stochastic and not self._routed(batch):
-            return self._onnx_probabilities(batch, flips)
+            return self._onnx_probabilities(self._kept_input(batch), flips)
         x = self.to_device(batch)
         total = None
         with self.autocast():
@@ -188,6 +189,11 @@ class InferenceBackend:
     def _routed(self, batch: np.ndarray) -> bool:
         routed = getattr(self.model, "routed", None)  # a ModelEnsemble's: False when it has no routes
         return routed is not None and routed(torch.from_numpy(batch))
+
+    def _kept_input(self, batch: np.ndarray) -> np.ndarray:
+        """The batch as the general members see it: a superset route's set-aside modalities zeroed."""
+        kept_input = getattr(self.model, "kept_input", None)
+        return batch if kept_input is None else kept_input(torch.from_numpy(batch)).numpy()
 
     def _onnx_probabilities(self, batch: np.ndarray, flips: tuple[tuple[int, ...], ...]) -> np.ndarray:
         total = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,8 @@ from torch import nn
 
 import medvision
 from medvision.checkpoint import load_checkpoint
-from medvision.data.case import Case
+from medvision.data.case import MODALITIES, Case
+from medvision.data.modality_sets import parse_subset, subset_name
 from medvision.errors import CheckpointError
 from medvision.inference.backend import BACKENDS, DTYPES, InferenceBackend
 from medvision.inference.forward import ProgressFn, SegmentationEngine, check_volume_options
@@ -270,17 +272,27 @@ class Predictor:
         """One line saying how this predictor runs (for logs, the CLI and the app)."""
         if isinstance(self.model, ModelEnsemble):
             kind = f"{self.target} ensemble of {len(self.model.general)} networks"
-            routes = self.model.routes
-            if routes:
-                kind += (
-                    " (" + ", ".join(f"{len(i)} more for {name} alone" for name, i in routes.items()) + ")"
-                )
+            notes = [f"{len(i)} more for {name} alone" for name, i in self.model.routes.items()]
+            smaller = [f"{larger} as {target}" for larger, target in self.model.route_supersets.items()]
+            if smaller:
+                notes.append("predicts " + ", ".join(smaller))
+            if notes:
+                kind += " (" + "; ".join(notes) + ")"
         else:
             kind = f"{self.target} model"
         return (
             f"{kind} on {self.device} ({self.precision}, {self.backend}, "
             f"batch {self.batch_size}, threads {self.options.threads}, neighbours {self.neighbours})"
         )
+
+    def set_aside(self, available: Sequence[str]) -> tuple[str, ...]:
+        """The given modalities this model leaves out for that input (an ensemble's superset route: the
+        cross-validation scored the smaller input higher, checkpoints/MODEL_CARD.md); () for most."""
+        smaller = getattr(self.model, "route_supersets", {}).get(subset_name(available))
+        if smaller is None:
+            return ()
+        kept = set(parse_subset(smaller))
+        return tuple(m for m in MODALITIES if m in available and m not in kept)
 
     # ------------------------------------------------------------------------------------ public API
 

@@ -15,12 +15,14 @@ pass costs one network, not all of them.
 indices, e.g. ``{"t1ce": [3]}``): an input whose availability planes (its last four channels) say exactly
 that subset is predicted by those members alone, every other input by the members in no route. On the real
 cross-validation folds a network trained on T1ce alone found the tumour core on T1ce-only scans where the
-all-subset members did not (checkpoints/MODEL_CARD.md). ``route_supersets`` sends larger subsets to a
-route too, with the modalities the specialist was not trained on removed (``{"t1+t1ce": "t1ce"}``): where
-the cross-validation says the specialist alone beats the general members on the larger input, adding T1
+all-subset members did not (checkpoints/MODEL_CARD.md). ``route_supersets`` predicts a larger subset as
+one of its smaller subsets, with the other modalities set aside: ``{"t1+t1ce": "t1ce"}`` sends T1 + T1ce to
+the T1ce specialist without T1, and ``{"flair+t1+t1ce+t2": "flair+t1ce+t2"}`` gives all four to the general
+members without T1. Where the cross-validation says the smaller input predicts better, adding a modality
 must not make the prediction worse. The route is read from the input's values, so a routed ensemble cannot
 be traced to ONNX as a whole (the trace would keep one route): its general part is
-(:meth:`ModelEnsemble.general_part`), and routed inputs run in PyTorch.
+(:meth:`ModelEnsemble.general_part`), inputs routed to a specialist run in PyTorch, and
+:meth:`ModelEnsemble.kept_input` applies a set-aside before the general part runs elsewhere.
 """
 
 from __future__ import annotations
@@ -60,8 +62,9 @@ class ModelEnsemble(nn.Module):
         if isinstance(members, bool) or not isinstance(members, int) or members < 1:
             raise ValueError(f"members must be a positive int, got {members!r}")
         self.members = nn.ModuleList(AttentionUNet(**member_config) for _ in range(members))
-        self.routes = _checked_routes(routes or {}, members, self.members[0].config["in_channels"])
-        self.route_supersets = _checked_supersets(route_supersets or {}, self.routes)
+        in_channels = self.members[0].config["in_channels"]
+        self.routes = _checked_routes(routes or {}, members, in_channels)
+        self.route_supersets = _checked_supersets(route_supersets or {}, self.routes, in_channels)
         routed = {i for indices in self.routes.values() for i in indices}
         self.general = tuple(i for i in range(members) if i not in routed)
         self.config: dict[str, Any] = {**self.members[0].config, "members": members}
@@ -97,13 +100,26 @@ class ModelEnsemble(nn.Module):
         """True when any slice of ``x`` goes to a route's specialists rather than to the general members."""
         return any(members != self.general for _, members, _ in self.route_groups(x))
 
+    def kept_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` with the modalities its route sets aside zeroed (images and planes), row by row: what the
+        members see. ``x`` itself when nothing is set aside."""
+        groups = [(rows, keep) for rows, _, keep in self.route_groups(x) if keep is not None]
+        if not groups:
+            return x
+        out = x.clone()
+        for rows, keep in groups:
+            index = slice(None) if rows is None else rows
+            out[index] = _keep_only(x[index], keep)
+        return out
+
     def route_groups(self, x: torch.Tensor) -> list[tuple[list[int] | None, tuple[int, ...], str | None]]:
         """The batch ``x`` by route: (its rows, or None for all; the members that predict them; the subset
-        their input keeps, or None for all of it). A slice whose availability planes name a route's subset,
-        or one of its ``route_supersets``, goes to that route's specialists, any other to the general ones.
+        their input keeps, or None for all of it). A slice whose availability planes name a route's subset
+        goes to that route's specialists; one named in ``route_supersets`` goes where its smaller subset
+        goes, with the other modalities set aside; any other to the general members.
         A case is one subset, so one group is the rule; a training batch with modality dropout mixes them.
         """
-        if not self.routes:
+        if not self.routes and not self.route_supersets:
             return [(None, self.general, None)]
         if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
             raise RuntimeError("a routed ensemble reads its route from the input and cannot be traced")
@@ -115,7 +131,7 @@ class ModelEnsemble(nn.Module):
                 route = (self.routes[name], None)
             elif name in self.route_supersets:
                 target = self.route_supersets[name]
-                route = (self.routes[target], target)
+                route = (self.routes.get(target, self.general), target)
             else:
                 route = (self.general, None)
             rows_by_route.setdefault(route, []).append(row)
@@ -147,9 +163,8 @@ class ModelEnsemble(nn.Module):
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """The logit of the mean probability of members ``indices`` on ``x`` (only ``keep``'s modalities)."""
         chosen = [self.members[i] for i in indices]
-        if keep is not None:  # the specialist's own input: the other modalities' images and planes zero
-            kept = torch.from_numpy(availability_vector(parse_subset(keep))).to(x.device, x.dtype)
-            x = x * kept.repeat(x.shape[1] // len(MODALITIES))[None, :, None, None]
+        if keep is not None:  # the smaller input: the set-aside modalities' images and planes zero
+            x = _keep_only(x, keep)
         if self._only is not None:
             return chosen[self._only % len(chosen)](x, return_attention=return_attention)
         if len(chosen) == 1:  # one network: its own logit, exactly
@@ -165,6 +180,12 @@ class ModelEnsemble(nn.Module):
             return logits
         levels = zip(*(maps for _, maps in outputs), strict=True)  # one tuple of member maps per level
         return logits, [torch.stack([m.float() for m in level]).mean(dim=0) for level in levels]
+
+
+def _keep_only(x: torch.Tensor, keep: str) -> torch.Tensor:
+    """``x`` (B, C, H, W) with every channel of the modalities not in subset ``keep`` zero."""
+    kept = torch.from_numpy(availability_vector(parse_subset(keep))).to(x.device, x.dtype)
+    return x * kept.repeat(x.shape[1] // len(MODALITIES))[None, :, None, None]
 
 
 def _checked_routes(
@@ -187,12 +208,20 @@ def _checked_routes(
     return checked
 
 
-def _checked_supersets(supersets: Mapping[str, str], routes: Mapping[str, tuple[int, ...]]) -> dict[str, str]:
-    """Supersets keyed by canonical subset name; ValueError unless each holds its route's subset."""
+def _checked_supersets(
+    supersets: Mapping[str, str], routes: Mapping[str, tuple[int, ...]], in_channels: int
+) -> dict[str, str]:
+    """Supersets keyed by canonical subset name; ValueError unless each maps a subset without a route of
+    its own to a strictly smaller subset that is not itself set aside."""
     checked: dict[str, str] = {}
-    for name, route in supersets.items():
-        key, target = subset_name(parse_subset(name)), subset_name(parse_subset(route))
-        if target not in routes or key in routes or not set(parse_subset(target)) < set(parse_subset(key)):
-            raise ValueError(f"{name!r} -> {route!r}: not a larger subset of a route's subset")
+    for name, smaller in supersets.items():
+        key, target = subset_name(parse_subset(name)), subset_name(parse_subset(smaller))
+        if key in routes or not set(parse_subset(target)) < set(parse_subset(key)):
+            raise ValueError(f"{name!r} -> {smaller!r}: not a larger subset (without a route) of a smaller")
         checked[key] = target
+    chained = sorted(set(checked) & set(checked.values()))
+    if chained:
+        raise ValueError(f"route supersets chain through {chained[0]!r}: map each subset to its final input")
+    if checked and in_channels < 2 * len(MODALITIES):
+        raise ValueError(f"route supersets need the availability planes, {in_channels} channels has none")
     return checked

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import itertools
 import json
 import math
@@ -135,7 +136,8 @@ def predict_held_out(
     """Out-of-fold probabilities, with and without TTA, of every fold's held-out cases.
 
     ``cache``: a folder where each case's probabilities are kept (float16 .npz), so that a second study
-    of other variants runs no network; an entry is used only for the same checkpoint file (its sha256).
+    of other variants runs no network; an entry is used only for the same weights (their sha256) and model
+    config (routes).
     """
     cases: list[HeldOutCase] = []
     with SliceStore(store_path) as store:
@@ -143,11 +145,7 @@ def predict_held_out(
             checkpoint = run_dir / "checkpoints" / "last.safetensors"
             engine, meta = checkpoint_engine(checkpoint, "auto", "auto", "auto", batch_size)
             for case_id in split_case_ids(store, meta, "val"):
-                entry = (
-                    None
-                    if cache is None
-                    else cache / f"fold{fold}_{case_id}_{meta['weights_sha256'][:12]}.npz"
-                )
+                entry = None if cache is None else cache / f"fold{fold}_{case_id}_{_cache_key(meta)}.npz"
                 if entry is not None and entry.is_file():
                     with np.load(entry) as saved:
                         probabilities = {tta: saved[str(tta)].astype(np.float32) for tta in (False, True)}
@@ -166,6 +164,13 @@ def predict_held_out(
                 cases.append(HeldOutCase(fold, case_id, truth, spacing, probabilities))
                 print(f"fold {fold}: {case_id} predicted", file=sys.stderr, flush=True)
     return cases
+
+
+def _cache_key(meta: dict[str, Any]) -> str:
+    """The weights and the model config together: the same weights packed with other routes predict
+    other probabilities."""
+    described = json.dumps({"weights": meta["weights_sha256"], "model": meta.get("model")}, sort_keys=True)
+    return hashlib.sha256(described.encode()).hexdigest()[:12]
 
 
 def score_case(
