@@ -6,7 +6,8 @@
 The shipped default model (checkpoints/default.*) is an ensemble of networks whose probabilities are
 averaged (medvision.models.ensemble). Timed, alternating in one process on BraTS2021_00006
 (240x240x155): the whole volume's prediction by the ensemble and by its first member alone (the same
-weights, packed as a one-network model), each with the backend ``auto`` picks on this CPU; then focused
+weights, packed as a one-network model), and, where the ensemble sets T1 aside for all four modalities,
+by the same ensemble with T1 used, each with the backend ``auto`` picks on this CPU; then focused
 MC dropout with the plain volume cached (as on the Predict page), where the ensemble runs one member per
 pass. Medians, their ratios and the CPU go to bench/RESULTS.md. Time it on a quiet machine.
 
@@ -45,7 +46,26 @@ def _predictors(backend: str, dtype: str):
     member = model.members[0]
     member_meta = {**meta, "model": dict(member.config)}
     alone = Predictor.from_model(member, member_meta, device="cpu", backend=backend, dtype=dtype)
-    return ensemble, alone, len(model.general)
+    return ensemble, alone, len(model.general), _with_t1(model, meta, backend, dtype)
+
+
+def _with_t1(model, meta: dict, backend: str, dtype: str):
+    """The same ensemble predicting all four modalities as given, or None when it sets none aside for them
+    (the shipped one predicts them as FLAIR + T1ce + T2: what does that cost?)."""
+    from medvision.data.case import MODALITIES
+    from medvision.data.modality_sets import subset_name
+    from medvision.inference import Predictor
+    from medvision.models import build_model
+
+    four = subset_name(MODALITIES)
+    if four not in model.route_supersets:
+        return None
+    kept = {k: v for k, v in model.route_supersets.items() if k != four}
+    config = {**model.config, "route_supersets": kept}
+    as_given = build_model(config)
+    as_given.load_state_dict(model.state_dict())
+    options = {"device": "cpu", "backend": backend, "dtype": dtype}
+    return Predictor.from_model(as_given, {**meta, "model": config}, **options)
 
 
 def _seconds(predict) -> float:
@@ -75,11 +95,13 @@ def main() -> None:
     report = Reporter()
     report(f"- CPU: {cpu_kind()}")
     case = load_case(REAL_CASE)
-    ensemble, alone, members = _predictors(args.backend, args.dtype)
-    for predictor in (ensemble, alone):  # warm-up: ONNX export where auto picks it, threads, prepared case
+    ensemble, alone, members, with_t1 = _predictors(args.backend, args.dtype)
+    ways = {"ensemble": ensemble, "one member": alone}
+    if with_t1 is not None:
+        ways["ensemble, T1 used"] = with_t1
+    for predictor in ways.values():  # warm-up: ONNX export where auto picks it, threads, prepared case
         predictor.predict_volume(case)
     report(f"- ensemble: {ensemble.describe()}; alone: {alone.describe()}")
-    ways = {"ensemble": ensemble, "one member": alone}
     plain: dict[str, list[float]] = {name: [] for name in ways}
     mc: dict[str, list[float]] = {name: [] for name in ways}
     for _ in range(args.rounds):
@@ -103,6 +125,9 @@ def main() -> None:
             report(f"- {label}, {name}: median {medians[name]:.2f} s ({', '.join(f'{x:.2f}' for x in t)})")
         ratio = medians["ensemble"] / medians["one member"]
         report(f"- {label}: ensemble of {members} / one member = {ratio:.2f}x")
+        if "ensemble, T1 used" in medians:
+            ratio = medians["ensemble"] / medians["ensemble, T1 used"]
+            report(f"- {label}: ensemble with T1 set aside (as shipped) / with T1 used = {ratio:.2f}x")
     name = "ensemble_cost (bench/ensemble_cost.py)"
     finish_from_args(name, report, args, calibration=calibration, load_before=load_before)
 
