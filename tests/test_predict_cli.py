@@ -308,10 +308,20 @@ def test_the_shipped_model_predicts_t1ce_alone_with_its_t1ce_route(tmp_path: Pat
         out = tmp_path / f"{subset}.nii.gz"
         code, stdout, err = run_cli([folder, "-o", out, "--modalities", subset], capsys)
         assert code == 0, err
-        assert "1 more for t1ce alone" in stdout and "modalities used: t1ce" in stdout
+        assert "more for t1ce alone" in stdout and "modalities used: t1ce" in stdout
         assert ("t1 given but set aside" in stdout) == (subset == "t1+t1ce")
         labels[subset] = np.asarray(nib.load(out).dataobj)
     assert np.array_equal(labels["t1ce"], labels["t1+t1ce"])
     truth = np.asarray(nib.load(REAL_CASE / "BraTS2021_00006_seg.nii.gz").dataobj) > 0
     predicted = labels["t1ce"] > 0
     assert 2 * (predicted & truth).sum() / (predicted.sum() + truth.sum()) > 0.5
+
+
+def test_the_shipped_default_model_fits_its_size_limit_and_loads_on_a_cpu() -> None:
+    """The issue's limit for checkpoints/default.*: at most 20 MB, loadable on a CPU."""
+    from medvision.checkpoint import load_checkpoint
+
+    weights = Path(__file__).resolve().parents[1] / "checkpoints" / "default.safetensors"
+    assert weights.stat().st_size <= 20 * 2**20, f"{weights.stat().st_size / 2**20:.1f} MB"
+    model, meta = load_checkpoint(weights, device=torch.device("cpu"))
+    assert next(model.parameters()).device.type == "cpu" and meta["model"]["members"] >= 1
