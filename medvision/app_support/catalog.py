@@ -24,7 +24,7 @@ from typing import Any
 from medvision.app_support.workspace import AppSettings, Workspace
 from medvision.confinement import Confinement
 from medvision.data.case import Case
-from medvision.data.modality_sets import parse_subset
+from medvision.data.modality_sets import parse_subset, set_aside
 from medvision.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -396,7 +396,7 @@ def set_aside_note(meta: dict[str, Any]) -> str | None:
             big, small = parse_subset(str(larger)), parse_subset(str(smaller))
         except ValueError:
             continue
-        aside = [m.upper() for m in big if m not in small]
+        aside = [m.upper() for m in set_aside(big, small)]
         given = "all four" if len(big) == 4 else " + ".join(m.upper() for m in big)
         pairs.append(f"{given} without {' + '.join(aside)}")
     if not pairs:

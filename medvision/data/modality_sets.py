@@ -47,3 +47,10 @@ def keep_only(image: np.ndarray, available: Iterable[str]) -> np.ndarray:
     out = np.array(image, copy=True)
     out[availability_vector(available) == 0] = 0
     return out
+
+
+def set_aside(given: Iterable[str], kept: Iterable[str]) -> tuple[str, ...]:
+    """The modalities of ``given`` that are not in ``kept``, in MODALITIES order (what an ensemble's superset
+    route leaves out when it predicts ``given`` as ``kept``)."""
+    given, kept = set(given), set(kept)
+    return tuple(m for m in MODALITIES if m in given and m not in kept)

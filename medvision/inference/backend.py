@@ -174,8 +174,9 @@ class InferenceBackend:
         what a superset route sets aside is zeroed before the export runs).
         """
         flips = TTA_FLIPS if tta else ((),)
-        if self.onnx is not None and not stochastic and not self._routed(batch):
-            return self._onnx_probabilities(self._kept_input(batch), flips)
+        general = self._general_input(batch) if self.onnx is not None and not stochastic else None
+        if general is not None:
+            return self._onnx_probabilities(general, flips)
         x = self.to_device(batch)
         total = None
         with self.autocast():
@@ -186,14 +187,14 @@ class InferenceBackend:
                 total = p if total is None else total + p
         return (total / len(flips)).float().cpu().numpy()
 
-    def _routed(self, batch: np.ndarray) -> bool:
-        routed = getattr(self.model, "routed", None)  # a ModelEnsemble's: False when it has no routes
-        return routed is not None and routed(torch.from_numpy(batch))
-
-    def _kept_input(self, batch: np.ndarray) -> np.ndarray:
-        """The batch as the general members see it: a superset route's set-aside modalities zeroed."""
-        kept_input = getattr(self.model, "kept_input", None)
-        return batch if kept_input is None else kept_input(torch.from_numpy(batch)).numpy()
+    def _general_input(self, batch: np.ndarray) -> np.ndarray | None:
+        """The batch as the exported general members see it (a superset route's set-aside modalities
+        zeroed), or None when a routed ensemble sends a slice of it to a specialist."""
+        general_input = getattr(self.model, "general_input", None)  # a ModelEnsemble's
+        if general_input is None:
+            return batch
+        kept = general_input(torch.from_numpy(batch))
+        return None if kept is None else kept.numpy()
 
     def _onnx_probabilities(self, batch: np.ndarray, flips: tuple[tuple[int, ...], ...]) -> np.ndarray:
         total = None

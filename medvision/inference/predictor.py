@@ -22,8 +22,8 @@ from torch import nn
 
 import medvision
 from medvision.checkpoint import load_checkpoint
-from medvision.data.case import MODALITIES, Case
-from medvision.data.modality_sets import parse_subset, subset_name
+from medvision.data.case import Case
+from medvision.data.modality_sets import parse_subset, set_aside, subset_name
 from medvision.errors import CheckpointError
 from medvision.inference.backend import BACKENDS, DTYPES, InferenceBackend
 from medvision.inference.forward import ProgressFn, SegmentationEngine, check_volume_options
@@ -289,10 +289,7 @@ class Predictor:
         """The given modalities this model leaves out for that input (an ensemble's superset route: the
         cross-validation scored the smaller input higher, checkpoints/MODEL_CARD.md); () for most."""
         smaller = getattr(self.model, "route_supersets", {}).get(subset_name(available))
-        if smaller is None:
-            return ()
-        kept = set(parse_subset(smaller))
-        return tuple(m for m in MODALITIES if m in available and m not in kept)
+        return () if smaller is None else set_aside(available, parse_subset(smaller))
 
     # ------------------------------------------------------------------------------------ public API
 

@@ -103,7 +103,21 @@ class ModelEnsemble(nn.Module):
     def kept_input(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` with the modalities its route sets aside zeroed (images and planes), row by row: what the
         members see. ``x`` itself when nothing is set aside."""
-        groups = [(rows, keep) for rows, _, keep in self.route_groups(x) if keep is not None]
+        return self._kept(x, self.route_groups(x))
+
+    def general_input(self, x: torch.Tensor) -> torch.Tensor | None:
+        """What the general members see of ``x`` (:meth:`kept_input`), or None when any slice goes to a
+        specialist instead: one reading of the routes for a backend that runs the general part alone."""
+        groups = self.route_groups(x)
+        if any(members != self.general for _, members, _ in groups):
+            return None
+        return self._kept(x, groups)
+
+    @staticmethod
+    def _kept(
+        x: torch.Tensor, route_groups: list[tuple[list[int] | None, tuple[int, ...], str | None]]
+    ) -> torch.Tensor:
+        groups = [(rows, keep) for rows, _, keep in route_groups if keep is not None]
         if not groups:
             return x
         out = x.clone()

@@ -15,7 +15,6 @@ folds together, which is what ships.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import statistics
 import sys
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from medvision.data.case import MODALITIES
-from medvision.data.modality_sets import parse_subset, subset_name
+from medvision.data.modality_sets import SUBSETS, parse_subset, subset_name
 
 REGIONS = ("WT", "TC", "ET")
 # Scores: fold -> subset -> case id -> region -> Dice.
@@ -49,8 +48,8 @@ def load_folds(paths: Sequence[Path]) -> FoldScores:
 
 def smaller_subsets(subset: str) -> list[str]:
     """Every non-empty subset of ``subset``, itself included, in canonical order."""
-    given = parse_subset(subset)
-    return [subset_name(c) for n in range(1, len(given) + 1) for c in itertools.combinations(given, n)]
+    given = set(parse_subset(subset))
+    return [subset_name(s) for s in SUBSETS if set(s) <= given]
 
 
 def mean_score(folds: FoldScores, on: Sequence[int], subset: str) -> float:
