@@ -48,3 +48,40 @@ def test_runs_must_be_named(capsys):
     with pytest.raises(SystemExit):
         ensemble_study.main(["store.h5", "runs/a"])
     assert "NAME=RUN_DIR" in capsys.readouterr().err
+
+
+class _EchoEngine:
+    """Predicts each voxel's first three channels as its probabilities: any axis mix-up shows."""
+
+    def predict(self, prepared, min_component_fraction=0.0):
+        return type("Prediction", (), {"probabilities": np.asarray(prepared)[:3].astype(np.float32)})()
+
+
+def test_runs_of_other_views_are_turned_back_to_the_stored_axes():
+    from medvision.data.case import MODALITIES
+    from medvision.data.views import to_view
+
+    image = np.random.default_rng(1).random((4, 5, 7, 9)).astype(np.float32)
+    metas = {"ax": {}, "cor": {"data": {"view": "coronal"}}, "sag": {"data": {"view": "sagittal"}}}
+    engines = {name: (_EchoEngine(), meta) for name, meta in metas.items()}
+    prepared = {name: to_view(image, ensemble_study.run_view(meta)) for name, meta in metas.items()}
+    members = ensemble_study._subset_probabilities(prepared, engines, MODALITIES)
+    for name in metas:
+        np.testing.assert_array_equal(members[name], image[:3])
+    combined = ensemble_study._combined(members, {"tri": ("ax", "cor", "sag")})
+    np.testing.assert_allclose(combined["tri"], image[:3], rtol=1e-6)
+
+
+def test_combinations_name_known_runs():
+    runs = ("a", "b", "c")
+    assert ensemble_study.parse_combine([], runs) == {"ensemble": runs}
+    assert ensemble_study.parse_combine(["ab=a+b", "all=a+b+c"], runs) == {"ab": ("a", "b"), "all": runs}
+    assert "unknown runs ['d']" in ensemble_study.parse_combine(["x=a+d"], runs)
+    assert "two or more" in ensemble_study.parse_combine(["x=a"], runs)
+    assert "new name" in ensemble_study.parse_combine(["a=b+c"], runs)
+
+
+def test_the_per_case_lines_follow_each_combination():
+    scored = {"s0": _member(0.7), "s1": _member(0.9), "s2": _member(0.5), "pair": _member(0.85)}
+    table = format_rows(scored, {"pair": ("s0", "s1")})
+    assert "all four WT Dice per case: pair" in table and "- c0: 0.850 (0.800)" in table

@@ -146,6 +146,7 @@ def test_tiny_run_finishes_with_logs_checkpoints_and_samples(store, tmp_path):
     assert meta["normalisation"] == "zscore-brain-crop" and meta["neighbours"] == 0
     assert meta["modalities"] == ["flair", "t1", "t1ce", "t2"] and meta["patch_size"] == [32, 32]
     assert meta["data"]["fingerprint"] and set(meta["split"]["train"]) | set(meta["split"]["val"])
+    assert meta["data"]["view"] == "axial"  # the store's slice view, which evaluation must cut along
     assert set(meta["val"]) == {"WT", "TC", "ET"}
     assert model(torch.zeros(1, 4, 32, 32)).shape == (1, 3, 32, 32)
     best_model, best_meta = load_checkpoint(rundir.checkpoint_path(run, "best"))

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from medvision.data.store import SliceStore, prepare_store
+from medvision.data.views import VIEWS
 
 
 def positive_int(text: str) -> int:
@@ -49,6 +50,12 @@ def register(subparsers: Any) -> None:
         help="dataset folder, case folder, .zip or 4-D NIfTI (several: one store of all their cases)",
     )
     parser.add_argument("--out", type=Path, required=True, help="store file to write (e.g. data/brats.h5)")
+    parser.add_argument(
+        "--view",
+        choices=VIEWS,
+        default="axial",
+        help="store each case resliced so that training sees coronal or sagittal slices (default axial)",
+    )
     add_source_options(parser)
     parser.set_defaults(func=run)
 
@@ -60,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         progress=not args.no_progress,
         kaggle_channel_order=channel_order(args),
+        view=args.view,
     )
     with SliceStore(path) as store:
         table = store.slice_table()

@@ -5,7 +5,8 @@ volumes every time. `prepare_store` does that work once: each case is cropped to
 z-scored per modality (the same `normalise_case_image` inference uses), stored as float16 with one
 chunk per axial slice so a random slice costs one small read.
 
-Layout (attrs ``format="medvision-store"``, ``version=1``, ``modalities``, ``source``, ``uuid``):
+Layout (attrs ``format="medvision-store"``, ``version=1``, ``modalities``, ``source``, ``uuid``,
+``view``: "axial" unless the cases were resliced, see medvision.data.views; absent = "axial"):
 
 - ``case_ids``: 1-D string dataset, case order = ``case_index`` in the slice table.
 - ``cases/<case_id>/image`` float16 (4, D, h, w), chunks (4, 1, h, w); ``label`` uint8 (D, h, w),
@@ -49,6 +50,7 @@ from tqdm.auto import tqdm
 from medvision.data.case import BRATS_LABELS, MODALITIES, Case
 from medvision.data.h5_checks import member_dataset, member_group
 from medvision.data.preprocess import brain_mask, normalise_case_image
+from medvision.data.views import VIEWS, check_view, reslice_case
 from medvision.errors import InputDataError
 from medvision.parallel import spawn_pool
 
@@ -147,10 +149,12 @@ def merge_histograms(histograms: Iterable[Histogram]) -> Histogram:
     return lo, hi, merged
 
 
-def _prepare_case(item: Any) -> _PreparedCase:
-    """Load (if a reference), check, crop + z-score and summarise one case. Runs in a worker."""
+def _prepare_case(item: Any, view: str = "axial") -> _PreparedCase:
+    """Load (if a reference), check, reslice to ``view``, crop + z-score and summarise one case. Runs in a
+    worker."""
     case: Case = item if isinstance(item, Case) else item.load()
     _check_case(case)
+    case = reslice_case(case, view)
     raw = case.image
     mask = brain_mask(raw)
     normalised, box = normalise_case_image(raw)
@@ -225,11 +229,11 @@ def _list_items(
     raise TypeError(f"cannot prepare a store from {type(source).__name__}")
 
 
-def _ordered_results(items: Sequence[Any], workers: int) -> Iterator[_PreparedCase]:
+def _ordered_results(items: Sequence[Any], workers: int, view: str) -> Iterator[_PreparedCase]:
     """Prepare cases in source order; with workers > 1 keep a bounded window of cases in flight."""
     if workers <= 1 or len(items) <= 1:
         for item in items:
-            yield _prepare_case(item)
+            yield _prepare_case(item, view)
         return
     executor = spawn_pool(min(workers, len(items)))  # see medvision.parallel: spawn, never re-run __main__
     pending: deque[Future[_PreparedCase]] = deque()
@@ -237,14 +241,14 @@ def _ordered_results(items: Sequence[Any], workers: int) -> Iterator[_PreparedCa
         remaining = iter(items)
         # Two cases per worker in flight bounds the parent's memory (a BraTS case is ~30 MB prepared).
         for item in remaining:
-            pending.append(executor.submit(_prepare_case, item))
+            pending.append(executor.submit(_prepare_case, item, view))
             if len(pending) >= 2 * workers:
                 break
         while pending:
             result = pending.popleft().result()
             nxt = next(remaining, None)
             if nxt is not None:
-                pending.append(executor.submit(_prepare_case, nxt))
+                pending.append(executor.submit(_prepare_case, nxt, view))
             yield result
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
@@ -295,8 +299,9 @@ def _check_unique_ids(items: Sequence[Any], description: str) -> None:
         raise InputDataError(description, f"duplicate case ids {duplicates[:5]}")
 
 
-def _write_header(f: h5py.File, description: str) -> None:
+def _write_header(f: h5py.File, description: str, view: str) -> None:
     f.attrs["format"] = STORE_FORMAT
+    f.attrs["view"] = view
     f.attrs["version"] = STORE_VERSION
     f.attrs["modalities"] = list(MODALITIES)
     f.attrs["source"] = description
@@ -334,13 +339,14 @@ def _write_cases(
     workers: int,
     progress: bool,
     compression: str | None,
+    view: str,
 ) -> _Summary:
     """Prepare and write every case in source order; returns what the tables are made of."""
     summary = _Summary.empty()
     bar = tqdm(total=len(items), desc="prepare", unit="case", disable=not progress)
     try:
         # closing(): on an error, stop the workers now, not whenever the generator is collected.
-        with closing(_ordered_results(items, workers)) as results:
+        with closing(_ordered_results(items, workers, view)) as results:
             for index, prepared in enumerate(results):
                 if prepared.case_id in summary.case_ids:
                     raise InputDataError(description, f"duplicate case id {prepared.case_id!r}")
@@ -375,6 +381,7 @@ def prepare_store(
     kaggle_channel_order: Sequence[str] | None = None,
     compression: str | None = "lzf",
     roots: Sequence[str | Path] | None = None,
+    view: str = "axial",
 ) -> Path:
     """Prepare `source` into the store `out` and return its path.
 
@@ -388,12 +395,15 @@ def prepare_store(
     a symbolic link leading out of it is refused; see medvision.confinement).
     `compression`: "lzf" (default) stores a BraTS case in ~12 MB and reads a slice in ~1 ms; None
     takes ~2.5x the disk and reads a slice ~3x faster.
+    `view`: "axial" (as the cases are), or "coronal" / "sagittal": each case resliced along another axis
+    first (medvision.data.views), so that a network trains on those slices; recorded as attrs ``view``.
 
     Workers are started with "spawn" (safe beside threads), so a script calling this with
     workers > 1 needs the usual ``if __name__ == "__main__":`` guard.
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    check_view(view)
     out = Path(out)
     items, description = _list_items(source, kaggle_channel_order, roots)
     if not items:
@@ -405,9 +415,9 @@ def prepare_store(
     log.info("preparing %d cases from %s into %s (%d workers)", len(items), description, out, workers)
     try:
         with h5py.File(tmp, "w") as f:
-            _write_header(f, description)
+            _write_header(f, description, view)
             summary = _write_cases(
-                f, items, description, workers=workers, progress=progress, compression=compression
+                f, items, description, workers=workers, progress=progress, compression=compression, view=view
             )
             _write_tables(f, summary)
         os.replace(tmp, out)
@@ -456,6 +466,11 @@ class SliceStore:
             raise InputDataError(self.path, problem)
         self.modalities: tuple[str, ...] = tuple(str(m) for m in attrs["modalities"])
         self.source = str(attrs.get("source", ""))
+        # Stores written before views existed hold the cases as they are: axial slices.
+        self.view = str(attrs.get("view", "axial"))
+        if self.view not in VIEWS:
+            self._file.close()
+            raise InputDataError(self.path, f"store view {self.view!r} is not one of {', '.join(VIEWS)}")
         try:
             ids = self._dataset(self._file, "case_ids")[()]
         except BaseException:

@@ -10,6 +10,12 @@ threshold and clean-up (the default model's, ``--min-component-fraction``). Prin
 recipe row (all four WT / TC / ET, median WT HD95, FLAIR WT, T1ce TC, FLAIR + T1ce WT / TC, mean of
 those seven) for each run and for the ensemble, and the ensemble's per-case all-four WT Dice beside the
 runs' mean, so a gain can be told from one lucky case.
+
+``--combine NAME=RUN+RUN[+...]`` (repeatable) scores those averages instead of the one of all runs, from
+the same probabilities (each run predicts each case once). A run trained on a store of another view
+(``prepare --view coronal``; its checkpoint's ``data.view``) predicts the case cut along its own axis and
+its probabilities are turned back (medvision.data.views), so axial, coronal and sagittal runs average voxel
+for voxel: a triplanar ensemble.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import numpy as np
 
 from medvision.data.modality_sets import parse_subset
 from medvision.data.store import SliceStore
+from medvision.data.views import check_view, from_view, to_view
 from medvision.inference import label_masks
 from medvision.inference.postprocess import final_label
 from medvision.metrics import case_scores
@@ -57,12 +64,29 @@ def _engines(fold_lists: dict[str, list[Path]], fold: int) -> dict[str, tuple[An
     }
 
 
-def _subset_probabilities(prepared: dict, engines: dict, modalities: tuple[str, ...]) -> dict[str, Any]:
-    """Each run's region probabilities of one prepared case given as ``modalities`` (no clean-up yet)."""
-    return {
-        name: engine.predict(given_as(prepared[name], modalities), min_component_fraction=0.0).probabilities
-        for name, (engine, _) in engines.items()
-    }
+def run_view(meta: dict[str, Any]) -> str:
+    """The slice view a checkpoint was trained on (its store's; "axial" for checkpoints made before views)."""
+    return check_view(str((meta.get("data") or {}).get("view", "axial")))
+
+
+def _subset_probabilities(
+    prepared: dict, engines: dict, modalities: tuple[str, ...]
+) -> dict[str, np.ndarray]:
+    """Each run's region probabilities of one prepared case given as ``modalities`` (no clean-up yet), in
+    the stored (axial) axis order whatever view the run predicts in."""
+    out = {}
+    for name, (engine, meta) in engines.items():
+        probabilities = engine.predict(given_as(prepared[name], modalities), min_component_fraction=0.0)
+        out[name] = np.ascontiguousarray(from_view(probabilities.probabilities, run_view(meta)))
+    return out
+
+
+def _combined(members: dict[str, np.ndarray], combine: dict[str, tuple[str, ...]]) -> dict[str, np.ndarray]:
+    """The runs alone and each named average of some of them."""
+    out = dict(members)
+    for name, parts in combine.items():
+        out[name] = np.mean(np.stack([members[p] for p in parts]), axis=0)
+    return out
 
 
 def _score(
@@ -73,9 +97,16 @@ def _score(
     return {**{r: scores[r]["dice"] for r in regions}, "hd95_wt": scores["WT"]["hd95"]}
 
 
-def held_out_scores(store_path: Path, runs: dict[str, Path], fraction: float) -> dict[str, dict[str, list]]:
-    """member (a run's name, or "ensemble": the runs' mean probabilities) -> subset -> one row per
-    held-out case (WT / TC / ET Dice, WT HD95 for all four modalities), after the same clean-up."""
+def held_out_scores(
+    store_path: Path,
+    runs: dict[str, Path],
+    fraction: float,
+    combine: dict[str, tuple[str, ...]] | None = None,
+) -> dict[str, dict[str, list]]:
+    """member (a run's name, or a name of ``combine``: the mean probabilities of its runs; default
+    "ensemble": all runs) -> subset -> one row per held-out case (WT / TC / ET Dice, WT HD95 for all four
+    modalities), after the same clean-up."""
+    combine = combine or {"ensemble": tuple(runs)}
     fold_lists = {name: _fold_dirs(path) for name, path in runs.items()}
     counts = {name: len(folds) for name, folds in fold_lists.items()}
     if len(set(counts.values())) != 1 or not next(iter(counts.values())):
@@ -92,11 +123,13 @@ def held_out_scores(store_path: Path, runs: dict[str, Path], fraction: float) ->
                 truth = label_masks(store.read_label(case_id), regions)
                 spacing = tuple(store.case_meta(case_id)["spacing"])
                 image = store.read_image(case_id)
-                prepared = {name: engine.prepare_stored(image) for name, (engine, _) in engines.items()}
+                prepared = {
+                    name: engine.prepare_stored(np.ascontiguousarray(to_view(image, run_view(meta))))
+                    for name, (engine, meta) in engines.items()
+                }
                 for subset in SUBSETS:
                     members = _subset_probabilities(prepared, engines, parse_subset(subset))
-                    members["ensemble"] = np.mean(np.stack(list(members.values())), axis=0)
-                    for name, probabilities in members.items():
+                    for name, probabilities in _combined(members, combine).items():
                         row = _score(probabilities, truth, spacing, regions, fraction, subset == SUBSETS[0])
                         scored.setdefault(name, {}).setdefault(subset, []).append({"case_id": case_id, **row})
                 print(f"fold {fold}: {case_id} scored", file=sys.stderr, flush=True)
@@ -116,7 +149,9 @@ HEADER = (
 )
 
 
-def format_rows(scored: dict[str, dict[str, list[dict]]]) -> str:
+def format_rows(
+    scored: dict[str, dict[str, list[dict]]], combine: dict[str, tuple[str, ...]] | None = None
+) -> str:
     lines = [HEADER, "|---|---|---|---|---|---|---|"]
     a = SUBSETS[0]
     for name, by_subset in scored.items():
@@ -131,13 +166,32 @@ def format_rows(scored: dict[str, dict[str, list[dict]]]) -> str:
             f"{f['mean of 7']:.3f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    runs = [n for n in scored if n != "ensemble"]
-    lines.append("")
-    lines.append("all four WT Dice per case: ensemble (mean of the runs alone)")
-    for i, row in enumerate(scored["ensemble"][SUBSETS[0]]):
-        alone = np.mean([scored[n][SUBSETS[0]][i]["WT"] for n in runs])
-        lines.append(f"- {row['case_id']}: {row['WT']:.3f} ({alone:.3f})")
+    combine = combine or {"ensemble": tuple(n for n in scored if n != "ensemble")}
+    for name, parts in combine.items():
+        if name not in scored:
+            continue
+        lines.append("")
+        lines.append(f"all four WT Dice per case: {name} (mean of its runs alone)")
+        for i, row in enumerate(scored[name][SUBSETS[0]]):
+            alone = np.mean([scored[n][SUBSETS[0]][i]["WT"] for n in parts])
+            lines.append(f"- {row['case_id']}: {row['WT']:.3f} ({alone:.3f})")
     return "\n".join(lines)
+
+
+def parse_combine(items: Sequence[str], runs: tuple[str, ...]) -> dict[str, tuple[str, ...]] | str:
+    """``NAME=RUN+RUN`` items -> {NAME: runs}; all runs as "ensemble" when none; a message when wrong."""
+    if not items:
+        return {"ensemble": runs}
+    combine: dict[str, tuple[str, ...]] = {}
+    for item in items:
+        name, _, parts = item.partition("=")
+        members = tuple(p for p in parts.split("+") if p)
+        unknown = [p for p in members if p not in runs]
+        if not name or len(members) < 2 or unknown or name in runs or name in combine:
+            why = f"unknown runs {unknown}" if unknown else "NAME=RUN+RUN, a new name, two or more runs"
+            return f"--combine {item!r}: {why}"
+        combine[name] = members
+    return combine
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -146,12 +200,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("runs", nargs="+", help="NAME=RUN_DIR, two or more")
     parser.add_argument("--min-component-fraction", type=float, default=0.1)
     parser.add_argument("--out", type=Path, help="write every per-case figure here as JSON")
+    parser.add_argument(
+        "--combine",
+        action="append",
+        default=[],
+        metavar="NAME=RUN+RUN",
+        help="score the mean of these runs as NAME (repeatable; default: all runs as 'ensemble')",
+    )
     args = parser.parse_args(argv)
     runs = dict(item.split("=", 1) for item in args.runs if "=" in item)
     if len(runs) < 2 or len(runs) != len(args.runs):
         parser.error("give two or more runs as NAME=RUN_DIR")
-    scored = held_out_scores(args.store, {k: Path(v) for k, v in runs.items()}, args.min_component_fraction)
-    print(format_rows(scored))
+    combine = parse_combine(args.combine, tuple(runs))
+    if isinstance(combine, str):
+        parser.error(combine)
+    paths = {k: Path(v) for k, v in runs.items()}
+    scored = held_out_scores(args.store, paths, args.min_component_fraction, combine)
+    print(format_rows(scored, combine))
     if args.out:
         args.out.write_text(
             json.dumps(

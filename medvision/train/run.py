@@ -254,7 +254,7 @@ def _claim_run_dir(
     session.owned = True
     store_path = _prepare_data(data, run_dir, prepare_workers)
     with SliceStore(store_path) as store:
-        info["data"].update(path=str(store_path), fingerprint=store.fingerprint)
+        info["data"].update(path=str(store_path), fingerprint=store.fingerprint, view=store.view)
     rundir.write_json_atomic(run_dir / rundir.CONFIG_FILE, info)
     return store_path, source
 
@@ -291,7 +291,12 @@ def _setup(
             raise MedVisionError(problem)
     store_path = Path(dist_utils.broadcast_object(str(store_path) if store_path else None, ctx))
     with SliceStore(store_path) as store:
-        data_info = {"source": source, "path": str(store_path), "fingerprint": store.fingerprint}
+        data_info = {
+            "source": source,
+            "path": str(store_path),
+            "fingerprint": store.fingerprint,
+            "view": store.view,
+        }
         case_ids = list(store.case_ids)
     splits_file = run_dir / rundir.SPLITS_FILE
     if resume and splits_file.exists():
