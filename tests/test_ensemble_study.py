@@ -59,12 +59,12 @@ class _EchoEngine:
 
 def test_runs_of_other_views_are_turned_back_to_the_stored_axes():
     from medvision.data.case import MODALITIES
-    from medvision.data.views import to_view
+    from medvision.data.views import checkpoint_view, to_view
 
     image = np.random.default_rng(1).random((4, 5, 7, 9)).astype(np.float32)
     metas = {"ax": {}, "cor": {"data": {"view": "coronal"}}, "sag": {"data": {"view": "sagittal"}}}
     engines = {name: (_EchoEngine(), meta) for name, meta in metas.items()}
-    prepared = {name: to_view(image, ensemble_study.run_view(meta)) for name, meta in metas.items()}
+    prepared = {name: to_view(image, checkpoint_view(meta)) for name, meta in metas.items()}
     members = ensemble_study._subset_probabilities(prepared, engines, MODALITIES)
     for name in metas:
         np.testing.assert_array_equal(members[name], image[:3])

@@ -14,7 +14,7 @@ from test_inference import make_case, save_tiny
 
 from medvision.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
 from medvision.data.modality_sets import keep_only
-from medvision.errors import CheckpointError
+from medvision.errors import CheckpointError, MedVisionError
 from medvision.inference import Predictor
 from medvision.models import AttentionUNet, ModelEnsemble, build_model
 from medvision.train import pack_ensemble
@@ -373,3 +373,22 @@ def test_pack_with_a_route_predicts_t1ce_alone_with_the_specialist(tmp_path: Pat
     assert not np.allclose(without_t1, plain.engine.predict(prepared).probabilities, atol=1e-4)
     with pytest.raises(SystemExit):
         pack_ensemble.main([str(tmp_path / "bad"), str(general[0]), "--route", "t1ce"])
+
+
+def test_a_run_trained_on_another_slice_view_is_refused_where_slices_are_cut_axially(tmp_path: Path) -> None:
+    from medvision.data.store import prepare_store
+    from medvision.train.evaluation import evaluate_checkpoint
+
+    axial = _members(tmp_path / "a", seeds=(0,))[0]
+    folder = tmp_path / "c"
+    folder.mkdir()
+    coronal = save_tiny(folder, seed=1, meta={"split": SPLIT, "data": {"view": "coronal"}})
+    with pytest.raises(CheckpointError, match="coronal slices"):
+        Predictor(coronal, device="cpu")
+    with pytest.raises(CheckpointError, match="coronal slices"):
+        pack_ensemble.pack(tmp_path / "e", [axial, coronal])
+    assert not checkpoint_paths(tmp_path / "e")[0].exists()
+    case = dataclasses.replace(make_case(0), case_id="c")
+    store = prepare_store([case], tmp_path / "s.h5", workers=1, progress=False)
+    with pytest.raises(MedVisionError, match="holds axial slices but .* coronal slices"):
+        evaluate_checkpoint(coronal, store, split="val", device="cpu")

@@ -22,6 +22,7 @@ then trains on coronal slices without knowing.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 
@@ -36,6 +37,12 @@ def check_view(view: str) -> str:
     if view not in _ORDER:
         raise ValueError(f"view must be one of {', '.join(VIEWS)}; got {view!r}")
     return view
+
+
+def checkpoint_view(meta: dict[str, Any]) -> str:
+    """The slice view a checkpoint was trained on (its store's, ``data.view``); "axial" for checkpoints made
+    before views were recorded."""
+    return check_view(str((meta.get("data") or {}).get("view", "axial")))
 
 
 def view_order(view: str) -> tuple[int, int, int]:

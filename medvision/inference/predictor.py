@@ -24,6 +24,7 @@ import medvision
 from medvision.checkpoint import load_checkpoint
 from medvision.data.case import Case
 from medvision.data.modality_sets import parse_subset, set_aside, subset_name
+from medvision.data.views import checkpoint_view
 from medvision.errors import CheckpointError
 from medvision.inference.backend import BACKENDS, DTYPES, InferenceBackend
 from medvision.inference.forward import ProgressFn, SegmentationEngine, check_volume_options
@@ -195,6 +196,13 @@ class Predictor:
                 "(python -m medvision train --preset demo)",
             )
         model, meta = load_checkpoint(path, device=resolve_device(device))
+        if checkpoint_view(meta) != "axial":
+            # Its slices run along another axis than the one this predictor cuts: the answer would be wrong.
+            problem = (
+                f"was trained on {checkpoint_view(meta)} slices (a view study's run); predict and the app "
+                "take models trained on axial slices"
+            )
+            raise CheckpointError(path, problem)
         self.checkpoint_path: Path | None = path
         self._setup(model, meta, str(meta["weights_sha256"]))
 

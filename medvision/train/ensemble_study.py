@@ -31,7 +31,7 @@ import numpy as np
 
 from medvision.data.modality_sets import parse_subset
 from medvision.data.store import SliceStore
-from medvision.data.views import check_view, from_view, to_view
+from medvision.data.views import checkpoint_view, from_view, to_view
 from medvision.inference import label_masks
 from medvision.inference.postprocess import final_label
 from medvision.metrics import case_scores
@@ -64,11 +64,6 @@ def _engines(fold_lists: dict[str, list[Path]], fold: int) -> dict[str, tuple[An
     }
 
 
-def run_view(meta: dict[str, Any]) -> str:
-    """The slice view a checkpoint was trained on (its store's; "axial" for checkpoints made before views)."""
-    return check_view(str((meta.get("data") or {}).get("view", "axial")))
-
-
 def _subset_probabilities(
     prepared: dict, engines: dict, modalities: tuple[str, ...]
 ) -> dict[str, np.ndarray]:
@@ -77,7 +72,7 @@ def _subset_probabilities(
     out = {}
     for name, (engine, meta) in engines.items():
         probabilities = engine.predict(given_as(prepared[name], modalities), min_component_fraction=0.0)
-        out[name] = np.ascontiguousarray(from_view(probabilities.probabilities, run_view(meta)))
+        out[name] = np.ascontiguousarray(from_view(probabilities.probabilities, checkpoint_view(meta)))
     return out
 
 
@@ -124,7 +119,7 @@ def held_out_scores(
                 spacing = tuple(store.case_meta(case_id)["spacing"])
                 image = store.read_image(case_id)
                 prepared = {
-                    name: engine.prepare_stored(np.ascontiguousarray(to_view(image, run_view(meta))))
+                    name: engine.prepare_stored(np.ascontiguousarray(to_view(image, checkpoint_view(meta))))
                     for name, (engine, meta) in engines.items()
                 }
                 for subset in SUBSETS:

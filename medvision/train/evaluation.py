@@ -25,6 +25,7 @@ from medvision.data.case import MODALITIES
 from medvision.data.modality_sets import keep_only, subset_name
 from medvision.data.splits import make_splits
 from medvision.data.store import SliceStore
+from medvision.data.views import checkpoint_view
 from medvision.errors import MedVisionError
 from medvision.inference import PredictorOptions, SegmentationEngine, build_engine, label_masks
 from medvision.inference.geometry import PreparedVolume
@@ -175,6 +176,11 @@ def evaluate_checkpoint(
     regions = engine.regions
     scores = SplitScores(regions, with_hd95=with_hd95)
     with SliceStore(store_path) as store:
+        if store.view != checkpoint_view(meta):
+            raise MedVisionError(
+                f"{store.path}: holds {store.view} slices but {checkpoint} was trained on "
+                f"{checkpoint_view(meta)} slices; evaluate it on a store of its view (prepare --view)"
+            )
         case_ids = split_case_ids(store, meta, split)
         if not case_ids:
             raise MedVisionError(f"{store.path}: no labelled cases in split {split!r} to evaluate")

@@ -30,6 +30,7 @@ from medvision.checkpoint import (
     save_checkpoint,
 )
 from medvision.data.modality_sets import parse_subset, subset_name
+from medvision.data.views import checkpoint_view
 from medvision.errors import CheckpointError
 from medvision.models import AttentionUNet, ModelEnsemble
 
@@ -59,6 +60,12 @@ def _split_cases(meta: dict[str, Any]) -> dict[str, list[str]]:
 def check_members(metas: Sequence[dict[str, Any]], sources: Sequence[Path]) -> None:
     """CheckpointError naming the first member that differs from the first one in what must be shared."""
     first = metas[0]
+    for meta, source in zip(metas, sources, strict=True):
+        if checkpoint_view(meta) != "axial":
+            # The ensemble averages its members slice by slice: every member must cut the same axial slices.
+            raise CheckpointError(
+                source, f"was trained on {checkpoint_view(meta)} slices; an ensemble packs axial runs"
+            )
     for meta, source in zip(metas[1:], sources[1:], strict=True):
         for key in SHARED_KEYS:
             if meta.get(key) != first.get(key):
