@@ -302,8 +302,8 @@ PRESETS: dict[str, TrainConfig] = {
     # real_only_patch128, the model card's decision log). 8 x 100 steps: 10-15 minutes per run on 2 AVX2
     # cores in fp32, so a 3-fold cross-validation and the final run fit in an hour on a CPU. On the same
     # folds, 20 x 100 steps (summary 0.534) and one neighbour slice each side (0.486) did not beat it.
-    # Nor did 160x160 crops, strong augmentation, tumour oversampling 0.3 or pretraining on the phantoms
-    # (2026-12-06, the model card's decision table).
+    # Nor did 160x160 crops, strong augmentation, tumour oversampling 0.3, lr 1e-3 or 4e-3 or pretraining
+    # on the phantoms (2026-12-06, the model card's decision table).
     "real": TrainConfig(
         preset="real",
         target="regions",
